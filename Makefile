@@ -1,0 +1,37 @@
+# Quick start: `make demo` (set up, export the embeddings example, run its
+# worker on its test job through the real runpod SDK) and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kit-installed
+PYTHON ?= python3
+
+.PHONY: setup demo test bench clean lint
+
+setup: $(STAMP)
+
+# Re-run only when the dependency list changes: `make setup` is idempotent.
+# torch is pinned to the CPU build that lies on this machine's disk; an
+# unpinned torch would pull a CUDA build of several GB.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[examples,dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/kit export notebooks/embeddings.ipynb -o build/embeddings
+	cd build/embeddings && ../../$(PY) -u handler.py --rp_log_level INFO
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/export_speed.py
+
+lint: setup
+	$(VENV)/bin/shellcheck start.sh
+	$(VENV)/bin/hadolint Dockerfile
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,399 @@
+"""Static checks on the exported code, before anything is written.
+
+The worker is the `setup` and `handler` cells run top to bottom as one
+module. These checks catch, at export time, what would otherwise only fail
+in production: no handler, a handler that cannot take a job, a name that
+only an untagged cell defines ("works in my notebook, NameError in the
+worker"), a syntax error, a top-level `await` a module cannot run.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import symtable
+from dataclasses import dataclass, field
+
+from kit.ipython import TranslatedCell, translate
+from kit.notebook import Notebook
+
+MODULE_NAMES = {"__name__", "__file__", "__doc__", "__builtins__", "__spec__", "__loader__", "__package__", "__path__", "__annotations__", "__dict__"}
+NOTEBOOK_ONLY_NAMES = {
+    "display": "display() exists only in IPython: use print(), or return the value",
+    "get_ipython": "get_ipython() is None outside IPython: a worker cannot use it",
+    "In": "In is IPython's input history, which a worker does not have",
+    "Out": "Out is IPython's output history, which a worker does not have",
+}
+
+
+@dataclass
+class ParsedCell:
+    translated: TranslatedCell
+    tree: ast.Module
+
+    @property
+    def index(self) -> int:
+        return self.translated.cell.index
+
+    @property
+    def role(self) -> str:
+        return self.translated.cell.role
+
+
+@dataclass
+class Import:
+    module: str  # top-level module name
+    dotted: str  # the full dotted name imported
+    cell: int
+    line: int
+    optional: bool  # inside a try that catches ImportError
+
+
+@dataclass
+class Analysis:
+    cells: list[ParsedCell]  # exported cells, in notebook order
+    handler_kind: str  # "function", "async", "generator", "async_generator"
+    has_concurrency_modifier: bool
+    future_imports: list[str]
+    imports: list[Import]
+    warnings: list[tuple[int, int, str]] = field(default_factory=list)  # (cell, line, message)
+
+
+def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool = False) -> ast.Module:
+    flags = ast.PyCF_ONLY_AST | (ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if top_level_await else 0)
+    cell = translated.cell
+    try:
+        return compile(translated.source, f"<cell {cell.index}>", "exec", flags, dont_inherit=True)
+    except SyntaxError as error:
+        message = error.msg
+        hint = "fix the cell so it runs as plain Python"
+        if "outside function" in message and "await" in message:
+            hint = "a worker module cannot await at import time: wrap the call in asyncio.run(...)"
+        raise notebook.error(f"syntax error: {message}", hint, cell=cell.index, line=error.lineno) from None
+    except ValueError as error:  # e.g. null bytes in the source
+        raise notebook.error(f"cannot parse the cell: {error}", None, cell=cell.index) from None
+
+
+def analyse(notebook: Notebook) -> Analysis:
+    """Translate, parse and check the exported cells. Raises KitError on the first problem."""
+    if not notebook.with_role("handler"):
+        where = _defined_in(notebook, "handler", roles=(None, "setup", "test"))
+        hint = "tag the cell that defines handler(job) with `handler`"
+        if where:
+            hint = f"handler is defined in cell {where}: add the tag `handler` to that cell"
+        raise notebook.error("no cell is tagged `handler`", hint)
+
+    cells = []
+    for cell in notebook.exported_cells:
+        translated = translate(notebook, cell, "export")
+        cells.append(ParsedCell(translated, parse(notebook, translated)))
+
+    handler_def = _check_handler(notebook, cells)
+    future = _hoist_future_imports(cells)
+    _check_names(notebook, cells)
+
+    analysis = Analysis(
+        cells=cells,
+        handler_kind=_handler_kind(handler_def),
+        has_concurrency_modifier=any("concurrency_modifier" in _module_bindings(c.tree) for c in cells),
+        future_imports=future,
+        imports=_imports(cells),
+    )
+    for parsed in cells:
+        for line, message in parsed.translated.warnings:
+            analysis.warnings.append((parsed.index, line, message))
+    return analysis
+
+
+# --------------------------------------------------------------------------- handler
+
+
+def _check_handler(notebook: Notebook, cells: list[ParsedCell]):
+    definition = None
+    for parsed in cells:
+        for node in parsed.tree.body:
+            if _defines(node, "handler"):
+                if parsed.role != "handler":
+                    raise notebook.error(
+                        f"handler is defined in a cell tagged `{parsed.role}`",
+                        "tag that cell `handler` instead",
+                        cell=parsed.index,
+                        line=node.lineno,
+                    )
+                definition = (parsed, node)
+    if definition is None:
+        where = _defined_in(notebook, "handler", roles=(None, "test"))
+        if where:
+            raise notebook.error(
+                f"handler is defined only in cell {where}, which is not exported",
+                "move the definition into the cell tagged `handler`, or tag that cell `handler`",
+                cell=where,
+            )
+        first = notebook.with_role("handler")[0]
+        raise notebook.error(
+            "no handler function is defined in the cells tagged `handler`",
+            "define `def handler(job):` in a cell tagged `handler`",
+            cell=first.index,
+        )
+    parsed, node = definition
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        _check_signature(notebook, parsed, node)
+        return node
+    return None  # `handler = something`: its kind cannot be known statically
+
+
+def _defines(node: ast.stmt, name: str) -> bool:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name == name
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return any(isinstance(t, ast.Name) and t.id == name for t in targets)
+    return False
+
+
+def _check_signature(notebook: Notebook, parsed: ParsedCell, node) -> None:
+    args = node.args
+    positional = args.posonlyargs + args.args
+    required = len(positional) - len(args.defaults)
+    required_keyword = [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
+    ok = (positional or args.vararg) and required <= 1 and not required_keyword
+    if not ok:
+        raise notebook.error(
+            "handler must accept exactly one positional argument, the job",
+            "define it as `def handler(job):`",
+            cell=parsed.index,
+            line=node.lineno,
+        )
+
+
+def _handler_kind(node) -> str:
+    if node is None:
+        return "function"
+    generator = any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in _walk_own_body(node))
+    if isinstance(node, ast.AsyncFunctionDef):
+        return "async_generator" if generator else "async"
+    return "generator" if generator else "function"
+
+
+def _walk_own_body(function):
+    """Nodes of a function's body, not descending into nested scopes."""
+    stack = list(function.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                stack.append(child)
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _hoist_future_imports(cells: list[ParsedCell]) -> list[str]:
+    """Remove `from __future__` imports from the cells; return the feature names."""
+    features: list[str] = []
+    for parsed in cells:
+        lines = parsed.translated.source.split("\n")
+        kept = []
+        for node in parsed.tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+                features.extend(alias.name for alias in node.names if alias.name not in features)
+                for number in range(node.lineno, (node.end_lineno or node.lineno) + 1):
+                    lines[number - 1] = "# kit: `from __future__` import moved to the top of handler.py" if number == node.lineno else ""
+            else:
+                kept.append(node)
+        parsed.tree.body = kept
+        parsed.translated.source = "\n".join(lines)
+    return features
+
+
+def _check_names(notebook: Notebook, cells: list[ParsedCell]) -> None:
+    if any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for c in cells for n in ast.walk(c.tree)):
+        return  # `from x import *`: what it defines cannot be known without importing x
+    defined: set[str] = set()
+    tables = []
+    for parsed in cells:
+        table = symtable.symtable(parsed.translated.source, f"<cell {parsed.index}>", "exec")
+        tables.append((parsed, table))
+        defined |= _table_bindings(table)
+    known = defined | set(dir(builtins)) | MODULE_NAMES
+    for parsed, table in tables:
+        for name in sorted(_global_reads(table)):
+            if name in known:
+                continue
+            line = _first_use(parsed.tree, name)
+            if name in NOTEBOOK_ONLY_NAMES:
+                raise notebook.error(f"`{name}` is not defined in a worker", NOTEBOOK_ONLY_NAMES[name], cell=parsed.index, line=line)
+            where = _defined_in(notebook, name, roles=(None, "test"))
+            if where:
+                role = notebook.cells[where - 1].role or "untagged"
+                raise notebook.error(
+                    f"`{name}` is defined only in cell {where} ({role}), which is not exported",
+                    f"tag cell {where} `setup`, or move the definition into a `setup` or `handler` cell",
+                    cell=parsed.index,
+                    line=line,
+                )
+            raise notebook.error(
+                f"`{name}` is not defined anywhere in the notebook",
+                "define or import it in a `setup` cell",
+                cell=parsed.index,
+                line=line,
+            )
+
+
+def _table_bindings(table: symtable.SymbolTable) -> set[str]:
+    """Module-level names a module's code binds (including `global x` assignments in functions)."""
+    names = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported() or s.is_namespace()}
+    stack = list(table.get_children())
+    while stack:
+        child = stack.pop()
+        stack.extend(child.get_children())
+        names |= {s.get_name() for s in child.get_symbols() if s.is_declared_global() and s.is_assigned()}
+    return names
+
+
+def _global_reads(table: symtable.SymbolTable) -> set[str]:
+    """Names a module's code reads from the module namespace or builtins."""
+    reads = {
+        s.get_name()
+        for s in table.get_symbols()
+        if s.is_referenced() and not (s.is_assigned() or s.is_imported() or s.is_namespace())
+    }
+    stack = list(table.get_children())
+    while stack:
+        child = stack.pop()
+        stack.extend(child.get_children())
+        reads |= {s.get_name() for s in child.get_symbols() if s.is_referenced() and s.is_global()}
+    return reads
+
+
+def _first_use(tree: ast.AST, name: str) -> int | None:
+    lines = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name]
+    return min(lines) if lines else None
+
+
+def _module_bindings(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def _defined_in(notebook: Notebook, name: str, roles) -> int | None:
+    """The first cell with one of `roles` that binds `name` at module level."""
+    for cell in notebook.cells:
+        if cell.kind != "code" or cell.role not in roles:
+            continue
+        try:
+            tree = parse(notebook, translate(notebook, cell, "scan"), top_level_await=True)
+            bound = _module_bindings(tree)
+        except Exception:  # scratch cells may hold anything; they only help explain
+            continue
+        if name in bound:
+            return cell.index
+    return None
+
+
+# --------------------------------------------------------------------------- imports
+
+
+def _imports(cells: list[ParsedCell]) -> list[Import]:
+    found: list[Import] = []
+    for parsed in cells:
+        optional_lines = _optional_import_lines(parsed.tree)
+        for node in ast.walk(parsed.tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                found.append(Import(module.split(".")[0], module, parsed.index, node.lineno, node.lineno in optional_lines))
+    found.sort(key=lambda i: (i.cell, i.line))
+    return found
+
+
+def _optional_import_lines(tree: ast.AST) -> set[int]:
+    """Lines of imports inside a `try` whose handlers catch ImportError."""
+    catching = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Try):
+            continue
+        names = set()
+        for handler in node.handlers:
+            if handler.type is None:
+                names.add("Exception")
+            for n in ast.walk(handler.type) if handler.type else []:
+                if isinstance(n, ast.Name):
+                    names.add(n.id)
+        if names & catching:
+            for statement in node.body:
+                for n in ast.walk(statement):
+                    if isinstance(n, (ast.Import, ast.ImportFrom)):
+                        lines.add(n.lineno)
+    return lines
+
+
+# --------------------------------------------------------------------------- test jobs
+
+
+@dataclass
+class TestCell:
+    translated: TranslatedCell
+    tree: ast.Module
+
+
+def parse_test_cells(notebook: Notebook) -> list[TestCell]:
+    cells = []
+    for cell in notebook.test_cells:
+        translated = translate(notebook, cell, "test")
+        cells.append(TestCell(translated, parse(notebook, translated, top_level_await=True)))
+    return cells
+
+
+def find_jobs(trees: list[tuple[int, ast.Module]]) -> list[dict]:
+    """Job literals passed to `handler(...)` in test code, in order.
+
+    `trees` is a list of (cell number, parsed test cell). A job is a dict
+    literal with an "input" key, passed directly or through a variable that
+    test code assigned a literal to earlier.
+    """
+    names: dict[str, object] = {}
+    jobs: list[dict] = []
+    for cell, tree in trees:
+        for node in sorted(_walk_in_order(tree), key=lambda n: (n.lineno, n.col_offset)):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                value = _literal(node.value)
+                if value is not None:
+                    names[node.targets[0].id] = value
+            elif isinstance(node, ast.Call) and _calls_handler(node) and node.args:
+                arg = node.args[0]
+                job = names.get(arg.id) if isinstance(arg, ast.Name) else _literal(arg)
+                if isinstance(job, dict) and "input" in job:
+                    jobs.append({"cell": cell, "line": node.lineno, "job": job})
+    return jobs
+
+
+def _walk_in_order(tree):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.Call))]
+
+
+def _calls_handler(node: ast.Call) -> bool:
+    func = node.func
+    return (isinstance(func, ast.Name) and func.id == "handler") or (isinstance(func, ast.Attribute) and func.attr == "handler")
+
+
+def _literal(node):
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None

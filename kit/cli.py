@@ -1,0 +1,158 @@
+"""`kit`: the command line front end.
+
+Thin on purpose: each command parses its arguments and calls one library
+function. Heavy modules (nbconvert, runpod, torch) are imported only by the
+command that needs them, so `kit export` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kit.errors import KitError
+
+
+def _cmd_export(args) -> int:
+    from kit.export import export_notebook
+
+    result = export_notebook(
+        args.notebook, args.output, extra=args.extra, exclude=args.exclude
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"exported {result.notebook} -> {result.out_dir}/")
+    for name in result.files:
+        print(f"  {name}")
+    return 0
+
+
+def _cmd_deps(args) -> int:
+    from kit.deps import format_requirements_report, infer_requirements
+    from kit.notebook import read_notebook
+
+    notebook = read_notebook(args.notebook)
+    reqs = infer_requirements(notebook, extra=args.extra, exclude=args.exclude)
+    if args.json:
+        import json
+
+        print(json.dumps(reqs.to_json(), indent=2))
+    else:
+        print(format_requirements_report(reqs), end="")
+    return 0
+
+
+def _cmd_test(args) -> int:
+    from kit.testing import run_tests
+
+    return run_tests(args.target, out_dir=args.output, json_path=args.json)
+
+
+def _cmd_serve(args) -> int:
+    from kit.serve import serve
+
+    return serve(
+        args.target,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        api_key=args.api_key,
+    )
+
+
+def _cmd_bench(args) -> int:
+    from kit.bench import bench
+
+    return bench(
+        args.target,
+        jobs=args.jobs,
+        concurrency=args.concurrency,
+        job_input=args.input,
+        workers=args.workers,
+        json_out=args.json,
+    )
+
+
+def _add_requirement_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="REQ",
+        help="an extra requirement line to add (repeatable), e.g. --extra 'hf_transfer>=0.1'",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a distribution or module the base image already provides (repeatable), e.g. --exclude torch",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kit",
+        description="Write a RunPod serverless worker in a notebook; export, test and serve it locally.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="notebook -> worker directory (handler.py, requirements.txt, test_input.json, tests.py)")
+    p.add_argument("notebook", help="the .ipynb file")
+    p.add_argument("-o", "--output", default=None, metavar="DIR", help="worker directory (default: build/<notebook stem>)")
+    _add_requirement_options(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("deps", help="print the worker's inferred requirements and why, writing nothing")
+    p.add_argument("notebook", help="the .ipynb file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_requirement_options(p)
+    p.set_defaults(func=_cmd_deps)
+
+    p = sub.add_parser("test", help="export, then prove the worker in a fresh interpreter through the real SDK")
+    p.add_argument("target", help="a notebook or an exported worker directory")
+    p.add_argument("-o", "--output", default=None, metavar="DIR", help="export here instead of a temporary directory")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write a machine-readable report ('-' for stdout)")
+    p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser("serve", help="a local RunPod endpoint running the exported worker through the real SDK loop")
+    p.add_argument("target", help="a notebook or an exported worker directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' from clients")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("bench", help="serve the worker and measure cold start, throughput and latency")
+    p.add_argument("target", help="a notebook or an exported worker directory")
+    p.add_argument("--jobs", type=int, default=100, help="jobs to submit (default 100)")
+    p.add_argument("--concurrency", type=int, default=4, help="jobs kept in flight (default 4)")
+    p.add_argument("--input", default=None, metavar="JSON", help="job input (default: the notebook's test job)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=_cmd_bench)
+
+    return parser
+
+
+def _version() -> str:
+    from kit import __version__
+
+    return f"kit {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

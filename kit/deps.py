@@ -1,0 +1,234 @@
+"""The worker's requirements, inferred from the exported cells.
+
+Guessing distributions from module names is wrong often (`cv2`, `sklearn`,
+`PIL`, `yaml`), so the kit asks the environment the export runs in (from the
+panel, the kernel's own): each imported module is mapped to the distribution
+that installed it, pinned to the installed version. `%pip install` lines are
+kept as the user wrote them. The result is sorted and stable, so re-exporting
+an unchanged notebook gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.analysis import Analysis, analyse
+from kit.notebook import Notebook
+
+# Modules whose distribution has another name, for imports that are not
+# installed where the export runs (documented in the README). An installed
+# module is always mapped through its real distribution instead.
+ALIASES = {
+    "sklearn": "scikit-learn",
+    "cv2": "opencv-python-headless",
+    "PIL": "pillow",
+    "yaml": "PyYAML",
+    "bs4": "beautifulsoup4",
+    "skimage": "scikit-image",
+    "dateutil": "python-dateutil",
+    "dotenv": "python-dotenv",
+    "attr": "attrs",
+    "Crypto": "pycryptodome",
+    "jwt": "PyJWT",
+    "docx": "python-docx",
+    "pptx": "python-pptx",
+    "git": "GitPython",
+    "serial": "pyserial",
+    "fitz": "PyMuPDF",
+    "OpenSSL": "pyOpenSSL",
+    "zmq": "pyzmq",
+    "magic": "python-magic",
+    "google.protobuf": "protobuf",
+    "faiss": "faiss-cpu",
+    "sentencepiece": "sentencepiece",
+    "huggingface_hub": "huggingface-hub",
+}
+
+# The worker loop itself.
+ALWAYS = "runpod"
+
+
+@dataclass
+class RequirementLine:
+    name: str  # distribution (or project) name, for sorting and matching
+    spec: str  # the line as pip reads it
+    reasons: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        return f"{self.spec}  # {'; '.join(self.reasons)}"
+
+
+@dataclass
+class Requirements:
+    lines: list[RequirementLine]
+    warnings: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    local_modules: list[Path] = field(default_factory=list)  # files/packages copied beside handler.py
+
+    def text(self, header: str = "") -> str:
+        body = "".join(line.render() + "\n" for line in self.lines)
+        return header + body
+
+    def to_json(self) -> dict:
+        return {
+            "requirements": [{"spec": l.spec, "name": l.name, "reasons": l.reasons} for l in self.lines],
+            "warnings": self.warnings,
+            "excluded": self.excluded,
+            "local_modules": [p.name for p in self.local_modules],
+        }
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_name(spec: str) -> str | None:
+    """The project a requirement line names (None for URLs and paths)."""
+    if "://" in spec or spec.startswith((".", "/")):
+        egg = re.search(r"#egg=([A-Za-z0-9._-]+)", spec)
+        return normalise(egg.group(1)) if egg else None
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+    return normalise(match.group(1)) if match else None
+
+
+def pinned(distribution: str) -> str:
+    version = importlib.metadata.version(distribution)
+    return f"{distribution}=={version.split('+', 1)[0]}"
+
+
+def infer_requirements(
+    notebook: Notebook,
+    analysis: Analysis | None = None,
+    *,
+    extra=(),
+    exclude=(),
+) -> Requirements:
+    """Infer the worker's requirements. Raises KitError for an import nobody provides."""
+    analysis = analysis or analyse(notebook)
+    excluded_names = {normalise(name) for name in exclude}
+    lines: dict[str, RequirementLine] = {}
+    warnings: list[str] = []
+    excluded: list[str] = []
+
+    def add(name: str, spec: str, reason: str) -> None:
+        key = normalise(name)
+        if key in excluded_names:
+            if name not in excluded:
+                excluded.append(name)
+            return
+        line = lines.setdefault(key, RequirementLine(name, spec))
+        if reason not in line.reasons:
+            line.reasons.append(reason)
+
+    unnamed_pip = False
+    for parsed in analysis.cells:
+        for requirement in parsed.translated.pip:
+            name = project_name(requirement.spec)
+            unnamed_pip |= name is None
+            add(name or requirement.spec, requirement.spec, f"%pip (cell {requirement.cell})")
+    for spec in extra:
+        add(project_name(spec) or spec, spec, "--extra")
+    pip_projects = set(lines)
+
+    distributions = importlib.metadata.packages_distributions()
+    local: dict[str, Path] = {}
+    for item in analysis.imports:
+        module = item.module
+        where = f"(cell {item.cell})"
+        if module in sys.stdlib_module_names or module == "__future__":
+            continue
+        if module == "kit":
+            raise notebook.error(
+                "the worker must not import the kit",
+                "move `import kit` (and kit.panel()) to an untagged cell",
+                cell=item.cell,
+                line=item.line,
+            )
+        if normalise(module) in excluded_names:
+            if module not in excluded:
+                excluded.append(module)
+            continue
+        beside = _local_module(notebook, module)
+        if beside is not None:
+            local[module] = beside
+            continue
+        dists = _distributions_for(item.dotted, module, distributions)
+        if dists:
+            for dist in dists:
+                add(dist, pinned(dist), f"import {module} {where}")
+            continue
+        alias = ALIASES.get(item.dotted) or ALIASES.get(module)
+        if normalise(alias or module) in pip_projects:
+            continue  # a `%pip install` line provides it
+        if item.optional:
+            warnings.append(f"cell {item.cell}, line {item.line}: optional import `{module}` is not installed here; left out")
+            continue
+        if alias:
+            add(alias, alias, f"import {module} {where}, not installed here: unpinned")
+            warnings.append(
+                f"cell {item.cell}, line {item.line}: `{module}` is not installed here; "
+                f"requiring `{alias}` unpinned — install it and re-export to pin it"
+            )
+            continue
+        if unnamed_pip:
+            warnings.append(f"cell {item.cell}, line {item.line}: `{module}` is not installed here; assuming a `%pip install` URL provides it")
+            continue
+        raise notebook.error(
+            f"`import {module}`: no installed package provides `{module}`",
+            f"install it and re-export, or add a `%pip install <package>` line to a setup cell",
+            cell=item.cell,
+            line=item.line,
+        )
+    if ALWAYS not in excluded_names:
+        add(ALWAYS, pinned(ALWAYS) if _installed(ALWAYS) else ALWAYS, "the worker loop (always)")
+
+    ordered = sorted(lines.values(), key=lambda l: (normalise(l.name), l.spec))
+    return Requirements(ordered, warnings, sorted(excluded), [local[m] for m in sorted(local)])
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _distributions_for(dotted: str, module: str, distributions) -> list[str]:
+    candidates = sorted(set(distributions.get(module, [])))
+    if len(candidates) > 1 and "." in dotted:
+        # A namespace package (google.*): keep the distributions that ship the submodule.
+        path = dotted.replace(".", "/")
+        narrowed = [
+            d for d in candidates
+            if any(str(f).startswith(path) for f in (importlib.metadata.files(d) or []))
+        ]
+        candidates = narrowed or candidates
+    return candidates
+
+
+def _local_module(notebook: Notebook, module: str) -> Path | None:
+    directory = notebook.directory
+    if directory is None:
+        return None
+    for candidate in (directory / f"{module}.py", directory / module):
+        if candidate.is_file() or (candidate.is_dir() and any(candidate.glob("*.py"))):
+            return candidate
+    return None
+
+
+def format_requirements_report(requirements: Requirements) -> str:
+    """What `kit deps` prints: the lines with their reasons, then warnings."""
+    out = [line.render() for line in requirements.lines]
+    for path in requirements.local_modules:
+        out.append(f"# copied beside handler.py: {path.name}")
+    for name in requirements.excluded:
+        out.append(f"# excluded (provided by the base image): {name}")
+    for warning in requirements.warnings:
+        out.append(f"# warning: {warning}")
+    return "\n".join(out) + "\n"

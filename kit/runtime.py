@@ -1,0 +1,48 @@
+"""What the exported worker runs when it is started (`python handler.py`).
+
+`main_block` renders the code under `if __name__ == "__main__":` at the end of
+handler.py; `support_files` lists files exported beside it. Neither may make
+the worker depend on the kit: the worker directory is self-contained.
+"""
+
+from __future__ import annotations
+
+from kit.notebook import FOOTER_MARKER
+
+GENERATOR_KINDS = ("generator", "async_generator")
+
+
+def main_block(handler_kind: str, has_concurrency_modifier: bool) -> str:
+    if has_concurrency_modifier:
+        modifier_def = ""
+        modifier = "concurrency_modifier"
+    else:
+        modifier_def = (
+            "\n"
+            "    def _concurrency_from_env(current: int) -> int:\n"
+            "        # Jobs this worker runs at once: the seed template's CONCURRENCY_MODIFIER (default 1).\n"
+            '        return int(os.environ.get("CONCURRENCY_MODIFIER", "1"))\n'
+        )
+        modifier = "_concurrency_from_env"
+    stream = '            "return_aggregate_stream": True,\n' if handler_kind in GENERATOR_KINDS else ""
+    return (
+        f"{FOOTER_MARKER}: RunPod's worker loop (with no queue configured, the SDK runs test_input.json once)\n"
+        'if __name__ == "__main__":\n'
+        "    import os\n"
+        "\n"
+        "    import runpod\n"
+        f"{modifier_def}"
+        "\n"
+        "    runpod.serverless.start(\n"
+        "        {\n"
+        '            "handler": handler,\n'
+        f'            "concurrency_modifier": {modifier},\n'
+        f"{stream}"
+        "        }\n"
+        "    )\n"
+    )
+
+
+def support_files() -> dict[str, str]:
+    """Files written beside handler.py, by name."""
+    return {}
