@@ -62,8 +62,13 @@ class Analysis:
 def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool = False) -> ast.Module:
     flags = ast.PyCF_ONLY_AST | (ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if top_level_await else 0)
     cell = translated.cell
+    filename = f"<cell {cell.index}>"
     try:
-        return compile(translated.source, f"<cell {cell.index}>", "exec", flags, dont_inherit=True)
+        tree = compile(translated.source, filename, "exec", flags, dont_inherit=True)
+        if not top_level_await:
+            # The compiler, not the parser, rejects `await` or `return` outside a function.
+            compile(tree, filename, "exec", dont_inherit=True)
+        return tree
     except SyntaxError as error:
         message = error.msg
         hint = "fix the cell so it runs as plain Python"
@@ -90,7 +95,7 @@ def analyse(notebook: Notebook) -> Analysis:
 
     handler_def = _check_handler(notebook, cells)
     future = _hoist_future_imports(cells)
-    _check_names(notebook, cells)
+    _check_names(notebook, cells, lazy_annotations="annotations" in future)
 
     analysis = Analysis(
         cells=cells,
@@ -177,13 +182,12 @@ def _handler_kind(node) -> str:
 
 def _walk_own_body(function):
     """Nodes of a function's body, not descending into nested scopes."""
-    stack = list(function.body)
+    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+    stack = [node for node in function.body if not isinstance(node, scopes)]
     while stack:
         node = stack.pop()
         yield node
-        for child in ast.iter_child_nodes(node):
-            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-                stack.append(child)
+        stack.extend(child for child in ast.iter_child_nodes(node) if not isinstance(child, scopes))
 
 
 # --------------------------------------------------------------------------- names
@@ -199,7 +203,7 @@ def _hoist_future_imports(cells: list[ParsedCell]) -> list[str]:
             if isinstance(node, ast.ImportFrom) and node.module == "__future__":
                 features.extend(alias.name for alias in node.names if alias.name not in features)
                 for number in range(node.lineno, (node.end_lineno or node.lineno) + 1):
-                    lines[number - 1] = "# kit: `from __future__` import moved to the top of handler.py" if number == node.lineno else ""
+                    lines[number - 1] = "# kit: __future__ import hoisted to the top of handler.py" if number == node.lineno else ""
             else:
                 kept.append(node)
         parsed.tree.body = kept
@@ -207,7 +211,7 @@ def _hoist_future_imports(cells: list[ParsedCell]) -> list[str]:
     return features
 
 
-def _check_names(notebook: Notebook, cells: list[ParsedCell]) -> None:
+def _check_names(notebook: Notebook, cells: list[ParsedCell], lazy_annotations: bool) -> None:
     if any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for c in cells for n in ast.walk(c.tree)):
         return  # `from x import *`: what it defines cannot be known without importing x
     defined: set[str] = set()
@@ -217,6 +221,8 @@ def _check_names(notebook: Notebook, cells: list[ParsedCell]) -> None:
         tables.append((parsed, table))
         defined |= _table_bindings(table)
     known = defined | set(dir(builtins)) | MODULE_NAMES
+    if lazy_annotations:  # `from __future__ import annotations`: annotations are never evaluated
+        known |= _annotation_only_names([c.tree for c in cells])
     for parsed, table in tables:
         for name in sorted(_global_reads(table)):
             if name in known:
@@ -239,6 +245,29 @@ def _check_names(notebook: Notebook, cells: list[ParsedCell]) -> None:
                 cell=parsed.index,
                 line=line,
             )
+
+
+def _annotation_only_names(trees: list[ast.Module]) -> set[str]:
+    in_annotations: set[str] = set()
+    annotation_nodes: set[int] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            annotations = []
+            if isinstance(node, ast.arg):
+                annotations.append(node.annotation)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                annotations.append(node.returns)
+            elif isinstance(node, ast.AnnAssign):
+                annotations.append(node.annotation)
+            for annotation in filter(None, annotations):
+                for n in ast.walk(annotation):
+                    annotation_nodes.add(id(n))
+                    if isinstance(n, ast.Name):
+                        in_annotations.add(n.id)
+    elsewhere = {
+        n.id for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in annotation_nodes
+    }
+    return in_annotations - elsewhere
 
 
 def _table_bindings(table: symtable.SymbolTable) -> set[str]:

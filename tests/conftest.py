@@ -1,0 +1,61 @@
+"""Shared test helpers: notebooks built with nbformat, the kit CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+WILD = ROOT.parent / "shared" / "wild-notebooks"
+
+
+def build_notebook(path: Path, cells) -> Path:
+    """Write a notebook. `cells` holds (tag, source) pairs; tag None is untagged,
+    "md" a markdown cell, a tuple several tags."""
+    nb = new_notebook()
+    for tag, source in cells:
+        if tag == "md":
+            nb.cells.append(new_markdown_cell(source))
+            continue
+        cell = new_code_cell(source)
+        if tag:
+            cell.metadata["tags"] = list(tag) if isinstance(tag, tuple) else [tag]
+        nb.cells.append(cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def make_notebook(tmp_path):
+    def make(cells, name="worker.ipynb"):
+        return build_notebook(tmp_path / name, cells)
+
+    return make
+
+
+def run_kit(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """The `kit` CLI as a user runs it, in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "kit", *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+HELLO_CELLS = [
+    ("md", "# a worker"),
+    ("setup", "import os\nGREETING = os.environ.get('GREETING', 'hi')"),
+    ("handler", "def handler(job):\n    return {'greeting': GREETING, **job['input']}"),
+    ("test", "result = handler({'input': {'name': 'ada'}})\nassert result['name'] == 'ada'"),
+]
