@@ -11,7 +11,6 @@ an unchanged notebook gives the same bytes.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import re
 import sys
 from dataclasses import dataclass, field
@@ -45,7 +44,6 @@ ALIASES = {
     "magic": "python-magic",
     "google.protobuf": "protobuf",
     "faiss": "faiss-cpu",
-    "sentencepiece": "sentencepiece",
     "huggingface_hub": "huggingface-hub",
 }
 
