@@ -49,11 +49,12 @@ NOTEBOOK_ONLY = {
     "automagic",
     "colors",
     "pprint",
-    "load_ext",
 }
 # Magics whose only effect is to run the code they wrap.
 WRAPPING_CELL_MAGICS = {"time", "capture"}
 WRAPPING_LINE_MAGICS = {"time"}
+# Cell magics that run their body in a shell.
+SHELL_CELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
 
 # `pip install` options that take a value (the value is not a requirement).
 PIP_OPTIONS_WITH_VALUE = {
@@ -155,9 +156,7 @@ def _comment(indent: str, text: str) -> str:
 
 
 def _cell_magic(notebook, cell, mode, result, number, stripped) -> str:
-    name_match = MAGIC_NAME.match(stripped)
-    name = name_match.group(1) if name_match else ""
-    if name in WRAPPING_CELL_MAGICS:
+    if _magic_name(stripped) in WRAPPING_CELL_MAGICS:
         result.warnings.append((number, f"`{stripped}` unwrapped: the cell's code runs without it"))
         return f"# kit: unwrapped {stripped}"
     if mode == "scan":
@@ -203,7 +202,8 @@ def _line_magic(notebook, cell, mode, result, number, stripped, indent) -> str:
 def _unsupported(notebook, cell, mode, result, number, stripped, indent, cell_magic=False) -> str:
     if mode == "scan":
         return _comment(indent, f"kit: masked {stripped}")
-    what = "cell magic" if cell_magic else ("shell command" if "!" in stripped[:2] or "= !" in stripped else "IPython magic")
+    shell = "!" in stripped[:2] or "= !" in stripped or (cell_magic and _magic_name(stripped) in SHELL_CELL_MAGICS)
+    what = "cell magic" if cell_magic else ("shell command" if shell else "IPython magic")
     if mode == "test":
         result.warnings.append((number, f"`{stripped}` skipped: a {what} cannot run outside IPython"))
         if cell_magic:
@@ -212,10 +212,16 @@ def _unsupported(notebook, cell, mode, result, number, stripped, indent, cell_ma
         return _comment(indent, f"kit: skipped {stripped}")
     hint = (
         "run it from Python with subprocess.run([...], check=True), or move it to an untagged cell"
-        if what == "shell command" or cell_magic
+        if shell
         else "write it as plain Python, or move it to an untagged cell"
     )
-    raise notebook.error(f"`{stripped}` is a {what}, which a worker cannot run", hint, cell=cell.index, line=number)
+    article = "an" if what[0] in "aeiouI" else "a"
+    raise notebook.error(f"`{stripped}` is {article} {what}, which a worker cannot run", hint, cell=cell.index, line=number)
+
+
+def _magic_name(stripped: str) -> str:
+    match = MAGIC_NAME.match(stripped)
+    return match.group(1) if match else ""
 
 
 def translate(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
