@@ -1,0 +1,32 @@
+"""The `kit` command line: every command is listed, errors are one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, run_kit
+
+
+def test_help_lists_every_command():
+    result = run_kit("--help")
+    assert result.returncode == 0
+    for command in ("export", "deps", "test", "serve", "bench"):
+        assert command in result.stdout
+
+
+def test_version_and_usage_errors():
+    assert run_kit("--version").stdout.startswith("kit ")
+    result = run_kit("export")
+    assert result.returncode == 2 and "the following arguments are required: notebook" in result.stderr
+
+
+def test_export_speed_benchmark_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "bench/export_speed.py", "--rounds", "1", "--json", "notebooks/hello.ipynb"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["results"][0]
+    assert row["notebook"] == "notebooks/hello.ipynb" and row["kit_export_s"] > 0 and row["nbconvert_to_python_s"] > 0
