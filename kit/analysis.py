@@ -273,10 +273,7 @@ def _annotation_only_names(trees: list[ast.Module]) -> set[str]:
 def _table_bindings(table: symtable.SymbolTable) -> set[str]:
     """Module-level names a module's code binds (including `global x` assignments in functions)."""
     names = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported() or s.is_namespace()}
-    stack = list(table.get_children())
-    while stack:
-        child = stack.pop()
-        stack.extend(child.get_children())
+    for child in _nested_scopes(table):
         names |= {s.get_name() for s in child.get_symbols() if s.is_declared_global() and s.is_assigned()}
     return names
 
@@ -288,12 +285,18 @@ def _global_reads(table: symtable.SymbolTable) -> set[str]:
         for s in table.get_symbols()
         if s.is_referenced() and not (s.is_assigned() or s.is_imported() or s.is_namespace())
     }
+    for child in _nested_scopes(table):
+        reads |= {s.get_name() for s in child.get_symbols() if s.is_referenced() and s.is_global()}
+    return reads
+
+
+def _nested_scopes(table: symtable.SymbolTable):
+    """Every function, class and comprehension scope below a module's table."""
     stack = list(table.get_children())
     while stack:
         child = stack.pop()
         stack.extend(child.get_children())
-        reads |= {s.get_name() for s in child.get_symbols() if s.is_referenced() and s.is_global()}
-    return reads
+        yield child
 
 
 def _first_use(tree: ast.AST, name: str) -> int | None:
