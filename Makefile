@@ -30,7 +30,7 @@ bench: setup
 	$(PY) bench/export_speed.py
 
 lint: setup
-	$(VENV)/bin/shellcheck start.sh
+	$(VENV)/bin/shellcheck start.sh docker/bake-worker.sh
 	$(VENV)/bin/hadolint Dockerfile
 
 clean:
