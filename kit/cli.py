@@ -8,6 +8,7 @@ command that needs them, so `kit export` starts fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kit.errors import KitError
@@ -45,7 +46,7 @@ def _cmd_deps(args) -> int:
 def _cmd_test(args) -> int:
     from kit.testing import run_tests
 
-    return run_tests(args.target, out_dir=args.output, json_path=args.json)
+    return run_tests(args.target, out_dir=args.output, json_path=args.json, timeout=args.timeout)
 
 
 def _cmd_serve(args) -> int:
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a notebook or an exported worker directory")
     p.add_argument("-o", "--output", default=None, metavar="DIR", help="export here instead of a temporary directory")
     p.add_argument("--json", default=None, metavar="FILE", help="also write a machine-readable report ('-' for stdout)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop the worker process after this long (default 1800)")
     p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("serve", help="a local RunPod endpoint running the exported worker through the real SDK loop")
@@ -152,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read our output went away (`kit ... | head`): stop quietly,
+        # and keep the interpreter's final flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+import contextlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,16 +215,22 @@ def _check_replaceable(out_dir: Path) -> None:
 
 
 @contextmanager
-def worker_dir(target: str | Path, out_dir: str | Path | None = None):
-    """A worker directory for `target`: a notebook (exported first) or a worker directory."""
+def worker_dir(target: str | Path, out_dir: str | Path | None = None, on_export: Callable[[ExportResult], None] | None = None):
+    """A worker directory for `target`: a notebook (exported first) or a worker directory.
+
+    `on_export` receives the export's result (its warnings, requirements) when
+    `target` is a notebook.
+    """
     path = Path(target)
     if path.is_dir():
         if not (path / "handler.py").is_file():
             raise KitError(f"{target}: no handler.py in this directory", "give a notebook or a directory written by kit export")
         yield path
         return
-    if out_dir is not None:
-        yield export_notebook(path, out_dir).out_dir
-        return
-    with tempfile.TemporaryDirectory(prefix="kit-worker-") as tmp:
-        yield export_notebook(path, Path(tmp) / path.stem).out_dir
+    with contextlib.ExitStack() as stack:
+        if out_dir is None:
+            out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kit-worker-"))) / path.stem
+        result = export_notebook(path, out_dir)
+        if on_export:
+            on_export(result)
+        yield result.out_dir

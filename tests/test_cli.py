@@ -30,3 +30,13 @@ def test_export_speed_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)["results"][0]
     assert row["notebook"] == "notebooks/hello.ipynb" and row["kit_export_s"] > 0 and row["nbconvert_to_python_s"] > 0
+
+
+def test_output_cut_short_by_the_reader_is_not_a_traceback():
+    """`kit test NB | head -1`: the reader leaves early; the kit stops quietly."""
+    result = subprocess.run(
+        f"{sys.executable} -m kit test notebooks/hello.ipynb | head -1",
+        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.stdout.startswith("kit test: ")
+    assert "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr

@@ -1,0 +1,425 @@
+"""`kit test`: the exported worker proven in a fresh interpreter, through the real runpod SDK."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import NOTEBOOKS, build_notebook, run_kit
+
+from kit.cli import main
+
+
+def write_notebook(path: Path, *cells: tuple[str | None, str]) -> Path:
+    """A markdown cell, then the (tag, source) code cells: cell numbers count the markdown cell too."""
+    return build_notebook(path, [("md", "# a worker"), *cells])
+
+
+def kit_test(capsys, *args) -> tuple[int, str, str]:
+    code = main(["test", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def line_with(text: str, needle: str) -> str:
+    return next(line for line in text.splitlines() if needle in line)
+
+
+ECHO_SETUP = ("setup", 'GREETING = "Hello"')
+ECHO_HANDLER = ("handler", 'def handler(job):\n    return {"greeting": GREETING, **job["input"]}')
+
+
+# --------------------------------------------------------------------------- passing
+
+
+def test_passing_notebook_reports_cold_start_tests_and_jobs(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "echo.ipynb",
+        ("setup", "import time\ntime.sleep(0.2)  # a slow model load\nGREETING = 'Hello'"),
+        ECHO_HANDLER,
+        ("test", 'result = handler({"input": {"prompt": "hi"}})\nprint("got", result)\nassert result["prompt"] == "hi"'),
+    )
+    code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "report.json")
+
+    assert code == 0, out
+    setup_row = line_with(out, "cell 2 [setup]")
+    assert setup_row.split()[-1] in ("ms", "s")
+    assert line_with(out, "import runpod")
+    assert "total" in out
+    assert line_with(out, "cell 4 [test]").split()[0] == "PASS"
+    assert "| got {'greeting': 'Hello', 'prompt': 'hi'}" in out
+    job_row = line_with(out, "job from cell 4, line 1")
+    assert job_row.split()[0] == "PASS" and "result 49 B" in job_row
+    assert out.splitlines()[-1] == "OK: 1/1 test cells passed, 1/1 jobs passed"
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["ok"] is True
+    assert report["notebook"] == str(nb)
+    assert [c["cell"] for c in report["setup_cells"]] == [2, 3]
+    assert report["setup_cells"][0]["seconds"] >= 0.2  # the sleep is inside the timed cell
+    assert report["cold_start"]["seconds"] >= report["cold_start"]["setup_seconds"] >= 0.2
+    assert report["jobs"][0]["size"] == len('{"output": {"greeting": "Hello", "prompt": "hi"}}')
+
+
+def test_export_to_a_chosen_directory_and_test_it_again(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "echo.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", 'assert handler({"input": {"a": 1}})["a"] == 1'))
+    code, out, _ = kit_test(capsys, nb, "-o", tmp_path / "worker")
+    assert code == 0, out
+    assert (tmp_path / "worker" / "handler.py").is_file()
+    assert not list((tmp_path / "worker").rglob("__pycache__"))  # the directory stays as exported
+
+    code, out, _ = kit_test(capsys, tmp_path / "worker")
+    assert code == 0, out
+    assert "exported from " + str(nb) in out.splitlines()[0]
+
+
+def test_hand_written_worker_directory(tmp_path, capsys):
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (worker / "handler.py").write_text(
+        "import runpod\n\n\ndef handler(job):\n    return {'double': job['input']['x'] * 2}\n\n\n"
+        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': handler})\n"
+    )
+    (worker / "test_input.json").write_text('{"input": {"x": 21}}')
+    code, out, _ = kit_test(capsys, worker)
+    assert code == 0, out
+    assert line_with(out, "handler.py").split()[0] == "handler.py"  # one chunk, timed
+    assert line_with(out, "job from test_input.json").split()[0] == "PASS"
+    assert "-> {'double': 42}" in out
+    assert "no `test` cells" in out
+
+
+# --------------------------------------------------------------------------- failing tests
+
+
+def test_failing_assertion_shows_message_and_notebook_location(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "echo.ipynb",
+        ECHO_SETUP,
+        ECHO_HANDLER,
+        ("test", 'result = handler({"input": {"n": 1}})\n\nassert result["greeting"] == "Bonjour", f"expected French, got {result[\'greeting\']}"'),
+        ("test", "assert 1 + 1 == 3"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+
+    assert code == 1
+    assert line_with(out, "cell 4 [test]").split()[0] == "FAIL"
+    assert "AssertionError: expected French, got Hello" in out
+    assert f"at {nb} cell 4, line 3" in out
+    # a bare assert: the statement is the message
+    assert line_with(out, "cell 5 [test]").split()[0] == "FAIL"
+    assert "AssertionError: assert 1 + 1 == 3" in out
+    assert f"at {nb} cell 5, line 1" in out
+    # the job literal itself is fine: tests fail, jobs pass
+    assert out.splitlines()[-1] == "FAILED: 0/2 test cells passed, 1/1 jobs passed"
+
+
+def test_exit_code_is_the_contract(tmp_path):
+    nb = write_notebook(tmp_path / "bad.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", "assert False, 'broken on purpose'"))
+    process = run_kit("test", nb, cwd=tmp_path, timeout=120)
+    assert process.returncode == 1
+    assert "AssertionError: broken on purpose" in process.stdout
+    assert "Traceback" not in process.stdout + process.stderr
+
+
+def test_handler_that_raises_fails_the_test_cell_and_the_job_with_the_handler_line(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "raises.ipynb",
+        ("setup", "LIMIT = 3"),
+        ("handler", "def handler(job):\n    n = job['input']['n']\n    if n > LIMIT:\n        raise ValueError(f'n={n} is over {LIMIT}')\n    return n"),
+        ("test", "print('before')\nhandler({'input': {'n': 5}})"),
+    )
+    code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
+
+    assert code == 1
+    assert line_with(out, "cell 4 [test]").split()[0] == "FAIL"
+    assert "| before" in out
+    assert "ValueError: n=5 is over 3" in out
+    assert f"at {nb} cell 3, line 4 (handler.py:" in out  # where it was raised, in the handler cell
+    assert f"called from {nb} cell 4, line 2" in out  # and the test line that called it
+    # the same job through the SDK's run_job fails too, located the same way
+    job_row = line_with(out, "job from cell 4, line 2")
+    assert job_row.split()[0] == "FAIL"
+    job = json.loads((tmp_path / "r.json").read_text())["jobs"][0]
+    assert job["error"]["type"] == "ValueError"
+    assert job["error"]["message"] == "n=5 is over 3"
+    assert job["error"]["where"][-1]["cell"] == 3 and job["error"]["where"][-1]["line"] == 4
+
+
+def test_handler_returning_error_fails_the_job_as_local_mode_does(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "err.ipynb",
+        ("handler", "def handler(job):\n    return {'error': 'prompt is required'}"),
+        ("test", "handler({'input': {}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert line_with(out, "cell 3 [test]").split()[0] == "PASS"  # returning is not raising
+    assert line_with(out, "job from cell 3, line 1").split()[0] == "FAIL"
+    assert "returned error: prompt is required" in out
+
+
+def test_setup_cell_that_raises_is_a_failed_cold_start(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "boom.ipynb",
+        ("setup", "import os\n\nMODEL = os.environ['KIT_TEST_NO_SUCH_VARIABLE']"),
+        ("handler", "def handler(job):\n    return MODEL"),
+        ("test", "handler({'input': {}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert "FAIL cell 2 [setup]" in out and "the worker fails to start" in out
+    assert "KeyError: 'KIT_TEST_NO_SUCH_VARIABLE'" in out
+    assert f"at {nb} cell 2, line 3 (handler.py:" in out
+    assert "test cells" not in out  # nothing runs on a worker that cannot start
+    assert out.splitlines()[-1] == "FAILED: nothing ran"
+
+
+def test_sys_exit_in_a_test_cell_fails_that_cell_only(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "exit.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", "import sys\nsys.exit(3)"), ("test", "assert handler({'input': {'x': 1}})['x'] == 1")
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert line_with(out, "cell 4 [test]").split()[0] == "FAIL"
+    assert "SystemExit: 3" in out
+    assert line_with(out, "cell 5 [test]").split()[0] == "PASS"
+
+
+# --------------------------------------------------------------------------- async and generators
+
+
+def test_top_level_await_in_a_test_cell(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "async.ipynb",
+        ("setup", "import asyncio"),
+        ("handler", "async def handler(job):\n    await asyncio.sleep(0)\n    return {'echo': job['input']['text']}"),
+        ("test", "result = await handler({'input': {'text': 'awaited'}})\nprint(result['echo'])\nassert result == {'echo': 'awaited'}"),
+        ("test", "await handler({'input': {'text': 'shown'}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert "| awaited" in out
+    assert "-> {'echo': 'shown'}" in out  # the cell's last value, as the notebook displays it
+    assert line_with(out, "job from cell 4, line 1").split()[0] == "PASS"
+    assert line_with(out, "job from cell 5, line 1").split()[0] == "PASS"
+
+
+def test_awaited_failure_is_located(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "async.ipynb",
+        ("handler", "async def handler(job):\n    return {'n': job['input']['n']}"),
+        ("test", "x = 1\nresult = await handler({'input': {'n': 2}})\nassert result['n'] == 3, 'n should be 3'"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert "AssertionError: n should be 3" in out
+    assert f"at {nb} cell 3, line 3" in out
+
+
+@pytest.mark.parametrize("kind", ["generator", "async_generator"])
+def test_generator_handler_chunks_are_iterated_and_streamed(tmp_path, capsys, kind):
+    definition = {
+        "generator": "def handler(job):\n    for word in job['input']['text'].split():\n        yield {'token': word}",
+        "async_generator": "async def handler(job):\n    for word in job['input']['text'].split():\n        yield {'token': word}",
+    }[kind]
+    nb = write_notebook(
+        tmp_path / "stream.ipynb",
+        ("handler", definition),
+        ("test", "handler({'input': {'text': 'one two three'}})"),
+    )
+    code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
+    assert code == 0, out
+    assert "rp_job.run_job_generator, streamed" in out
+    assert out.count("3 chunks:") == 2  # the test cell's value and the streamed job
+    assert "[2] {'token': 'three'}" in out
+    job = json.loads((tmp_path / "r.json").read_text())["jobs"][0]
+    assert job["chunk_count"] == 3 and job["streaming"] is True
+    assert job["size"] == len(json.dumps({"output": [{"token": w} for w in ("one", "two", "three")]}))
+
+
+def test_generator_failing_mid_stream(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "stream.ipynb",
+        ("handler", "def handler(job):\n    yield 1\n    yield 2\n    raise RuntimeError('stream broke')"),
+        ("test", "handler({'input': {}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert line_with(out, "cell 3 [test]").split()[0] == "FAIL"
+    assert line_with(out, "job from cell 3, line 1").split()[0] == "FAIL"
+    assert out.count("RuntimeError: stream broke") == 2
+    assert out.count(f"at {nb} cell 2, line 4") == 2
+
+
+def test_generator_chunk_that_is_not_json(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "stream.ipynb",
+        ("handler", "def handler(job):\n    yield 'fine'\n    yield {'tags': {'a', 'b'}}"),
+        ("test", "handler({'input': {}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert "the result is not JSON: output[1]['tags'] is a set" in out
+
+
+# --------------------------------------------------------------------------- results as RunPod carries them
+
+
+def test_non_serialisable_result_fails_with_a_hint(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "numpy.ipynb",
+        ("setup", "import numpy as np"),
+        ("handler", "def handler(job):\n    return {'vector': np.ones(3)}"),
+        ("test", "result = handler({'input': {}})\nassert len(result['vector']) == 3"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert line_with(out, "cell 4 [test]").split()[0] == "PASS"  # fine in the notebook...
+    assert line_with(out, "job from cell 4, line 1").split()[0] == "FAIL"  # ...not on RunPod
+    assert "the result is not JSON: output['vector'] is a numpy.ndarray" in out
+    assert "hint: convert it with .tolist()" in out
+
+
+def test_25_mb_result_fails_and_12_mb_warns(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "big.ipynb",
+        ("handler", "def handler(job):\n    return {'data': 'x' * job['input']['megabytes'] * 1_000_000}"),
+        ("test", "assert len(handler({'input': {'megabytes': 12}})['data']) == 12_000_000"),
+        ("test", "assert len(handler({'input': {'megabytes': 25}})['data']) == 25_000_000"),
+    )
+    code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
+    assert code == 1
+    warned = line_with(out, "job from cell 3, line 1")
+    assert warned.split()[0] == "WARN" and "result 12.0 MB" in warned
+    assert "warn: the result is 12.0 MB, over RunPod's 10 MB limit for /run" in out
+    failed = line_with(out, "job from cell 4, line 1")
+    assert failed.split()[0] == "FAIL" and "result 25.0 MB" in failed
+    assert "fail: the result is 25.0 MB, over RunPod's 20 MB limit (/runsync)" in out
+    assert out.splitlines()[-1] == "FAILED: 2/2 test cells passed, 1/2 jobs passed"
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["ok"] is False
+    assert [job["ok"] for job in report["jobs"]] == [True, False]
+    assert len((tmp_path / "r.json").read_text()) < 100_000  # the report carries previews, not results
+
+
+def test_nan_in_a_result_warns(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "nan.ipynb",
+        ("handler", "def handler(job):\n    return {'score': float('nan')}"),
+        ("test", "handler({'input': {}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert line_with(out, "job from cell 3, line 1").split()[0] == "WARN"
+    assert "warn: the result holds NaN or Infinity" in out
+
+
+# --------------------------------------------------------------------------- export problems and harness limits
+
+
+def test_notebook_that_is_not_self_contained_fails_with_the_export_message(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "scratch.ipynb",
+        (None, "PREFIX = '>> '"),
+        ("handler", "def handler(job):\n    return PREFIX + job['input']['text']"),
+        ("test", "handler({'input': {'text': 'x'}})"),
+    )
+    code, out, err = kit_test(capsys, nb, "--json", tmp_path / "r.json")
+    assert code == 2
+    assert err.startswith(f"error: {nb}: cell 3, line 2: `PREFIX` is defined only in cell 2 (untagged)")
+    assert "Traceback" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["ok"] is False
+
+
+def test_json_report_on_stdout(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "echo.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", "handler({'input': {}})"))
+    code, out, err = kit_test(capsys, nb, "--json", "-")
+    assert code == 0
+    report = json.loads(out)  # stdout is only the JSON; the human report went to stderr
+    assert report["ok"] is True and report["tests"][0]["ok"] is True
+    assert "OK: 1/1 test cells passed" in err
+
+
+def test_timeout_kills_the_worker_and_everything_it_started(tmp_path, capsys):
+    pid_file = tmp_path / "child.pid"
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (worker / "handler.py").write_text(
+        "import subprocess, time\n"
+        f"child = subprocess.Popen(['sleep', '300'])\nopen({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(300)\n\ndef handler(job):\n    return 1\n"
+    )
+    code, out, _ = kit_test(capsys, worker, "--timeout", 5)
+    assert code == 1
+    assert "error: timed out after 5 s while importing handler.py" in out
+    child = int(pid_file.read_text())
+    for _ in range(100):  # SIGKILL is delivered asynchronously: give it a moment
+        if not running(child):
+            break
+        time.sleep(0.05)
+    assert not running(child)
+
+
+def running(pid: int) -> bool:
+    """True while `pid` runs (a killed process whose parent is gone may stay a zombie until init reaps it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+# --------------------------------------------------------------------------- the example notebooks
+
+
+def test_hello_example_passes(capsys):
+    code, out, _ = kit_test(capsys, NOTEBOOKS / "hello.ipynb")
+    assert code == 0, out
+
+
+def test_embeddings_example_passes(capsys):
+    code, out, _ = kit_test(capsys, NOTEBOOKS / "embeddings.ipynb")
+    assert code == 0, out
+    assert "| dimensions: 384" in out
+    assert line_with(out, "job from cell 5, line 10").split()[0] == "PASS"
+
+
+@pytest.fixture
+def tiny_sentiment_model(tmp_path, monkeypatch):
+    """A DistilBERT classifier small enough to build here: no download, no real weights."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
+
+    words = "the quick brown fox jumps over lazy dog good bad movie".split()
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    model_dir = tmp_path / "tiny-sentiment"
+    DistilBertTokenizerFast(vocab_file=str(vocab)).save_pretrained(model_dir)
+    config = DistilBertConfig(vocab_size=5 + len(words), dim=16, hidden_dim=32, n_layers=1, n_heads=2, max_position_embeddings=64, num_labels=2)
+    DistilBertForSequenceClassification(config).save_pretrained(model_dir)
+    monkeypatch.setenv("MODEL_NAME", str(model_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return model_dir
+
+
+def test_sentiment_example_passes_on_a_tiny_local_model(capsys, tiny_sentiment_model):
+    code, out, _ = kit_test(capsys, NOTEBOOKS / "sentiment.ipynb")
+    assert code == 0, out
+    assert line_with(out, "cell 5 [test]").split()[0] == "PASS"
+    assert "'sentiment': " in line_with(out, "->")
+
+
+def test_library_report_for_the_panel(tmp_path):
+    from kit.testing import run_notebook_tests
+
+    nb = write_notebook(tmp_path / "echo.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", "handler({'input': {'word': 'panel'}})"))
+    seen = []
+    report = run_notebook_tests(nb, on_event=lambda event, report: seen.append(event["event"]))
+    assert report.ok
+    assert seen[0] == "start" and seen[-1] == "end" and "job" in seen
+    assert [test["cell"] for test in report.tests] == [4]
+    text = "\n".join(report.lines())
+    assert "-> {'greeting': 'Hello', 'word': 'panel'}" in text
+    assert text.splitlines()[-1] == "OK: 1/1 test cells passed, 1/1 jobs passed"
