@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kit-installed
 PYTHON ?= python3
+SHELL  := bash
+.SHELLFLAGS := -eu -o pipefail -c
 
 .PHONY: setup demo test bench clean lint
 
@@ -21,7 +23,8 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/kit export notebooks/embeddings.ipynb -o build/embeddings
-	cd build/embeddings && ../../$(PY) -u handler.py --rp_log_level INFO
+	@echo "--- the exported worker, through the runpod SDK's local test mode (long lines cut at 300 characters):"
+	cd build/embeddings && ../../$(PY) -u handler.py --rp_log_level INFO 2>&1 | cut -c -300
 
 test: setup
 	$(PY) -m pytest

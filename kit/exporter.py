@@ -2,7 +2,8 @@
 
 Registered through the `nbconvert.exporters` entry point, so one class serves
 `jupyter nbconvert --to runpod NB.ipynb` (writes NB.zip) and JupyterLab's
-File → Save and Export Notebook As → RunPod worker (downloads NB.zip). It
+File → Save and Export Notebook As → Runpod (JupyterLab 4 names the
+entry after the entry point; downloads NB.zip). It
 calls `kit.export.build_worker`, the function behind `kit export`, and only
 packs the result.
 """
