@@ -71,6 +71,7 @@ def _cmd_bench(args) -> int:
         job_input=args.input,
         workers=args.workers,
         json_out=args.json,
+        loop=args.loop,
     )
 
 
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, metavar="JSON", help="job input (default: the notebook's test job)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument(
+        "--loop",
+        choices=("fast", "stock", "both"),
+        default="fast",
+        help="worker loop: the exported fast loop (default), the SDK's stock loop, or both side by side",
+    )
     p.set_defaults(func=_cmd_bench)
 
     return parser

@@ -1,15 +1,21 @@
 """What the exported worker runs when it is started (`python handler.py`).
 
 `main_block` renders the code under `if __name__ == "__main__":` at the end of
-handler.py; `support_files` lists files exported beside it. Neither may make
-the worker depend on the kit: the worker directory is self-contained.
+handler.py; `support_files` lists files exported beside it: `worker_loop.py`,
+RunPod's worker loop without its fixed 1 s / 0.1 s ticks and its import-time
+CPU probe (see that file's docstring; KIT_WORKER_LOOP=stock switches back).
+Neither may make the worker depend on the kit: the worker directory is
+self-contained.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kit.notebook import FOOTER_MARKER
 
 GENERATOR_KINDS = ("generator", "async_generator")
+WORKER_LOOP = Path(__file__).with_name("templates") / "worker_loop.py"
 
 
 def main_block(handler_kind: str, has_concurrency_modifier: bool) -> str:
@@ -30,10 +36,12 @@ def main_block(handler_kind: str, has_concurrency_modifier: bool) -> str:
         'if __name__ == "__main__":\n'
         "    import os\n"
         "\n"
-        "    import runpod\n"
+        "    # runpod.serverless.start without the stock loop's 1 s fetch tick (see worker_loop.py;\n"
+        "    # KIT_WORKER_LOOP=stock runs the stock loop).\n"
+        "    import worker_loop\n"
         f"{modifier_def}"
         "\n"
-        "    runpod.serverless.start(\n"
+        "    worker_loop.start(\n"
         "        {\n"
         '            "handler": handler,\n'
         f'            "concurrency_modifier": {modifier},\n'
@@ -45,4 +53,4 @@ def main_block(handler_kind: str, has_concurrency_modifier: bool) -> str:
 
 def support_files() -> dict[str, str]:
     """Files written beside handler.py, by name."""
-    return {}
+    return {"worker_loop.py": WORKER_LOOP.read_text(encoding="utf-8")}

@@ -1,0 +1,156 @@
+"""RunPod's serverless worker loop, minus its fixed delays. Exported beside handler.py by the kit.
+
+handler.py calls `start(config)` instead of `runpod.serverless.start(config)`.
+The SDK still does all the talking to RunPod (job-take, job-done, streams,
+job-stop, heartbeat) with its own requests and payloads; two things change:
+
+- Fetching. The stock `JobScaler` sleeps a whole second whenever the worker is
+  full and polls its job queue every 0.1 s, so a worker takes at most
+  `concurrency` jobs a second however fast the handler is. `FastJobScaler`
+  waits on events instead: a finished job wakes the fetcher, a fetched job
+  starts at once.
+- Import. `import runpod` runs a `cpuinfo.get_cpu_info()` subprocess (about
+  1.3 s) to fill in one string of the `--rp_debugger` report. Importing this
+  module first imports runpod with that string read from /proc/cpuinfo.
+
+Both ride on SDK internals, so they are used only with the runpod versions
+they were tested with (TESTED_RUNPOD). With any other version, or with
+KIT_WORKER_LOOP=stock in the environment, the stock loop runs unchanged and
+the log says why. This file does not need the kit to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+from importlib import metadata
+
+TESTED_RUNPOD = ("1.12.0",)
+LOOP_ENV = "KIT_WORKER_LOOP"  # "stock" forces the SDK's own loop
+
+
+def _why_stock() -> str | None:
+    """Why the stock loop must run, or None when the fast one may."""
+    if os.environ.get(LOOP_ENV, "").strip().lower() == "stock":
+        return f"{LOOP_ENV}=stock is set"
+    try:
+        version = metadata.version("runpod")
+    except metadata.PackageNotFoundError:
+        return "the runpod package has no version metadata"
+    if version not in TESTED_RUNPOD:
+        return f"runpod {version} is not a version the fast loop was tested with ({', '.join(TESTED_RUNPOD)})"
+    return None
+
+
+WHY_STOCK = _why_stock()
+
+
+def _processor_name() -> dict:
+    """What rp_debugger reads from cpuinfo.get_cpu_info(), without its subprocess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return {"brand_raw": line.split(":", 1)[1].strip()}
+    except OSError:
+        pass
+    return {"brand_raw": platform.processor() or "Unable to get processor info."}
+
+
+def _import_runpod_without_cpu_probe() -> None:
+    import cpuinfo
+
+    probe = cpuinfo.get_cpu_info
+    cpuinfo.get_cpu_info = _processor_name
+    try:
+        import runpod  # noqa: F401
+    finally:
+        cpuinfo.get_cpu_info = probe  # the user's own calls get the real probe
+
+
+_CPU_PROBE_RAN = "runpod" in sys.modules  # imported by the setup cells before this module
+if WHY_STOCK is None and not _CPU_PROBE_RAN:
+    _import_runpod_without_cpu_probe()
+
+import runpod  # noqa: E402
+from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
+
+log = RunPodLogger()
+
+if WHY_STOCK is None:
+    from runpod.serverless.modules import rp_scale
+
+    class FastJobScaler(rp_scale.JobScaler):
+        """The SDK's JobScaler, woken by events instead of a 1 s / 0.1 s tick."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self._slot_freed = asyncio.Event()
+
+        def kill_worker(self):
+            super().kill_worker()
+            self._slot_freed.set()  # a fetcher waiting for room sees the shutdown at once
+
+        async def set_scale(self):
+            # The stock get_jobs starts every turn with set_scale() and, when the
+            # worker is full, sleeps 1 s. Waiting here until a job finishes means
+            # get_jobs only runs its turn when it has room, so it never sleeps.
+            await super().set_scale()
+            while self.is_alive() and self.current_occupancy() >= self.current_concurrency:
+                self._slot_freed.clear()
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    await super().set_scale()  # re-read the concurrency modifier as often as the stock loop
+
+        async def run_jobs(self, session):
+            """Start each fetched job as soon as it is queued; drain on shutdown (as the stock loop does)."""
+            tasks: set[asyncio.Task] = set()
+            getter: asyncio.Task | None = None  # a pending jobs_queue.get() while there is room
+            getter_queue = None
+            stopping = asyncio.ensure_future(self._shutdown_event.wait())
+            try:
+                while self.is_alive() or not self.jobs_queue.empty() or (getter is not None and getter.done()):
+                    if getter is not None and (getter.done() or getter_queue is not self.jobs_queue):
+                        if getter.done():
+                            tasks.add(self._start_job(session, getter.result()))
+                        else:  # set_scale replaced the queue: wait on the new one
+                            getter.cancel()
+                        getter = None
+                    while len(tasks) < self.current_concurrency and not self.jobs_queue.empty():
+                        tasks.add(self._start_job(session, self.jobs_queue.get_nowait()))
+                    if getter is None and len(tasks) < self.current_concurrency and self.is_alive():
+                        getter_queue = self.jobs_queue
+                        getter = asyncio.ensure_future(getter_queue.get())
+                    wakers = tasks | {stopping} | ({getter} if getter else set())
+                    done, _ = await asyncio.wait(wakers, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                    tasks -= done
+            finally:
+                stopping.cancel()
+                if getter is not None and not getter.done():
+                    getter.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error(f"FastJobScaler.run_jobs | Task failed during shutdown drain: {result}")
+
+        def _start_job(self, session, job) -> asyncio.Task:
+            task = asyncio.create_task(self.handle_job(session, job))
+            task.add_done_callback(lambda _: self._slot_freed.set())
+            self.jobs_tasks[job["id"]] = task
+            return task
+
+
+def start(config: dict) -> None:
+    """`runpod.serverless.start(config)`, on the fast loop when this runpod version allows it."""
+    if WHY_STOCK is None:
+        rp_scale.JobScaler = FastJobScaler
+        if _CPU_PROBE_RAN:
+            log.info("worker_loop: runpod was imported before worker_loop, so its CPU probe already ran")
+    elif os.environ.get(LOOP_ENV):
+        log.info(f"worker_loop: running the SDK's stock worker loop: {WHY_STOCK}")
+    else:
+        log.warn(f"worker_loop: running the SDK's stock worker loop: {WHY_STOCK}")
+    runpod.serverless.start(config)

@@ -1,0 +1,70 @@
+"""`kit bench`: load a served worker and report cold start, throughput, latency and job counts."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import NOTEBOOKS, run_kit
+
+FAST = {"CONCURRENCY_MODIFIER": "4"}  # the stock SDK loop takes at most this many jobs a second
+
+
+def test_bench_the_hello_notebook_on_both_loops_reports_every_job_completed_once():
+    result = run_kit(
+        "bench", NOTEBOOKS / "hello.ipynb", "--jobs", "12", "--concurrency", "4", "--loop", "both", "--json", env=FAST
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["jobs"], report["concurrency"], report["workers"]) == (12, 4, 1)
+    assert [run["loop"] for run in report["runs"]] == ["stock", "fast"]
+    for run in report["runs"]:
+        assert (run["completed"], run["failed"], run["lost"], run["duplicated"]) == (12, 0, 0, 0)
+        assert len(run["cold_start_s"]) == 1 and run["cold_start_s"][0] > 0
+        assert run["throughput_jobs_per_s"] > 0
+        for part in ("queue", "execution", "total"):
+            latency = run["latency_ms"][part]
+            assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"], part
+        assert run["latency_ms"]["total"]["p50"] >= run["latency_ms"]["execution"]["p50"]
+
+
+def test_a_hand_written_worker_has_no_fast_loop(tmp_path):
+    (tmp_path / "handler.py").write_text(
+        "import runpod\n\ndef handler(job):\n    return job['input']\n\n"
+        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': handler})\n"
+    )
+    result = run_kit("bench", tmp_path, "--jobs", "2", "--input", "{}")
+    assert result.returncode == 2 and "no worker_loop.py" in result.stderr
+    result = run_kit("bench", tmp_path, "--jobs", "2", "--input", "{}", "--loop", "stock", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["runs"][0]["completed"] == 2
+
+
+def test_bench_prints_a_table_and_uses_the_given_input(make_notebook):
+    notebook = make_notebook(
+        [("handler", "def handler(job):\n    assert job['input'] == {'size': 3}\n    return 'ok'")]
+    )
+    result = run_kit("bench", notebook, "--jobs", "3", "--workers", "2", "--input", '{"size": 3}', env=FAST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 jobs, 4 in flight, 2 worker(s)" in result.stdout
+    for label in ("cold start, s", "throughput, jobs/s", "queue p50/p95/p99, ms", "execution p50/p95/p99, ms"):
+        assert label in result.stdout
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip().split()[0] in ("completed", "failed", "lost", "duplicated"))
+    assert {k: v.strip() for k, v in lines.items()} == {"completed": "3", "failed": "0", "lost": "0", "duplicated": "0"}
+
+
+def test_failing_jobs_are_counted_and_make_bench_exit_1(make_notebook):
+    notebook = make_notebook([("handler", "def handler(job):\n    raise RuntimeError('out of memory')")])
+    result = run_kit("bench", notebook, "--jobs", "2", "--input", "{}", "--json", env=FAST)
+    assert result.returncode == 1
+    (run,) = json.loads(result.stdout)["runs"]
+    assert (run["completed"], run["failed"], run["lost"]) == (0, 2, 0)
+    assert "out of memory" in run["first_error"]
+
+
+def test_bad_input_is_a_one_line_error(make_notebook):
+    notebook = make_notebook([("handler", "def handler(job):\n    return 1")])
+    result = run_kit("bench", notebook, "--input", "{not json")
+    assert result.returncode == 2
+    assert "--input is not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    result = run_kit("bench", notebook)  # no test cell, no --input: nothing to send
+    assert result.returncode == 2 and "--input" in result.stderr
