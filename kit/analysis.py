@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import builtins
 import symtable
+import warnings
 from dataclasses import dataclass, field
 
 from kit.ipython import TranslatedCell, translate
@@ -64,10 +65,17 @@ def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool 
     cell = translated.cell
     filename = f"<cell {cell.index}>"
     try:
-        tree = compile(translated.source, filename, "exec", flags, dont_inherit=True)
-        if not top_level_await:
-            # The compiler, not the parser, rejects `await` or `return` outside a function.
-            compile(tree, filename, "exec", dont_inherit=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tree = compile(translated.source, filename, "exec", flags, dont_inherit=True)
+            if not top_level_await:
+                # The compiler, not the parser, rejects `await` or `return` outside a function.
+                compile(tree, filename, "exec", dont_inherit=True)
+        # Python's own warnings about the cell's code (e.g. an invalid escape sequence), located.
+        for warning in caught:
+            entry = (warning.lineno, f"Python: {warning.message}")
+            if entry not in translated.warnings:
+                translated.warnings.append(entry)
         return tree
     except SyntaxError as error:
         message = error.msg
@@ -217,7 +225,9 @@ def _check_names(notebook: Notebook, cells: list[ParsedCell], lazy_annotations: 
     defined: set[str] = set()
     tables = []
     for parsed in cells:
-        table = symtable.symtable(parsed.translated.source, f"<cell {parsed.index}>", "exec")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # parse() already reported them, located
+            table = symtable.symtable(parsed.translated.source, f"<cell {parsed.index}>", "exec")
         tables.append((parsed, table))
         defined |= _table_bindings(table)
     known = defined | set(dir(builtins)) | MODULE_NAMES

@@ -30,7 +30,7 @@ def test_export_writes_a_worker_directory(make_notebook, tmp_path):
     out = tmp_path / "out"
     result = run_kit("export", nb, "-o", out)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["handler.py", "kit.json", "requirements.txt", "test_input.json", "tests.py"]
+    assert sorted(p.name for p in out.iterdir()) == ["handler.py", "kit.json", "requirements.txt", "test_input.json", "tests.py", "worker_loop.py"]
 
     handler = (out / "handler.py").read_text()
     assert f"from {nb}" in handler and f"kit export {nb} -o {out}" in handler
@@ -38,7 +38,8 @@ def test_export_writes_a_worker_directory(make_notebook, tmp_path):
     assert handler.index("cell 2 [setup]") < handler.index("cell 3 [handler]")
     assert "scratch" not in handler and "assert result" not in handler
     assert "import kit" not in handler and "from kit" not in handler
-    assert 'if __name__ == "__main__":' in handler and "runpod.serverless.start(" in handler
+    assert "import runpod" not in handler.split("# %% worker start")[0]  # no import-time tax unless the notebook asks
+    assert 'if __name__ == "__main__":' in handler and "worker_loop.start(" in handler
     assert '"CONCURRENCY_MODIFIER", "1"' in handler
 
     # The first job literal a test cell passes to handler(...).
@@ -110,6 +111,13 @@ def test_handler_kinds(make_notebook, tmp_path, source, kind):
     assert export_notebook(make_notebook([("handler", source)]), tmp_path / "o").handler_kind == kind
 
 
+def test_setup_that_imports_runpod_gets_it_without_the_cpu_probe(make_notebook, tmp_path):
+    nb = make_notebook([("setup", "import runpod"), ("handler", "def handler(job):\n    runpod.serverless.progress_update(job, 'x')\n    return 1")])
+    handler = (export_notebook(nb, tmp_path / "out").out_dir / "handler.py").read_text()
+    first_code = [l for l in handler.splitlines() if l and not l.startswith("#")][:2]
+    assert first_code == ['if __name__ == "__main__":', "    import worker_loop  # noqa: E402 (runpod, imported without its 1.3 s CPU probe)"]
+
+
 def test_future_imports_are_hoisted(make_notebook, tmp_path):
     nb = make_notebook(
         [
@@ -148,6 +156,12 @@ def test_ipython_syntax_in_exported_cells(make_notebook, tmp_path):
     assert any("cell 2, line 1: `%%time` unwrapped" in m for m in messages)
     # the worker still runs
     assert run_worker(result.out_dir, "--test_input", '{"input": {}}').returncode == 0
+
+
+def test_python_warnings_about_the_code_are_located(make_notebook, tmp_path):
+    nb = make_notebook([("setup", "import re\nPATTERN = re.compile('\\d+\\:')"), ("handler", "def handler(job):\n    return 1")])
+    messages = [str(w) for w in export_notebook(nb, tmp_path / "out").warnings]
+    assert any("worker.ipynb: cell 1, line 2: Python: invalid escape sequence" in m for m in messages), messages
 
 
 def test_untagged_cells_may_contain_anything(make_notebook, tmp_path):
