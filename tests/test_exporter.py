@@ -7,20 +7,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-import nbformat
 import pytest
 from nbconvert.exporters import get_export_names, get_exporter
+
+from conftest import build_notebook as write_notebook
 
 from kit.errors import KitError
 
 JUPYTER = Path(sys.executable).with_name("jupyter")
-
-
-def write_notebook(path: Path, cells) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source, metadata={"tags": [tag]} if tag else {}) for tag, source in cells]
-    nbformat.write(nb, path)
-    return path
 
 
 ECHO = [

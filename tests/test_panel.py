@@ -5,19 +5,13 @@ import os
 import threading
 from pathlib import Path
 
-import nbformat
 import pytest
 from jupyter_client.manager import start_new_kernel
 
+from conftest import build_notebook as write_notebook
+
 from kit.errors import KitError
 from kit.panel import RUN_LIMIT, Panel, call_handler, locate_notebook, payload_report
-
-
-def write_notebook(path: Path, cells) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source, metadata={"tags": [tag]} if tag else {}) for tag, source in cells]
-    nbformat.write(nb, path)
-    return path
 
 
 ECHO = [
