@@ -243,15 +243,20 @@ def sshd_or_fail():
         pytest.skip(message)
 
 
+def _strict_modes_accept(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o022 == 0 for p in [path, *path.parents])
+
+
 def safe_home() -> Path:
     """A HOME sshd's StrictModes accepts: no group/world-writable directory
-    above authorized_keys, which rules out anything under /tmp."""
-    base = ROOT / "build"
-    base.mkdir(exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="test-start-home-", dir=base))
-    for parent in [home, *home.parents]:
-        assert parent.stat().st_mode & 0o022 == 0, f"{parent} is group/world-writable: sshd would refuse the key"
-    return home
+    above authorized_keys, which rules out anything under /tmp. The checkout's
+    build/ is tried first; a checkout that itself lies under /tmp (a CI clone)
+    falls back to a private folder in the runner's home."""
+    for base in (ROOT / "build", Path.home() / ".cache" / "kit-test-start"):
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if _strict_modes_accept(base):
+            return Path(tempfile.mkdtemp(prefix="test-start-home-", dir=base))
+    pytest.fail(f"no directory for a test HOME that sshd accepts: {ROOT / 'build'} and {Path.home()} lie under a group/world-writable directory")
 
 
 @pytest.fixture(scope="module")
