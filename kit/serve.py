@@ -90,9 +90,12 @@ class WorkerPool:
             if code is None:
                 continue
             _kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
-            refreshed = self.emulator.expected_exit(worker_id)
+            asked_to_refresh = self.emulator.expected_exit(worker_id)
             started = self.emulator.worker_times(worker_id)["first_request"] is not None
             lost = self.emulator.worker_exited(worker_id, f"exited with code {code}")
+            # A refresh is a clean exit with nothing in flight: a worker that took more jobs
+            # after its refresh job and then died is reported like any other death.
+            refreshed = asked_to_refresh and code == 0 and not lost
             if not refreshed:
                 message = f"{worker_id} exited with code {code} (log: {process.log_path})"
                 if lost:
