@@ -412,7 +412,7 @@ def find_jobs(trees: list[tuple[int, ast.Module]]) -> list[dict]:
     names: dict[str, object] = {}
     jobs: list[dict] = []
     for cell, tree in trees:
-        for node in sorted(_walk_in_order(tree), key=lambda n: (n.lineno, n.col_offset)):
+        for node in sorted(_assignments_and_calls(tree), key=lambda n: (n.lineno, n.col_offset)):
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 value = _literal(node.value)
                 if value is not None:
@@ -425,7 +425,7 @@ def find_jobs(trees: list[tuple[int, ast.Module]]) -> list[dict]:
     return jobs
 
 
-def _walk_in_order(tree):
+def _assignments_and_calls(tree):
     return [n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.Call))]
 
 

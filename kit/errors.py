@@ -7,7 +7,7 @@ prints ``str(error)`` and exits 2; anything else escaping is a kit bug.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -48,14 +48,6 @@ class KitError(Exception):
             text += f" — {self.hint}"
         return text
 
-    def at(self, notebook: str | None = None, cell: int | None = None) -> "KitError":
-        """Fill in the location where the raiser did not know it."""
-        if self.notebook is None:
-            self.notebook = notebook
-        if self.cell is None:
-            self.cell = cell
-        return self
-
 
 def _locate(notebook: str | None, cell: int | None, line: int | None) -> str:
     parts = []
@@ -64,13 +56,3 @@ def _locate(notebook: str | None, cell: int | None, line: int | None) -> str:
     if cell is not None:
         parts.append(f"cell {cell}" + (f", line {line}" if line is not None else ""))
     return (": ".join(parts) + ": ") if parts else ""
-
-
-@dataclass
-class Problems:
-    """Warnings gathered along the way (errors are raised, not gathered)."""
-
-    warnings: list[KitWarning] = field(default_factory=list)
-
-    def warn(self, message: str, notebook=None, cell=None, line=None) -> None:
-        self.warnings.append(KitWarning(message, notebook, cell, line))
