@@ -17,11 +17,11 @@ __all__ = ["export_notebook", "build_worker", "infer_requirements", "panel", "Ki
 
 def __getattr__(name):
     if name in ("export_notebook", "build_worker"):
-        from kit import export
+        from kit.build import export
 
         return getattr(export, name)
     if name == "infer_requirements":
-        from kit.deps import infer_requirements
+        from kit.build.deps import infer_requirements
 
         return infer_requirements
     if name == "KitError":
@@ -29,7 +29,7 @@ def __getattr__(name):
 
         return KitError
     if name == "panel":
-        from kit.panel import panel
+        from kit.ui.panel import panel
 
         return panel
     raise AttributeError(f"module 'kit' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from kit.errors import KitError
 
 
 def _cmd_export(args) -> int:
-    from kit.export import export_notebook
+    from kit.build.export import export_notebook
 
     result = export_notebook(
         args.notebook, args.output, extra=args.extra, exclude=args.exclude
@@ -29,8 +29,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_deps(args) -> int:
-    from kit.deps import format_requirements_report, infer_requirements
-    from kit.notebook import read_notebook
+    from kit.build.deps import format_requirements_report, infer_requirements
+    from kit.build.notebook import read_notebook
 
     notebook = read_notebook(args.notebook)
     reqs = infer_requirements(notebook, extra=args.extra, exclude=args.exclude)
@@ -44,13 +44,13 @@ def _cmd_deps(args) -> int:
 
 
 def _cmd_test(args) -> int:
-    from kit.testing import run_tests
+    from kit.prove.testing import run_tests
 
     return run_tests(args.target, out_dir=args.output, json_path=args.json, timeout=args.timeout)
 
 
 def _cmd_serve(args) -> int:
-    from kit.serve import serve
+    from kit.local.serve import serve
 
     return serve(
         args.target,
@@ -62,7 +62,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from kit.bench import bench
+    from kit.local.bench import bench
 
     return bench(
         args.target,

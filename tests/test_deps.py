@@ -12,9 +12,9 @@ import venv
 import pytest
 from conftest import NOTEBOOKS, run_kit
 
-from kit.deps import infer_requirements
-from kit.export import export_notebook
-from kit.notebook import read_notebook
+from kit.build.deps import infer_requirements
+from kit.build.export import export_notebook
+from kit.build.notebook import read_notebook
 
 HANDLER = ("handler", "def handler(job):\n    return job['input']")
 

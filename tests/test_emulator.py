@@ -19,7 +19,7 @@ import pytest
 import requests
 import runpod
 
-from kit.emulator import QueueEmulator
+from kit.local.emulator import QueueEmulator
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 from conftest import HELLO_CELLS, NOTEBOOKS, run_kit
 
 from kit.errors import KitError
-from kit.export import export_notebook, worker_dir
-from kit.notebook import read_percent_cells
+from kit.build.export import export_notebook, worker_dir
+from kit.build.notebook import read_percent_cells
 
 
 def run_worker(directory, *args, timeout=120):

@@ -11,7 +11,7 @@ from jupyter_client.manager import start_new_kernel
 from conftest import build_notebook as write_notebook
 
 from kit.errors import KitError
-from kit.panel import RUN_LIMIT, Panel, call_handler, locate_notebook, payload_report
+from kit.ui.panel import RUN_LIMIT, Panel, call_handler, locate_notebook, payload_report
 
 
 ECHO = [

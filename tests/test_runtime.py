@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import HELLO_CELLS
 
-from kit.emulator import QueueEmulator
-from kit.export import export_notebook
+from kit.local.emulator import QueueEmulator
+from kit.build.export import export_notebook
 
 
 @pytest.fixture

@@ -412,7 +412,7 @@ def test_sentiment_example_passes_on_a_tiny_local_model(capsys, tiny_sentiment_m
 
 
 def test_library_report_for_the_panel(tmp_path):
-    from kit.testing import run_notebook_tests
+    from kit.prove.testing import run_notebook_tests
 
     nb = write_notebook(tmp_path / "echo.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", "handler({'input': {'word': 'panel'}})"))
     seen = []

@@ -12,8 +12,8 @@ import pytest
 from conftest import WILD, run_kit
 
 from kit.errors import KitError
-from kit.export import build_worker
-from kit.notebook import notebook_from_dict, read_notebook
+from kit.build.export import build_worker
+from kit.build.notebook import notebook_from_dict, read_notebook
 
 NOTEBOOKS = sorted(WILD.glob("*.ipynb"))
 

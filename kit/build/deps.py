@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.analysis import Analysis, analyse
-from kit.notebook import Notebook
+from kit.build.analysis import Analysis, analyse
+from kit.build.notebook import Notebook
 
 # Modules whose distribution has another name, for imports that are not
 # installed where the export runs (documented in the README). An installed

@@ -15,8 +15,8 @@ import symtable
 import warnings
 from dataclasses import dataclass, field
 
-from kit.ipython import TranslatedCell, translate
-from kit.notebook import Notebook
+from kit.build.ipython import TranslatedCell, translate
+from kit.build.notebook import Notebook
 
 MODULE_NAMES = {"__name__", "__file__", "__doc__", "__builtins__", "__spec__", "__loader__", "__package__", "__path__", "__annotations__", "__dict__"}
 NOTEBOOK_ONLY_NAMES = {

@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit import runtime
-from kit.analysis import Analysis, analyse, find_jobs, parse_test_cells
-from kit.deps import Requirements, infer_requirements
+from kit.build import runtime
+from kit.build.analysis import Analysis, analyse, find_jobs, parse_test_cells
+from kit.build.deps import Requirements, infer_requirements
 from kit.errors import KitError, KitWarning
-from kit.notebook import Notebook, marker, read_notebook
+from kit.build.notebook import Notebook, marker, read_notebook
 
 MANIFEST = "kit.json"
 

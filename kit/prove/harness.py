@@ -1,6 +1,6 @@
 """The `kit test` harness, run in a fresh interpreter whose working directory is the worker.
 
-`kit.testing` starts it as ``python -m kit._testrunner FD`` (so the worker
+`kit.prove.testing` starts it as ``python -m kit.prove.harness FD`` (so the worker
 directory is ``sys.path[0]``, as for ``python handler.py``) and reads its
 report: one JSON object per line on file descriptor FD. The user's own output
 is captured per cell and per job and sent inside those events, so nothing the
@@ -44,7 +44,7 @@ import types
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from kit.notebook import PercentCell, split_percent
+from kit.build.notebook import PercentCell, split_percent
 
 MB = 1_000_000
 RUNSYNC_LIMIT = 20 * MB  # larger results are dropped by the platform: the job ends without output

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from kit.emulator import QueueEmulator
+from kit.local.emulator import QueueEmulator
 from kit.errors import KitError
 
 # A worker that dies this many times in a row before taking its first job is
@@ -185,7 +185,7 @@ def serve(
     api_key: str | None = None,
 ) -> int:
     """Serve `target` (a notebook or a worker directory) until Ctrl-C or SIGTERM."""
-    from kit.export import worker_dir
+    from kit.build.export import worker_dir
 
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:

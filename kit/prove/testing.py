@@ -1,6 +1,6 @@
 """`kit test`: prove an exported worker before any image is built.
 
-`run_worker_tests` runs the harness (`kit._testrunner`) in a fresh interpreter
+`run_worker_tests` runs the harness (`kit.prove.harness`) in a fresh interpreter
 with the worker directory as its working directory, and turns the events it
 reports into a `TestReport`: the cold start (each setup cell timed), every
 test cell (pass/fail, where in the notebook it failed) and every job literal
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from kit.errors import KitError
-from kit.export import worker_dir
+from kit.build.export import worker_dir
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; a model download in a setup cell can be slow
 # The SDK reads these at import (RUNPOD.md): no queue (so nothing can reach a real endpoint),
@@ -118,7 +118,7 @@ def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_e
     with tempfile.TemporaryFile() as log:
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "kit._testrunner", str(write_fd)],
+                [sys.executable, "-m", "kit.prove.harness", str(write_fd)],
                 cwd=path,
                 env=env,
                 stdin=subprocess.DEVNULL,

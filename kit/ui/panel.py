@@ -4,7 +4,7 @@ without leaving the notebook.
 `kit.panel()` in an untagged cell shows an ipywidgets panel bound to the
 notebook it runs in and to the kernel's namespace: **Run** calls the
 `handler` the kernel defined (plain, async or generator), **Export** calls
-`kit.export.export_notebook` in the kernel (so requirements are inferred from
+`kit.build.export.export_notebook` in the kernel (so requirements are inferred from
 the kernel's own environment) and **Test** runs `python -m kit test` in a
 subprocess. Each runs in a thread and updates the widgets from there, so the
 kernel keeps answering while a handler, an export or a test is under way.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.notebook import Notebook, read_notebook
+from kit.build.notebook import Notebook, read_notebook
 
 # RunPod's payload limits (see RUNPOD.md): the SDK enforces none, the platform
 # rejects a bigger result at job-done and the result is lost.
@@ -89,7 +89,7 @@ class Summary:
 
 def summarise(notebook: Notebook) -> Summary:
     """How many cells carry each tag, what is missing, and the first test job."""
-    from kit.analysis import find_jobs, parse_test_cells
+    from kit.build.analysis import find_jobs, parse_test_cells
 
     counts = {role: len(notebook.with_role(role)) for role in ("setup", "handler", "test")}
     warnings = []
@@ -432,7 +432,7 @@ class Panel:
     # ---------------------------------------------------------------- Export
 
     def export(self) -> None:
-        from kit.export import export_notebook
+        from kit.build.export import export_notebook
 
         saved = self._save()
         self.status.value = _note("exporting…")

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kit.emulator import FINAL_STATUSES, QueueEmulator
+from kit.local.emulator import FINAL_STATUSES, QueueEmulator
 from kit.errors import KitError
-from kit.serve import WorkerPool
+from kit.local.serve import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
 LOOP_ENV = "KIT_WORKER_LOOP"  # read by the exported worker_loop.py
@@ -41,7 +41,7 @@ def bench(
     `loop` picks the worker loop: "fast" (the exported worker_loop.py), "stock"
     (the SDK's own, through KIT_WORKER_LOOP=stock) or "both", one after the other.
     """
-    from kit.export import worker_dir
+    from kit.build.export import worker_dir
 
     if jobs < 1 or concurrency < 1:
         raise KitError("--jobs and --concurrency must be at least 1")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.notebook import FOOTER_MARKER
+from kit.build.notebook import FOOTER_MARKER
 
 GENERATOR_KINDS = ("generator", "async_generator")
-WORKER_LOOP = Path(__file__).with_name("templates") / "worker_loop.py"
+WORKER_LOOP = Path(__file__).resolve().parent.parent / "templates" / "worker_loop.py"
 
 
 def main_block(handler_kind: str, has_concurrency_modifier: bool) -> str:
