@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kit.errors import KitEnvironmentError, KitError
 from kit.local.emulator import FINAL_STATUSES, QueueEmulator
-from kit.errors import KitError
 from kit.local.serve import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
@@ -138,7 +138,7 @@ def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
         if all(t is not None for t in ready.values()):
             return [ready[w] - process.spawned for w, process in pool.processes.items()]
         time.sleep(0.02)
-    raise KitError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
+    raise KitEnvironmentError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
 
 
 async def _load(emulator, pool, request, jobs, concurrency, progress) -> tuple[list[dict], float]:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from kit.errors import KitError
+from kit.errors import KitEnvironmentError
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
@@ -170,7 +170,7 @@ class QueueEmulator:
         if failure:
             error = failure[0]
             if isinstance(error, OSError):
-                raise KitError(
+                raise KitEnvironmentError(
                     f"cannot listen on {self.host}:{self.port}: {error.strerror or error}",
                     "pick another port with --port",
                 ) from error
