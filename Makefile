@@ -7,7 +7,7 @@ PYTHON ?= python3
 SHELL  := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup demo test bench clean lint
+.PHONY: setup demo test test-fast bench clean lint
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The edit loop's tier: no processes, servers, browsers or images (well under a minute).
+test-fast: setup
+	$(PY) -m pytest -q -m "not process and not browser and not image"
 
 bench: setup
 	$(PY) bench/export_speed.py

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from conftest import NOTEBOOKS, run_kit
+
+pytestmark = pytest.mark.process  # every test here starts worker or server processes
 
 FAST = {"CONCURRENCY_MODIFIER": "4"}  # the stock SDK loop takes at most this many jobs a second
 
