@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from kit import platform, workerdir
 from kit.errors import KitEnvironmentError, KitError
 from kit.local.emulator import FINAL_STATUSES, QueueEmulator
 from kit.local.serve import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
-LOOP_ENV = "KIT_WORKER_LOOP"  # read by the exported worker_loop.py
 
 
 def bench(
@@ -49,12 +49,12 @@ def bench(
     runs = []
     with worker_dir(target) as path:
         request = _job_request(path, job_input)
-        if "fast" in loops and not (path / "worker_loop.py").is_file():
+        if "fast" in loops and not (path / workerdir.WORKER_LOOP).is_file():
             raise KitError(f"{path} has no worker_loop.py, so it has no fast loop", "re-export the notebook, or use --loop stock")
         for name in loops:
             run = measure(
                 path, request, jobs=jobs, concurrency=concurrency, workers=workers,
-                env={LOOP_ENV: name}, progress=not json_out,
+                env={platform.LOOP_ENV: name}, progress=not json_out,
             )
             runs.append({"loop": name, **run})
     report = {"target": str(target), "jobs": jobs, "concurrency": concurrency, "workers": workers, "runs": runs}
@@ -68,10 +68,10 @@ def bench(
 
 def _job_request(path: Path, job_input: str | None) -> dict:
     if job_input is None:
-        test_input = path / "test_input.json"
-        if not test_input.is_file():
+        job = workerdir.example_job(path)
+        if job is None:
             raise KitError("no job to send: the notebook's test cells pass no job literal to handler()", "give one with --input '{\"prompt\": \"hi\"}'")
-        return json.loads(test_input.read_text())
+        return job
     try:
         value = json.loads(job_input)
     except ValueError as error:
