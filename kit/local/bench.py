@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kit.local.emulator import FINAL_STATUSES, QueueEmulator
 from kit.errors import KitError
-from kit.local.serve import WorkerPool
+from kit.local.pool import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
 LOOP_ENV = "KIT_WORKER_LOOP"  # read by the exported worker_loop.py
