@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, run_kit
 
 
@@ -40,3 +41,23 @@ def test_output_cut_short_by_the_reader_is_not_a_traceback():
     )
     assert result.stdout.startswith("kit test: ")
     assert "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["serve", "nb.ipynb", "--port", "99999"], "argument --port: 99999 is not a port"),
+        (["serve", "nb.ipynb", "--port", "-1"], "argument --port: -1 is not a port"),
+        (["serve", "nb.ipynb", "--workers", "0"], "argument --workers: must be at least 1, not 0"),
+        (["bench", "nb.ipynb", "--jobs", "-3"], "argument --jobs: must be at least 1, not -3"),
+        (["test", "nb.ipynb", "--timeout", "0"], "argument --timeout: must be a positive number of seconds, not 0"),
+        (["test", "nb.ipynb", "--timeout", "nan"], "argument --timeout: must be a positive number of seconds, not nan"),
+        (["test", "nb.ipynb", "--timeout", "-1"], "argument --timeout: must be a positive number of seconds, not -1"),
+        (["test", "nb.ipynb", "--timeout", "inf"], "argument --timeout: must be a positive number of seconds, not inf"),
+    ],
+)
+def test_out_of_range_options_are_one_line_errors(args, message):
+    result = run_kit(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: kit ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
