@@ -62,3 +62,22 @@ def test_a_problem_of_the_machine_exits_3_not_2(tmp_path):
         result = run_kit("serve", nb, "--port", busy.getsockname()[1], timeout=120)
     assert result.returncode == 3, result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:")
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["serve", "nb.ipynb", "--port", "99999"], "argument --port: 99999 is not a port"),
+        (["serve", "nb.ipynb", "--port", "-1"], "argument --port: -1 is not a port"),
+        (["serve", "nb.ipynb", "--workers", "0"], "argument --workers: must be at least 1, not 0"),
+        (["bench", "nb.ipynb", "--jobs", "-3"], "argument --jobs: must be at least 1, not -3"),
+        (["test", "nb.ipynb", "--timeout", "0"], "argument --timeout: must be a positive number of seconds, not 0"),
+        (["test", "nb.ipynb", "--timeout", "nan"], "argument --timeout: must be a positive number of seconds, not nan"),
+        (["test", "nb.ipynb", "--timeout", "-1"], "argument --timeout: must be a positive number of seconds, not -1"),
+        (["test", "nb.ipynb", "--timeout", "inf"], "argument --timeout: must be a positive number of seconds, not inf"),
+    ],
+)
+def test_out_of_range_options_are_one_line_errors(args, message):
+    result = run_kit(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: kit ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr

@@ -159,3 +159,58 @@ def test_embeddings_requirements_install_into_a_fresh_venv_and_run(tmp_path):
     run = subprocess.run([python, "handler.py"], cwd=worker, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "completed successfully" in run.stdout + run.stderr
+
+
+def test_local_modules_copy_only_regular_files_inside_the_notebook_folder(make_notebook, tmp_path):
+    """Symlinks out of the folder (a file, /etc, /proc/self) and secret-looking files stay out, by name."""
+    package = tmp_path / "helpers"
+    package.mkdir()
+    (package / "__init__.py").write_text("def shout(text):\n    return text.upper()\n")
+    (package / "passwd.py").symlink_to("/etc/passwd")
+    (package / "ssl").symlink_to("/etc/ssl")
+    (package / "proc").symlink_to("/proc/self")
+    (package / ".env").write_text("API_KEY=hunter2\n")
+    (package / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (package / "data").mkdir()
+    (package / "data" / "words.txt").write_text("kept\n")
+    nb = make_notebook([("setup", "from helpers import shout"), ("handler", "def handler(job):\n    return shout(job['input'])")])
+    result = run_kit("export", nb, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    copied = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out" / "helpers").rglob("*"))
+    assert copied == ["helpers/__init__.py", "helpers/data", "helpers/data/words.txt"]
+    assert "left out of the worker: helpers/proc (a symlink), helpers/ssl (a symlink), helpers/passwd.py (a symlink)" in result.stderr
+    assert "as they look like secrets: helpers/.env, helpers/id_rsa; pass --include-secrets" in result.stderr
+
+    # The nbconvert zip copies exactly the same files (one rule for both).
+    from kit.build.export import build_worker
+    from kit.ui.exporter import zip_worker
+
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(zip_worker(build_worker(read_notebook(nb))))).namelist()
+    assert sorted(n for n in names if n.startswith("helpers/")) == ["helpers/__init__.py", "helpers/data/words.txt"]
+
+    asked = run_kit("export", nb, "-o", tmp_path / "out", "--include-secrets")
+    assert asked.returncode == 0, asked.stderr
+    assert (tmp_path / "out" / "helpers" / ".env").read_text() == "API_KEY=hunter2\n"
+
+
+def test_a_local_module_that_is_a_symlink_is_refused(make_notebook, tmp_path):
+    (tmp_path / "utils.py").symlink_to("/etc/passwd")
+    nb = make_notebook([("setup", "import utils"), HANDLER])
+    result = run_kit("export", nb, "-o", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "the local module utils.py is a symlink (to /etc/passwd)" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_local_module_with_a_standard_library_name_is_copied_with_a_warning(make_notebook, tmp_path):
+    (tmp_path / "statistics.py").write_text("def median(values):\n    return 'local median'\n")
+    nb = make_notebook([("setup", "import statistics"), ("handler", "def handler(job):\n    return statistics.median(job['input'])"), ("test", "handler({'input': [1, 2]})")])
+    result = export_notebook(nb, tmp_path / "out")
+    assert any("statistics.py beside the notebook shadows the standard library's `statistics`; copied" in str(w) for w in result.warnings)
+    assert (tmp_path / "out" / "statistics.py").is_file()
+    run = subprocess.run([sys.executable, "handler.py"], cwd=result.out_dir, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "local median" in run.stdout + run.stderr

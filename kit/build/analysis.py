@@ -84,6 +84,12 @@ def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool 
         raise notebook.error(f"syntax error: {message}", hint, cell=cell.index, line=error.lineno) from None
     except ValueError as error:  # e.g. null bytes in the source
         raise notebook.error(f"cannot parse the cell: {error}", None, cell=cell.index) from None
+    except (RecursionError, MemoryError):
+        raise notebook.error(
+            "the cell's code is nested too deeply (or is too long an expression) for Python to compile",
+            "split the expression into smaller statements",
+            cell=cell.index,
+        ) from None
 
 
 def analyse(notebook: Notebook) -> Analysis:

@@ -12,6 +12,8 @@ Roles come from cell tags (``metadata.tags``): ``setup``, ``handler`` and
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,11 +75,23 @@ def read_notebook(path: str | Path) -> Notebook:
     if path.is_dir():
         raise KitError("is a directory, not a notebook", "give the path of an .ipynb file", notebook=name)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise KitError("not a notebook (the file is not UTF-8 text)", "give the path of an .ipynb file", notebook=name) from None
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the file type is checked on
+        # what was opened, so /dev/zero or a pipe is refused before anything is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
         raise KitError(f"cannot read the file ({error.strerror})", None, notebook=name) from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KitError("not a notebook (not a regular file)", "give the path of an .ipynb file", notebook=name)
+        try:
+            raw = file.read()
+        except OSError as error:
+            raise KitError(f"cannot read the file ({error.strerror})", None, notebook=name) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KitError("not a notebook (the file is not UTF-8 text)", "give the path of an .ipynb file", notebook=name) from None
+    del raw
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -86,6 +100,8 @@ def read_notebook(path: str | Path) -> Notebook:
             "give the path of an .ipynb file saved by Jupyter",
             notebook=name,
         ) from None
+    except RecursionError:
+        raise KitError("not a notebook (its JSON is nested too deeply)", "give the path of an .ipynb file saved by Jupyter", notebook=name) from None
     return notebook_from_dict(data, name=name, path=path)
 
 
@@ -107,14 +123,21 @@ def notebook_from_dict(data, name: str = "notebook", path: Path | None = None) -
     for position, raw in enumerate(raw_cells, start=1):
         if not isinstance(raw, dict):
             raise KitError("malformed cell (not a JSON object)", None, notebook=name, cell=position)
-        notebook.cells.append(
-            Cell(
-                index=position,
-                kind=str(raw.get("cell_type", "code")),
-                source=_join_source(raw.get("source", "")),
-                tags=_tags(raw.get("metadata")),
-            )
+        cell = Cell(
+            index=position,
+            kind=str(raw.get("cell_type", "code")),
+            source=_join_source(raw.get("source", "")),
+            tags=_tags(raw.get("metadata")),
         )
+        roles = [role for role in ROLES if role in cell.tags]
+        if cell.kind == "code" and len(roles) > 1:
+            raise KitError(
+                f"the cell is tagged {' and '.join(f'`{r}`' for r in roles)}; a cell has one role",
+                "keep one of the tags (split the cell if it does both)",
+                notebook=name,
+                cell=position,
+            )
+        notebook.cells.append(cell)
     return notebook
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from kit import platform, workerdir
 from kit.errors import KitEnvironmentError, KitError
 from kit.local.emulator import FINAL_STATUSES, QueueEmulator
-from kit.local.serve import WorkerPool
+from kit.local.pool import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
 

@@ -56,11 +56,8 @@ def zip_worker(worker: Worker) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(worker.files):
             _add(archive, name, worker.files[name].encode("utf-8"))
-        for source in worker.copies:
-            files = [source] if source.is_file() else sorted(source.rglob("*"))
-            for path in files:
-                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    _add(archive, path.relative_to(source.parent).as_posix(), path.read_bytes())
+        for name, source in sorted(worker.copied_files.items()):
+            _add(archive, name, source.read_bytes())
     return buffer.getvalue()
 
 
