@@ -327,6 +327,10 @@ class QueueEmulator:
         """Whether the worker's last job asked it to stop (`refresh_worker`)."""
         return self._call(lambda: self.queue.worker(worker_id).refresh)
 
+    def requests(self) -> dict[str, int]:
+        """How many requests each route has answered, e.g. {"stream": 3}: how hard a client polls."""
+        return self._call(lambda: dict(self._api.requests))
+
     def unresponsive_workers(self) -> dict[str, str]:
         """Workers that stopped pinging (frozen or hung), with why."""
         return self._call(lambda: {w.id: w.unresponsive for w in self.queue.workers.values() if w.unresponsive})

@@ -15,6 +15,7 @@ Client routes (any endpoint id): ``/run``, ``/runsync``, ``/status``,
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from typing import Any, Callable
@@ -99,6 +100,7 @@ class EndpointAPI:
         self.stream_hold = stream_hold
         self.body_timeout = body_timeout
         self.clock = clock
+        self.requests: collections.Counter[str] = collections.Counter()  # per route, e.g. "stream"
 
     def install(self, app: web.Application) -> None:
         client = [
@@ -128,9 +130,9 @@ class EndpointAPI:
         ]
         app.middlewares.append(_json_errors)
         for method, path, handler in client:
-            app.router.add_route(method, "/v2/{endpoint}" + path, self._checked(handler, self._client_allowed))
+            app.router.add_route(method, "/v2/{endpoint}" + path, self._checked(path, handler, self._client_allowed))
         for method, path, handler in worker:
-            app.router.add_route(method, "/v2/{endpoint}" + path, self._checked(handler, self._worker_allowed))
+            app.router.add_route(method, "/v2/{endpoint}" + path, self._checked(path, handler, self._worker_allowed))
 
     # ------------------------------------------------------------- plumbing
     def _client_allowed(self, request: web.Request) -> bool:
@@ -141,9 +143,11 @@ class EndpointAPI:
     def _worker_allowed(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == self.worker_key
 
-    @staticmethod
-    def _checked(handler, allowed):
+    def _checked(self, path: str, handler, allowed):
+        name = path.strip("/").split("/{")[0]
+
         async def checked(request: web.Request) -> web.StreamResponse:
+            self.requests[name] += 1
             if not allowed(request):
                 return _error("Unauthorized", 401)
             try:
