@@ -14,6 +14,7 @@ Client routes (any endpoint id): ``/run``, ``/runsync``, ``/status``,
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import collections
 import json
@@ -440,7 +441,20 @@ def _sse(chunk: Any) -> str:
     return f"data: {json.dumps(chunk)}\n\n"
 
 
+def _yielded_error(error: Any) -> Any:
+    """The SDK posts a yielded {"error": {...}} as str() of the dict: read that Python literal back."""
+    if isinstance(error, str) and error.startswith("{") and len(error) < 100_000:
+        try:
+            return ast.literal_eval(error)
+        except (ValueError, SyntaxError, RecursionError, MemoryError):
+            pass
+    return error
+
+
 def _openai_error(job: Job) -> dict:
+    error = _yielded_error(job.state().get("error"))
+    if isinstance(error, dict) and "message" in error:  # the worker yielded an OpenAI error (worker-vllm's shape)
+        return {"error": error}
     if job.status is Status.TIMED_OUT or job.status is Status.IN_PROGRESS or job.status is Status.IN_QUEUE:
         message = f"the job did not finish: {job.status.value}"
     else:
@@ -451,8 +465,12 @@ def _openai_error(job: Job) -> dict:
 def _openai_answer(job: Job) -> web.Response:
     """A non-streaming OpenAI answer: the handler's one result (returned, or yielded once)."""
     if job.status is not Status.COMPLETED:
-        status = 504 if job.status in (Status.TIMED_OUT, Status.IN_QUEUE, Status.IN_PROGRESS) else 500
-        return web.json_response(_openai_error(job), status=status)
+        error = _openai_error(job)
+        if job.status in (Status.TIMED_OUT, Status.IN_QUEUE, Status.IN_PROGRESS):
+            status = 504
+        else:
+            status = 400 if error["error"].get("type") != "worker_error" else 500
+        return web.json_response(error, status=status)
     output = job.output
     if output in (None, []) and job.chunks:  # a generator without return_aggregate_stream
         output = job.chunks
