@@ -73,6 +73,7 @@ def _cmd_bench(args) -> int:
         workers=args.workers,
         json_out=args.json,
         loop=args.loop,
+        openai=args.openai,
     )
 
 
@@ -144,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fast", "stock", "both"),
         default="fast",
         help="worker loop: the exported fast loop (default), the SDK's stock loop, or both side by side",
+    )
+    p.add_argument(
+        "--openai", action="store_true",
+        help="send the load through /openai/v1/... (the request body: --input, or the notebook's openai_route test job); "
+        "reports tokens/s and, for streaming requests, time to the first chunk",
     )
     p.set_defaults(func=_cmd_bench)
 
