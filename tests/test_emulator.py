@@ -474,9 +474,12 @@ def test_a_webhook_receiver_that_is_down_gets_the_retry_and_never_blocks_the_job
             receiver.close()
 
 
-def test_ttl_removes_the_job_and_status_ttl_shortens_retention():
+def test_status_ttl_removes_a_queued_job_and_a_finished_one():
     with QueueEmulator(long_poll=1.0) as emu:
-        queued = requests.post(f"{emu.url}/v2/ep/run", json={"input": {}, "policy": {"ttl": 500}}, timeout=5).json()["id"]
+        too_short = requests.post(f"{emu.url}/v2/ep/run", json={"input": {}, "policy": {"ttl": 500}}, timeout=5)
+        assert too_short.status_code == 400 and "policy.ttl must be between 10000" in too_short.json()["error"]
+        queued = requests.post(f"{emu.url}/v2/ep/run", json={"input": {}}, timeout=5).json()["id"]
+        assert requests.get(f"{emu.url}/v2/ep/status/{queued}?ttl=500", timeout=5).json()["status"] == "IN_QUEUE"
         worker = FakeWorker(emu, "w1")
         done = emu.submit({"input": {}})
         deadline = time.monotonic() + 5

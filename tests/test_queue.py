@@ -83,7 +83,7 @@ def test_the_endpoint_default_execution_timeout_applies_without_a_policy(clock):
     [
         ({"executionTimeout": 1000}, "between 5000 and"),
         ({"executionTimeout": "60s"}, "number of milliseconds"),
-        ({"ttl": -1}, "policy.ttl"),
+        ({"ttl": 9999}, "policy.ttl must be between 10000 and"),
         ("fast", "JSON object"),
     ],
 )
@@ -93,29 +93,31 @@ def test_a_bad_policy_is_refused_and_nothing_is_queued(queue, policy, message):
     assert not queue.queue and not queue.jobs
 
 
-def test_ttl_removes_a_queued_or_running_job(queue, clock):
-    queued = queue.submit({"input": {}, "policy": {"ttl": 2000}})
-    running = queue.submit({"input": {}, "policy": {"ttl": 2000}})
-    queue.queue.remove(running)
-    queue.queue.appendleft(running)
+def test_ttl_removes_a_job_queued_running_or_done_counted_from_submission(queue, clock):
+    running = queue.submit({"input": {}, "policy": {"ttl": 10000}})
+    done = queue.submit({"input": {}, "policy": {"ttl": 10000}})
+    queued = queue.submit({"input": {}, "policy": {"ttl": 10000}})
     assert take_one(queue)["id"] == running.id
-    clock.advance(2.1)
+    clock.advance(9)
+    assert take_one(queue)["id"] == done.id  # the TTL does not restart when a job starts
+    queue.done("w1", done.id, {"output": 1})
+    clock.advance(1.1)
     queue.tick()
-    assert queue.get(queued.id) is None and queue.get(running.id) is None
+    assert all(queue.get(job.id) is None for job in (running, done, queued))
     assert not queue.queue and queue.counters.expired == 2
     assert queue.take_stops(queue.worker("w1")) == [running.id]  # its task is stopped too
 
 
-def test_status_ttl_shortens_how_long_a_result_is_kept(queue, clock):
+def test_status_ttl_removes_the_job_sooner(queue, clock):
     job = queue.submit({"input": {}})
     take_one(queue)
     queue.done("w1", job.id, {"output": 1})
-    queue.set_retention(job, 5.0)
+    queue.set_ttl(job, 5.0)
     clock.advance(5.1)
     queue.tick()
     assert queue.get(job.id) is None
     with pytest.raises(RequestError):
-        queue.set_retention(queue.submit({"input": {}}), 0)
+        queue.set_ttl(queue.submit({"input": {}}), 0)
 
 
 def test_results_expire_after_runpods_retention(queue, clock):
@@ -230,3 +232,16 @@ def test_stream_chunks_are_read_once(queue):
 def test_an_endpoint_execution_timeout_outside_runpods_range_is_refused(clock):
     with pytest.raises(ValueError, match="between 5 s and 7 days"):
         Queue(clock=clock, execution_timeout=1)
+
+
+def test_a_timed_out_job_can_be_retried_and_its_old_workers_late_result_is_refused(queue, clock):
+    job = queue.submit({"input": {}, "policy": {"executionTimeout": 5000}})
+    take_one(queue, "w1")
+    clock.advance(6)
+    queue.tick()
+    queue.retry(job)
+    assert take_one(queue, "w2")["id"] == job.id
+    with pytest.raises(PermissionError):
+        queue.done("w1", job.id, {"output": "stale"})  # the first run, finishing late
+    queue.done("w2", job.id, {"output": "fresh"})
+    assert job.state()["output"] == "fresh" and queue.counters.retried == 1

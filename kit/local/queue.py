@@ -48,7 +48,8 @@ RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT})
 # RunPod's request policy (ms in requests, seconds here).
 EXECUTION_TIMEOUT = 600.0  # policy.executionTimeout default: 10 minutes
 EXECUTION_TIMEOUT_RANGE = (5.0, 7 * 24 * 3600.0)  # allowed: 5 s to 7 days
-TTL = 24 * 3600.0  # policy.ttl default: a job lives at most 24 h, queued and running
+TTL = 24 * 3600.0  # policy.ttl default: a job lives at most 24 h from submission, whatever its state
+TTL_RANGE = (10.0, 7 * 24 * 3600.0)  # allowed: 10 s to 7 days
 
 # How long results stay fetchable after a job ends, as on RunPod: 30 minutes
 # for /run, 1 minute for /runsync.
@@ -78,7 +79,7 @@ class Job:
     sync: bool
     submitted: float
     execution_timeout: float
-    ttl: float
+    expires: float  # submitted + policy.ttl; /status?ttl= moves it
     status: Status = Status.IN_QUEUE
     output: Any = _ABSENT
     error: Any = _ABSENT
@@ -88,7 +89,6 @@ class Job:
     taken: float | None = None
     finished: float | None = None
     done_posts: int = 0
-    retention: float | None = None  # seconds after `finished` (None: the default for run/runsync)
     unlisted_pings: int = 0  # consecutive pings of its worker that did not list it
     retries: int = 0
 
@@ -210,18 +210,19 @@ class Queue:
         if not isinstance(policy, dict):
             raise RequestError("policy must be a JSON object")
         execution_timeout = _ms_policy(policy, "executionTimeout", self.execution_timeout, EXECUTION_TIMEOUT_RANGE)
-        ttl = _ms_policy(policy, "ttl", TTL, None)
+        ttl = _ms_policy(policy, "ttl", TTL, TTL_RANGE)
         webhook = request.get("webhook")
         if webhook is not None and not (isinstance(webhook, str) and webhook.startswith(("http://", "https://"))):
             raise RequestError(f"webhook must be an http(s) URL, not {webhook!r}")
+        now = self.clock()
         job = Job(
             id=f"{'sync-' if sync else ''}{uuid.uuid4()}-e1",
             input=request["input"],
             extra={k: v for k, v in request.items() if k not in ("id", "input")},
             sync=sync,
-            submitted=self.clock(),
+            submitted=now,
             execution_timeout=execution_timeout,
-            ttl=ttl,
+            expires=now + ttl,
         )
         self.jobs[job.id] = job
         self.queue.append(job)
@@ -238,11 +239,11 @@ class Queue:
         job.read = len(job.chunks)
         return [{"output": chunk} for chunk in chunks]
 
-    def set_retention(self, job: Job, seconds: float) -> None:
-        """`/status/{id}?ttl=ms`: keep this job's result this long after it ends."""
-        if not seconds > 0:
-            raise RequestError(f"ttl must be a positive number of milliseconds, not {seconds * 1000:g}")
-        job.retention = seconds
+    def set_ttl(self, job: Job, seconds: float) -> None:
+        """`/status/{id}?ttl=ms`: remove this job (queued, running or done) that long from now."""
+        if not 0 < seconds <= TTL_RANGE[1]:
+            raise RequestError(f"ttl must be a positive number of milliseconds up to 7 days, not {seconds * 1000:g}")
+        job.expires = self.clock() + seconds
 
     def cancel(self, job: Job) -> None:
         if job.final:
@@ -429,15 +430,11 @@ class Queue:
         """End what the clock has run out on. The host calls this every fraction of a second."""
         now = self.clock()
         for job in list(self.jobs.values()):
-            if job.final:
-                retention = job.retention
-                if retention is None:
-                    retention = RETENTION_RUNSYNC if job.sync else RETENTION_RUN
-                if now - job.finished > retention:
-                    del self.jobs[job.id]
-                continue
-            if now - job.submitted > job.ttl:
+            if now > job.expires:
                 self._expire(job)
+            elif job.final:
+                if now - job.finished > (RETENTION_RUNSYNC if job.sync else RETENTION_RUN):
+                    del self.jobs[job.id]
             elif job.status is Status.IN_PROGRESS and now - job.taken > job.execution_timeout:
                 self._finish(
                     job,
@@ -459,7 +456,10 @@ class Queue:
                     )
 
     def _expire(self, job: Job) -> None:
-        """policy.ttl ran out: the job is gone, as on RunPod (/status answers 404)."""
+        """Its TTL ran out: the job is gone whatever its state, as on RunPod (/status answers 404)."""
+        if job.final:
+            del self.jobs[job.id]
+            return
         if job.status is Status.IN_QUEUE:
             self.queue.remove(job)
         elif job.worker in self.workers:

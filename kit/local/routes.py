@@ -229,9 +229,9 @@ class EndpointAPI:
         job = self._known(request)
         if "ttl" in request.query:
             try:
-                self.queue.set_retention(job, float(request.query["ttl"]) / 1000)
+                self.queue.set_ttl(job, float(request.query["ttl"]) / 1000)
             except (ValueError, RequestError):
-                raise _Refused("ttl must be a positive number of milliseconds") from None
+                raise _Refused("ttl must be a positive number of milliseconds up to 7 days") from None
         return web.json_response(job.state())
 
     async def _status_sync(self, request: web.Request) -> web.Response:
