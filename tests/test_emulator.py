@@ -572,6 +572,17 @@ def test_an_idle_connection_that_never_finishes_its_request_is_closed():
         assert slow.recv(1024) == b""  # the server hung up
 
 
+def test_a_body_sent_too_slowly_is_408():
+    import socket
+
+    with QueueEmulator(idle_timeout=1.0) as emu, socket.create_connection(("127.0.0.1", emu.port)) as slow:
+        slow.sendall(b"POST /v2/ep/run HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"input\"")
+        slow.settimeout(15)
+        answer = slow.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer
+        assert emu.counters.submitted == 0
+
+
 def test_blocking_methods_work_from_the_on_job_end_callback():
     seen = []
     with QueueEmulator(long_poll=1.0, on_job_end=lambda state: seen.append(emu.status(state["id"]))) as emu:

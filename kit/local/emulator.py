@@ -198,6 +198,11 @@ class QueueEmulator:
         if self._session is not None:
             await self._session.close()
         await self._runner.cleanup()
+        # Connection handlers aiohttp left waiting (a client that keeps its socket open).
+        leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
 
     def _call(self, function: Callable, *args) -> Any:
         """Run `function(*args)` on the emulator's loop and return its result.
