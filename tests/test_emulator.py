@@ -630,3 +630,25 @@ def test_the_asyncio_client_runs_streams_and_cancels(emu):
     finally:
         runpod.endpoint_url_base = runpod.endpoint_url_base_backup
     assert health["jobs"]["completed"] == 1
+
+
+def test_the_curl_lines_of_runpods_docs_work_with_either_authorization_style():
+    """RunPod's operation reference sends `authorization: $RUNPOD_API_KEY` (no Bearer); its SDKs send Bearer."""
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    with QueueEmulator(api_key="s3cret", long_poll=1.0) as emu:
+        def curl(*args):
+            result = subprocess.run(["curl", "-s", "-w", "\\n%{http_code}", *args], capture_output=True, text=True, timeout=30)
+            body, code = result.stdout.rsplit("\n", 1)
+            return int(code), json.loads(body)
+
+        code, job = curl("--request", "POST", "--url", f"{emu.url}/v2/ep/run", "-H", "accept: application/json",
+                         "-H", "authorization: s3cret", "-H", "content-type: application/json",
+                         "-d", '{"input": {"prompt": "Hello World"}}')
+        assert code == 200 and job["status"] == "IN_QUEUE"
+        code, state = curl(f"{emu.url}/v2/ep/status/{job['id']}", "-H", "Authorization: Bearer s3cret")
+        assert code == 200 and state["id"] == job["id"]
+        code, refused = curl(f"{emu.url}/v2/ep/health", "-H", "authorization: wrong")
+        assert code == 401 and refused == {"error": "Unauthorized"}
