@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kit.local.queue import DROPPED_AFTER_PINGS, Queue, RequestError, Status
+from kit.local.queue import DROPPED_AFTER_PINGS, FINAL_STATUSES, Queue, RequestError, Status
 
 
 class Clock:
@@ -245,3 +245,8 @@ def test_a_timed_out_job_can_be_retried_and_its_old_workers_late_result_is_refus
         queue.done("w1", job.id, {"output": "stale"})  # the first run, finishing late
     queue.done("w2", job.id, {"output": "fresh"})
     assert job.state()["output"] == "fresh" and queue.counters.retried == 1
+
+
+def test_final_statuses_match_the_strings_clients_read():
+    assert {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"} == {s for s in map(str, Status) if s in FINAL_STATUSES}
+    assert "IN_PROGRESS" not in FINAL_STATUSES and "TIMED_OUT" in FINAL_STATUSES
