@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import pytest
 
 from conftest import NOTEBOOKS, run_kit
+
+pytestmark = pytest.mark.process  # every test here starts worker or server processes
 
 FAST = {"CONCURRENCY_MODIFIER": "4"}  # the stock SDK loop takes at most this many jobs a second
 

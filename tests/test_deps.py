@@ -70,6 +70,7 @@ def test_only_exported_cells_count(make_notebook):
     assert [line.name for line in infer_requirements(read_notebook(nb)).lines] == ["runpod"]
 
 
+@pytest.mark.process
 def test_local_modules_are_copied_beside_the_worker(make_notebook, tmp_path):
     nb = make_notebook([("setup", "import utils\nfrom helpers import shout"), ("handler", "def handler(job):\n    return shout(utils.greet(job['input']['name']))"), ("test", "handler({'input': {'name': 'ada'}})")])
     (tmp_path / "utils.py").write_text("def greet(name):\n    return 'hello ' + name\n")
@@ -87,9 +88,10 @@ def test_alias_table_for_modules_not_installed(make_notebook):
     reqs = infer_requirements(read_notebook(nb))
     assert "opencv-python-headless  # import cv2 (cell 1), not installed here: unpinned" in lines(reqs)
     assert "pillow  # import PIL (cell 1), not installed here: unpinned" in lines(reqs)
-    assert any("`cv2` is not installed here; requiring `opencv-python-headless` unpinned" in w for w in reqs.warnings)
+    assert any("`cv2` is not installed here; requiring `opencv-python-headless` unpinned" in str(w) for w in reqs.warnings)
 
 
+@pytest.mark.process
 def test_unknown_missing_module_is_an_error(make_notebook, tmp_path):
     nb = make_notebook([("setup", "import os\nimport surely_not_a_module_xyz"), HANDLER])
     for command in ("deps", "export"):
@@ -108,7 +110,7 @@ def test_missing_module_covered_by_a_pip_line_or_optional(make_notebook):
     )
     reqs = infer_requirements(read_notebook(nb))
     assert "surely-not-a-module-xyz  # %pip (cell 1)" in lines(reqs)
-    assert any("optional import `orjson_xyz` is not installed here; left out" in w for w in reqs.warnings)
+    assert any("optional import `orjson_xyz` is not installed here; left out" in str(w) for w in reqs.warnings)
 
 
 def test_extra_and_exclude(make_notebook):
@@ -118,6 +120,7 @@ def test_extra_and_exclude(make_notebook):
     assert reqs.excluded == ["torch"]
 
 
+@pytest.mark.process
 def test_kit_deps_prints_and_writes_nothing(make_notebook, tmp_path):
     nb = make_notebook([("setup", "import yaml"), HANDLER])
     before = sorted(tmp_path.rglob("*"))
@@ -139,6 +142,7 @@ def test_requirements_file_is_sorted_and_stable(make_notebook, tmp_path):
     assert names == sorted(names)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(900)
 def test_embeddings_requirements_install_into_a_fresh_venv_and_run(tmp_path):
     """The exported list is complete: a venv with only it runs the worker's test job."""

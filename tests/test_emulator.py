@@ -224,6 +224,7 @@ def test_worker_exit_fails_its_jobs_instead_of_losing_them(emu):
     assert state["status"] == "FAILED" and "w1 exited with code -9" in state["error"]
 
 
+@pytest.mark.process
 def test_a_real_sdk_worker_process_runs_jobs_from_the_emulator(tmp_path):
     (tmp_path / "handler.py").write_text(
         textwrap.dedent(

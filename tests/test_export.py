@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
 import pytest
 from conftest import HELLO_CELLS, NOTEBOOKS, run_kit
 
-from kit.errors import KitError
 from kit.build.export import export_notebook, worker_dir
-from kit.build.notebook import read_percent_cells
+from kit.errors import KitError
+from kit.percent import read_percent_cells
 
 
 def run_worker(directory, *args, timeout=120):
@@ -25,6 +26,7 @@ def run_worker(directory, *args, timeout=120):
     )
 
 
+@pytest.mark.process
 def test_export_writes_a_worker_directory(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS + [("test", "handler({'input': {'name': 'second'}})"), (None, "scratch = 1")])
     out = tmp_path / "out"
@@ -59,6 +61,7 @@ def test_markers_map_handler_lines_back_to_notebook_cells(make_notebook, tmp_pat
     assert read_percent_cells(out / "handler.py")[1].source.startswith("def handler(job):")
 
 
+@pytest.mark.process
 def test_exported_worker_runs_its_test_job_through_the_sdk(make_notebook, tmp_path):
     out = export_notebook(make_notebook(HELLO_CELLS), tmp_path / "out").out_dir
     result = run_worker(out)
@@ -66,6 +69,7 @@ def test_exported_worker_runs_its_test_job_through_the_sdk(make_notebook, tmp_pa
     assert "'output': {'greeting': 'hi', 'name': 'ada'}" in result.stdout
 
 
+@pytest.mark.process
 def test_importing_handler_runs_setup_only(make_notebook, tmp_path):
     nb = make_notebook(
         [
@@ -133,6 +137,7 @@ def test_future_imports_are_hoisted(make_notebook, tmp_path):
     compile(handler, "handler.py", "exec")
 
 
+@pytest.mark.process
 def test_ipython_syntax_in_exported_cells(make_notebook, tmp_path):
     nb = make_notebook(
         [
@@ -191,6 +196,7 @@ BAD_NOTEBOOKS = [
 ]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("cells, message", BAD_NOTEBOOKS)
 def test_user_mistakes_exit_2_with_one_line(make_notebook, tmp_path, cells, message):
     nb = make_notebook(cells)
@@ -202,6 +208,7 @@ def test_user_mistakes_exit_2_with_one_line(make_notebook, tmp_path, cells, mess
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -234,6 +241,7 @@ def test_failed_export_leaves_existing_directory_untouched(make_notebook, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", "worker.ipynb", "broken.ipynb"])
 
 
+@pytest.mark.process
 def test_refuses_to_replace_a_directory_it_did_not_write(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS)
     precious = tmp_path / "mine"
@@ -254,6 +262,7 @@ def test_reexport_replaces_and_is_byte_identical(make_notebook, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
+@pytest.mark.process
 def test_default_output_is_build_stem(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS)
     result = run_kit("export", nb.name, cwd=tmp_path)
@@ -274,6 +283,7 @@ def test_worker_dir_accepts_notebooks_and_worker_directories(make_notebook, tmp_
             pass
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", ["hello", "embeddings"])
 def test_examples_export_and_pass_their_own_test_job(tmp_path, name):
     result = export_notebook(NOTEBOOKS / f"{name}.ipynb", tmp_path / name)
@@ -288,3 +298,19 @@ def test_sentiment_example_exports_with_its_hub_default(tmp_path):
     handler = (result.out_dir / "handler.py").read_text()
     assert "distilbert-base-uncased-finetuned-sst-2-english" in handler
     assert json.loads((result.out_dir / "test_input.json").read_text()) == {"input": {"prompt": "The quick brown fox jumps"}}
+
+
+@pytest.mark.process
+def test_the_regenerate_line_is_the_command_that_ran(make_notebook, tmp_path):
+    """The image build exports with --exclude torch: rerunning the printed line must give the same files."""
+    nb = make_notebook(HELLO_CELLS)
+    out = tmp_path / "out dir"
+    result = run_kit("export", nb, "-o", out, "--extra", "hf_transfer>=0.1", "--exclude", "torch")
+    assert result.returncode == 0, result.stderr
+    command = shlex.join(["kit", "export", str(nb), "-o", str(out), "--extra", "hf_transfer>=0.1", "--exclude", "torch"])
+    assert f"#     {command}\n" in (out / "handler.py").read_text()
+    assert f"# Regenerate with: {command}\n" in (out / "requirements.txt").read_text()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = subprocess.run([sys.executable, "-m", "kit", *shlex.split(command)[1:]], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

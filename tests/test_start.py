@@ -24,6 +24,8 @@ import requests
 
 from conftest import ROOT, NOTEBOOKS, run_kit
 
+pytestmark = pytest.mark.process  # every test here starts worker or server processes
+
 START_SH = ROOT / "start.sh"
 SSHD = "/usr/sbin/sshd"
 

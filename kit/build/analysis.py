@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from kit.build.ipython import TranslatedCell, translate
+from kit.errors import KitWarning
 from kit.build.notebook import Notebook
 
 MODULE_NAMES = {"__name__", "__file__", "__doc__", "__builtins__", "__spec__", "__loader__", "__package__", "__path__", "__annotations__", "__dict__"}
@@ -57,7 +58,7 @@ class Analysis:
     has_concurrency_modifier: bool
     future_imports: list[str]
     imports: list[Import]
-    warnings: list[tuple[int, int, str]] = field(default_factory=list)  # (cell, line, message)
+    warnings: list[KitWarning] = field(default_factory=list)
 
 
 def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool = False) -> ast.Module:
@@ -73,9 +74,7 @@ def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool 
                 compile(tree, filename, "exec", dont_inherit=True)
         # Python's own warnings about the cell's code (e.g. an invalid escape sequence), located.
         for warning in caught:
-            entry = (warning.lineno, f"Python: {warning.message}")
-            if entry not in translated.warnings:
-                translated.warnings.append(entry)
+            translated.warn(warning.lineno, f"Python: {warning.message}")
         return tree
     except SyntaxError as error:
         message = error.msg
@@ -113,8 +112,7 @@ def analyse(notebook: Notebook) -> Analysis:
         imports=_imports(cells),
     )
     for parsed in cells:
-        for line, message in parsed.translated.warnings:
-            analysis.warnings.append((parsed.index, line, message))
+        analysis.warnings += parsed.translated.warnings
     return analysis
 
 

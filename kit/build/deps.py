@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.build.analysis import Analysis, analyse
+from kit.errors import KitWarning
 from kit.build.notebook import Notebook
 
 # Modules whose distribution has another name, for imports that are not
@@ -64,7 +65,7 @@ class RequirementLine:
 @dataclass
 class Requirements:
     lines: list[RequirementLine]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[KitWarning] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     local_modules: list[Path] = field(default_factory=list)  # files/packages copied beside handler.py
 
@@ -75,7 +76,7 @@ class Requirements:
     def to_json(self) -> dict:
         return {
             "requirements": [{"spec": l.spec, "name": l.name, "reasons": l.reasons} for l in self.lines],
-            "warnings": self.warnings,
+            "warnings": [str(warning) for warning in self.warnings],
             "excluded": self.excluded,
             "local_modules": [p.name for p in self.local_modules],
         }
@@ -110,7 +111,10 @@ def infer_requirements(
     analysis = analysis or analyse(notebook)
     excluded_names = {normalise(name) for name in exclude}
     lines: dict[str, RequirementLine] = {}
-    warnings: list[str] = []
+    warnings: list[KitWarning] = []
+
+    def warn(item, message: str) -> None:
+        warnings.append(KitWarning(message, notebook.name, item.cell, item.line))
     excluded: list[str] = []
 
     def add(name: str, spec: str, reason: str) -> None:
@@ -164,17 +168,14 @@ def infer_requirements(
         if normalise(alias or module) in pip_projects:
             continue  # a `%pip install` line provides it
         if item.optional:
-            warnings.append(f"cell {item.cell}, line {item.line}: optional import `{module}` is not installed here; left out")
+            warn(item, f"optional import `{module}` is not installed here; left out")
             continue
         if alias:
             add(alias, alias, f"import {module} {where}, not installed here: unpinned")
-            warnings.append(
-                f"cell {item.cell}, line {item.line}: `{module}` is not installed here; "
-                f"requiring `{alias}` unpinned — install it and re-export to pin it"
-            )
+            warn(item, f"`{module}` is not installed here; requiring `{alias}` unpinned — install it and re-export to pin it")
             continue
         if unnamed_pip:
-            warnings.append(f"cell {item.cell}, line {item.line}: `{module}` is not installed here; assuming a `%pip install` URL provides it")
+            warn(item, f"`{module}` is not installed here; assuming a `%pip install` URL provides it")
             continue
         raise notebook.error(
             f"`import {module}`: no installed package provides `{module}`",

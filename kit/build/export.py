@@ -21,10 +21,12 @@ from pathlib import Path
 from kit.build import runtime
 from kit.build.analysis import Analysis, analyse, find_jobs, parse_test_cells
 from kit.build.deps import Requirements, infer_requirements
-from kit.errors import KitError, KitWarning
-from kit.build.notebook import Notebook, marker, read_notebook
+from kit.errors import KitEnvironmentError, KitError, KitWarning
+import shlex
 
-MANIFEST = "kit.json"
+from kit import percent, workerdir
+from kit.build.notebook import Notebook, read_notebook
+
 
 
 @dataclass
@@ -63,10 +65,10 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
     analysis = analyse(notebook)
     requirements = infer_requirements(notebook, analysis, extra=extra, exclude=exclude)
     test_cells = parse_test_cells(notebook)
-    warnings = [KitWarning(message, notebook.name, cell, line) for cell, line, message in analysis.warnings]
+    warnings = list(analysis.warnings)
     for test in test_cells:
-        warnings += [KitWarning(m, notebook.name, test.translated.cell.index, line) for line, m in test.translated.warnings]
-    warnings += [KitWarning(message, notebook.name) for message in requirements.warnings]
+        warnings += test.translated.warnings
+    warnings += requirements.warnings
 
     jobs = []
     for job in find_jobs([(t.translated.cell.index, t.tree) for t in test_cells]):
@@ -85,69 +87,69 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
             )
         )
 
-    command = command or f"kit export {notebook.name}"
+    command = command or export_command(notebook.name, extra=extra, exclude=exclude)
     files = {
-        "handler.py": _render_handler(notebook, analysis, command),
-        "requirements.txt": requirements.text(
+        workerdir.HANDLER: _render_handler(notebook, analysis, command),
+        workerdir.REQUIREMENTS: requirements.text(
             f"# Requirements of the worker exported from {notebook.name} by the kit; each line says why.\n"
             f"# Regenerate with: {command}\n"
         ),
-        "tests.py": _render_tests(notebook, test_cells, command),
-        MANIFEST: json.dumps(
-            {
-                "notebook": notebook.name,
-                "handler_kind": analysis.handler_kind,
-                "setup_cells": [c.index for c in analysis.cells if c.role == "setup"],
-                "handler_cells": [c.index for c in analysis.cells if c.role == "handler"],
-                "test_cells": [t.translated.cell.index for t in test_cells],
-                "jobs": jobs,
-            },
-            indent=2,
-        )
-        + "\n",
+        workerdir.TESTS: _render_tests(notebook, test_cells, command),
     }
     if jobs:
-        files["test_input.json"] = json.dumps(jobs[0]["job"], indent=2) + "\n"
+        files[workerdir.TEST_INPUT] = json.dumps(jobs[0]["job"], indent=2) + "\n"
     files.update(runtime.support_files())
+    manifest = workerdir.Manifest(
+        notebook=notebook.name,
+        handler_kind=analysis.handler_kind,
+        setup_cells=[c.index for c in analysis.cells if c.role == "setup"],
+        handler_cells=[c.index for c in analysis.cells if c.role == "handler"],
+        test_cells=[t.translated.cell.index for t in test_cells],
+        jobs=jobs,
+        command=command,
+        files=sorted([*files, workerdir.MANIFEST, *(p.name for p in requirements.local_modules)]),
+    )
+    files[workerdir.MANIFEST] = manifest.to_text()
     return Worker(notebook, analysis, requirements, jobs, files, warnings)
 
 
+def export_command(notebook: str, out_dir: str | Path | None = None, *, extra=(), exclude=()) -> str:
+    """The `kit export` command line that writes this worker, as the files print it to regenerate them."""
+    words = ["kit", "export", str(notebook)]
+    if out_dir is not None:
+        words += ["-o", str(out_dir)]
+    for requirement in extra:
+        words += ["--extra", requirement]
+    for name in exclude:
+        words += ["--exclude", name]
+    return shlex.join(words)
+
+
 def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str:
-    parts = [
+    header = [
         f"# handler.py: the RunPod serverless worker exported by the kit from {notebook.name}.\n",
         "# Generated: edit the notebook, not this file, and regenerate with\n",
         f"#     {command}\n",
         "# Each `# %% cell N [tag]` marker names the notebook cell the code below it comes from.\n",
     ]
     if analysis.future_imports:
-        parts.append(f"from __future__ import {', '.join(analysis.future_imports)}\n")
+        header.append(f"from __future__ import {', '.join(analysis.future_imports)}\n")
     if any(item.module == "runpod" for item in analysis.imports):
         # The setup imports runpod itself: let the worker loop import it first, without the
         # CPU probe that costs every cold start (see worker_loop.py).
-        parts.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod, imported without its 1.3 s CPU probe)\n')
-    for parsed in analysis.cells:
-        parts.append(f"\n{marker(parsed.translated.cell)}\n")
-        parts.append(_with_newline(parsed.translated.source))
-    parts.append("\n\n")
-    parts.append(runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier))
-    return "".join(parts)
+        header.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod, imported without its 1.3 s CPU probe)\n')
+    cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
+    return percent.render("".join(header), cells, runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier))
 
 
 def _render_tests(notebook: Notebook, test_cells, command: str) -> str:
-    parts = [
-        f"# tests.py: the `test` cells of {notebook.name}, exported by the kit.\n",
-        "# Not a module to import: as in the notebook, the cells run in the worker's namespace\n",
-        "# and may `await` at top level. Run them with: kit test <this directory>\n",
-        f"# Regenerate with: {command}\n",
-    ]
-    for test in test_cells:
-        parts.append(f"\n{marker(test.translated.cell)}\n")
-        parts.append(_with_newline(test.translated.source))
-    return "".join(parts)
-
-
-def _with_newline(source: str) -> str:
-    return source if source.endswith("\n") or not source else source + "\n"
+    header = (
+        f"# tests.py: the `test` cells of {notebook.name}, exported by the kit.\n"
+        "# Not a module to import: as in the notebook, the cells run in the worker's namespace\n"
+        "# and may `await` at top level. Run them with: kit test <this directory>\n"
+        f"# Regenerate with: {command}\n"
+    )
+    return percent.render(header, [(t.translated.cell.index, "test", t.translated.source) for t in test_cells])
 
 
 # --------------------------------------------------------------------------- writing
@@ -157,7 +159,7 @@ def export_notebook(path: str | Path, out_dir: str | Path | None = None, *, extr
     """Export the notebook at `path` into `out_dir` (default build/<stem>)."""
     notebook = read_notebook(path)
     out = Path(out_dir) if out_dir is not None else default_out_dir(path)
-    command = f"kit export {notebook.name}" + (f" -o {out_dir}" if out_dir is not None else "")
+    command = export_command(notebook.name, out_dir, extra=extra, exclude=exclude)
     worker = build_worker(notebook, extra=extra, exclude=exclude, command=command)
     write_worker(worker, out)
     return ExportResult(
@@ -179,7 +181,7 @@ def write_worker(worker: Worker, out_dir: Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=parent))
     except OSError as error:
-        raise KitError(f"cannot create {parent}: {error.strerror}", "choose another output directory with -o") from None
+        raise KitEnvironmentError(f"cannot create {parent}: {error.strerror}", "choose another output directory with -o") from None
     try:
         for name, text in worker.files.items():
             (staging / name).write_text(text, encoding="utf-8")
@@ -200,7 +202,7 @@ def write_worker(worker: Worker, out_dir: Path) -> None:
             os.replace(staging, out_dir)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise KitError(f"cannot write {out_dir}: {error.strerror}", "check the permissions and free space, or choose another -o") from None
+        raise KitEnvironmentError(f"cannot write {out_dir}: {error.strerror}", "check the permissions and free space, or choose another -o") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -211,7 +213,7 @@ def _check_replaceable(out_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise KitError(f"{out_dir} exists and is not a directory", "choose another output directory with -o")
-    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+    if any(out_dir.iterdir()) and not (out_dir / workerdir.MANIFEST).is_file():
         raise KitError(
             f"refusing to replace {out_dir}: it is not empty and was not written by kit export",
             "choose a new or empty output directory with -o",
@@ -227,7 +229,7 @@ def worker_dir(target: str | Path, out_dir: str | Path | None = None, on_export:
     """
     path = Path(target)
     if path.is_dir():
-        if not (path / "handler.py").is_file():
+        if not workerdir.is_worker_dir(path):
             raise KitError(f"{target}: no handler.py in this directory", "give a notebook or a directory written by kit export")
         yield path
         return

@@ -12,7 +12,6 @@ Roles come from cell tags (``metadata.tags``): ``setup``, ``handler`` and
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,50 +135,3 @@ def _tags(metadata) -> tuple[str, ...]:
     if not isinstance(tags, list):
         return ()
     return tuple(str(tag).strip() for tag in tags)
-
-
-# ---------------------------------------------------------------------------
-# The percent format the exported files use: `# %% cell N [tag]` markers.
-
-MARKER = re.compile(r"^# %% cell (\d+) \[(\w+)\]\s*$")
-
-
-@dataclass
-class PercentCell:
-    cell: int  # the notebook cell this code came from (1-based, every cell counted)
-    tag: str
-    source: str
-    start_line: int  # line number, in the file, of the cell's first code line
-
-
-def marker(cell: Cell) -> str:
-    return f"# %% cell {cell.index} [{cell.role}]"
-
-
-def split_percent(text: str) -> list[PercentCell]:
-    """Split an exported file (handler.py, tests.py) back into its notebook cells.
-
-    Code after the last marker up to a line that starts a new top-level block
-    (the `if __name__ == "__main__":` footer) belongs to the last cell; the
-    footer is not returned.
-    """
-    cells: list[PercentCell] = []
-    lines = text.splitlines(keepends=True)
-    current: PercentCell | None = None
-    for number, line in enumerate(lines, start=1):
-        match = MARKER.match(line)
-        if match:
-            current = PercentCell(int(match.group(1)), match.group(2), "", number + 1)
-            cells.append(current)
-        elif line.startswith(FOOTER_MARKER):
-            current = None
-        elif current is not None:
-            current.source += line
-    return cells
-
-
-FOOTER_MARKER = "# %% worker start"
-
-
-def read_percent_cells(path: str | Path) -> list[PercentCell]:
-    return split_percent(Path(path).read_text(encoding="utf-8"))

@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from kit import platform, workerdir
+from kit.errors import KitEnvironmentError, KitError
 from kit.local.emulator import FINAL_STATUSES, QueueEmulator
-from kit.errors import KitError
 from kit.local.serve import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
-LOOP_ENV = "KIT_WORKER_LOOP"  # read by the exported worker_loop.py
 
 
 def bench(
@@ -52,12 +52,12 @@ def bench(
     runs = []
     with worker_dir(target) as path:
         request = _openai_request(path, job_input) if openai else _job_request(path, job_input)
-        if "fast" in loops and not (path / "worker_loop.py").is_file():
+        if "fast" in loops and not (path / workerdir.WORKER_LOOP).is_file():
             raise KitError(f"{path} has no worker_loop.py, so it has no fast loop", "re-export the notebook, or use --loop stock")
         for name in loops:
             run = measure(
                 path, request, jobs=jobs, concurrency=concurrency, workers=workers,
-                env={LOOP_ENV: name}, progress=not json_out, openai=openai,
+                env={platform.LOOP_ENV: name}, progress=not json_out, openai=openai,
             )
             runs.append({"loop": name, **run})
     report = {"target": str(target), "jobs": jobs, "concurrency": concurrency, "workers": workers, "runs": runs}
@@ -71,10 +71,10 @@ def bench(
 
 def _job_request(path: Path, job_input: str | None) -> dict:
     if job_input is None:
-        test_input = path / "test_input.json"
-        if not test_input.is_file():
+        job = workerdir.example_job(path)
+        if job is None:
             raise KitError("no job to send: the notebook's test cells pass no job literal to handler()", "give one with --input '{\"prompt\": \"hi\"}'")
-        return json.loads(test_input.read_text())
+        return job
     try:
         value = json.loads(job_input)
     except ValueError as error:
@@ -172,7 +172,7 @@ def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
         if all(t is not None for t in ready.values()):
             return [ready[w] - process.spawned for w, process in pool.processes.items()]
         time.sleep(0.02)
-    raise KitError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
+    raise KitEnvironmentError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
 
 
 async def _openai_call(session, url: str, body: dict) -> dict:

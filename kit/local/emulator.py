@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from kit.errors import KitError
+from kit.errors import KitEnvironmentError, KitError
 from kit.local.queue import (  # noqa: F401  (FINAL_STATUSES, Counters: part of this module's API)
     EXECUTION_TIMEOUT,
     FINAL_STATUSES,
@@ -143,7 +143,7 @@ class QueueEmulator:
         if failure:
             error = failure[0]
             if isinstance(error, OSError):
-                raise KitError(
+                raise KitEnvironmentError(
                     f"cannot listen on {self.host}:{self.port}: {error.strerror or error}",
                     "pick another port with --port",
                 ) from error

@@ -24,12 +24,9 @@ from typing import Any, Callable
 from aiohttp import web
 
 from kit.local.queue import Job, Queue, RequestError, Status
+from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT  # RunPod's payload limits (decimal MB)
 
 log = logging.getLogger("kit.local")
-
-# RunPod's payload limits (decimal MB), per route.
-RUN_LIMIT = 10 * 1000**2
-RUNSYNC_LIMIT = 20 * 1000**2
 # The largest body the emulator reads at all (a job-done result, an OpenAI request).
 BODY_LIMIT = 64 * 1024**2
 

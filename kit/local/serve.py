@@ -9,7 +9,6 @@ marked FAILED, never lost) and drains them on Ctrl-C/SIGTERM.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from kit import platform, workerdir
+from kit.errors import KitEnvironmentError, KitError
 from kit.local.emulator import QueueEmulator
-from kit.errors import KitError
+from kit.processes import kill_group
 
 # A worker that dies this many times in a row before taking its first job is
 # broken (an import error, a bad requirement): stop instead of looping.
@@ -66,9 +67,7 @@ class WorkerPool:
             self._spawn(f"worker-{n}")
 
     def _spawn(self, worker_id: str) -> None:
-        env = {**os.environ, "RUNPOD_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-        env.update(self.env)
-        env.update(self.emulator.worker_env(worker_id))
+        env = platform.worker_env({**self.env, **self.emulator.worker_env(worker_id)})
         log_path = self.log_dir / f"{worker_id}.log"
         with open(log_path, "ab") as log:
             spawned = time.monotonic()
@@ -89,7 +88,7 @@ class WorkerPool:
             code = process.popen.poll()
             if code is None:
                 continue
-            _kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
+            kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
             asked_to_refresh = self.emulator.expected_exit(worker_id)
             started = self.emulator.worker_times(worker_id)["first_request"] is not None
             lost = self.emulator.worker_exited(worker_id, f"exited with code {code}")
@@ -107,7 +106,7 @@ class WorkerPool:
                 failures = self._startup_failures.get(worker_id, 0) + 1
                 self._startup_failures[worker_id] = failures
                 if failures >= STARTUP_FAILURES:
-                    raise KitError(
+                    raise KitEnvironmentError(
                         f"the worker exited with code {code} before taking a job, {failures} times in a row: "
                         f"{_last_line(process.log_path)}",
                         f"see {process.log_path}",
@@ -129,16 +128,8 @@ class WorkerPool:
                     self.say(f"{process.worker_id} did not stop within {timeout:.0f} s; killing it")
         finally:  # also when a second Ctrl-C cuts the drain short: never leave a worker behind
             for process in self.processes.values():
-                _kill_group(process.popen)
+                kill_group(process.popen)
             self.processes.clear()
-
-
-def _kill_group(popen: subprocess.Popen) -> None:
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    popen.wait()
 
 
 def _last_line(path: Path) -> str:
@@ -154,18 +145,8 @@ def job_line(state: dict) -> str:
     if "executionTime" in state:
         parts.append(f"run {state['executionTime']} ms")
     if "error" in state:
-        parts.append(f"error: {_error_summary(state['error'])}")
+        parts.append(f"error: {platform.error_summary(state['error'])}")
     return time.strftime("%H:%M:%S ") + "  ".join(parts)
-
-
-def _error_summary(error) -> str:
-    """The SDK sends a raised exception as a JSON string; show its type and message."""
-    try:
-        info = json.loads(error)
-        kind = info["error_type"].removeprefix("<class '").removesuffix("'>")
-        return f"{kind}: {info['error_message']}"
-    except (TypeError, ValueError, KeyError):
-        return str(error).splitlines()[0] if str(error) else "(empty)"
 
 
 class _Stopped(Exception):
@@ -217,10 +198,7 @@ def serve(
 
 
 def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Path) -> None:
-    example = {"input": {}}
-    test_input = path / "test_input.json"
-    if test_input.is_file():
-        example = json.loads(test_input.read_text())
+    example = workerdir.example_job(path) or {"input": {}}
     auth = f" -H 'Authorization: Bearer {emulator.api_key}'" if emulator.api_key else ""
     print(
         f"kit serve: {path}/handler.py on {workers} worker(s) (logs: {log_dir})\n"
