@@ -7,7 +7,7 @@ PYTHON ?= python3
 SHELL  := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup demo test test-fast bench clean lint
+.PHONY: setup demo test test-fast bench clean lint js-deps
 
 setup: $(STAMP)
 
@@ -26,12 +26,21 @@ demo: setup
 	@echo "--- the exported worker, through the runpod SDK's local test mode (long lines cut at 300 characters):"
 	cd build/embeddings && ../../$(PY) -u handler.py --rp_log_level INFO 2>&1 | cut -c -300
 
-test: setup
+test: setup js-deps
 	$(PY) -m pytest
 
 # The edit loop's tier: no processes, servers, browsers or images (well under a minute).
 test-fast: setup
 	$(PY) -m pytest -q -m "not process and not browser and not image"
+
+# RunPod's JavaScript SDK, for tests/test_js_client.py (npm, pinned in tests/js/package.json).
+JS_DIR := .cache/js
+js-deps: $(JS_DIR)/node_modules/runpod-sdk/package.json
+
+$(JS_DIR)/node_modules/runpod-sdk/package.json: tests/js/package.json
+	mkdir -p $(JS_DIR) && cp tests/js/package.json $(JS_DIR)/
+	npm install --prefix $(JS_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
 
 bench: setup
 	$(PY) bench/export_speed.py

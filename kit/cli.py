@@ -58,6 +58,7 @@ def _cmd_serve(args) -> int:
         port=args.port,
         workers=args.workers,
         api_key=args.api_key,
+        execution_timeout=args.execution_timeout,
     )
 
 
@@ -72,6 +73,7 @@ def _cmd_bench(args) -> int:
         workers=args.workers,
         json_out=args.json,
         loop=args.loop,
+        openai=args.openai,
     )
 
 
@@ -170,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--workers", type=_count, default=1, help="worker processes (default 1)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' from clients")
+    p.add_argument(
+        "--execution-timeout", type=float, default=None, metavar="SECONDS",
+        help="end a job TIMED_OUT after this long unless its policy.executionTimeout says otherwise (default 600, RunPod's)",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="serve the worker and measure cold start, throughput and latency")
@@ -184,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fast", "stock", "both"),
         default="fast",
         help="worker loop: the exported fast loop (default), the SDK's stock loop, or both side by side",
+    )
+    p.add_argument(
+        "--openai", action="store_true",
+        help="send the load through /openai/v1/... (the request body: --input, or the notebook's openai_route test job); "
+        "reports tokens/s and, for streaming requests, time to the first chunk",
     )
     p.set_defaults(func=_cmd_bench)
 

@@ -46,14 +46,20 @@ def serve(
     port: int = 8000,
     workers: int = 1,
     api_key: str | None = None,
+    execution_timeout: float | None = None,
 ) -> int:
-    """Serve `target` (a notebook or a worker directory) until Ctrl-C or SIGTERM."""
+    """Serve `target` (a notebook or a worker directory) until Ctrl-C or SIGTERM.
+
+    `execution_timeout` (seconds) is the endpoint's default policy.executionTimeout.
+    """
     from kit.build.export import worker_dir
 
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
+        options = {} if execution_timeout is None else {"execution_timeout": execution_timeout}
         with worker_dir(target) as path, QueueEmulator(
-            host, port, api_key, on_job_end=lambda state: print(job_line(state), flush=True)
+            host, port, api_key, on_job_end=lambda state: print(job_line(state), flush=True),
+            say=lambda line: print(line, flush=True), **options,
         ) as emulator:
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
             pool = WorkerPool(path, emulator, workers, log_dir=log_dir)
@@ -82,6 +88,7 @@ def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Pa
         f"  curl -X POST {emulator.url}/v2/local/runsync -H 'Content-Type: application/json'{auth}"
         f" -d '{json.dumps(example)}'\n"
         f"  python client: RUNPOD_ENDPOINT_BASE_URL={emulator.url}/v2, then runpod.Endpoint('local').run_sync(...)\n"
+        f"  OpenAI client: openai.OpenAI(base_url='{emulator.url}/v2/local/openai/v1', api_key=...)\n"
         "Ctrl-C to stop.",
         flush=True,
     )
