@@ -6,7 +6,6 @@ import pytest
 
 import json
 
-import pytest
 
 from conftest import NOTEBOOKS, run_kit
 

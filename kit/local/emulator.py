@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from kit import platform
 from kit.errors import KitEnvironmentError, KitError
 from kit.local.queue import (  # noqa: F401  (FINAL_STATUSES, Counters: part of this module's API)
     EXECUTION_TIMEOUT,
@@ -272,8 +273,7 @@ class QueueEmulator:
             "RUNPOD_POD_ID": worker_id,
             "RUNPOD_ENDPOINT_ID": self.endpoint_id,
             "RUNPOD_PING_INTERVAL": "2000",
-            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
-            "RUNPOD_SKIP_GPU_CHECK": "true",
+            **platform.OFFLINE_ENV,  # a local worker never dials out
         }
 
     def submit(self, request: dict, *, sync: bool = False) -> str:
