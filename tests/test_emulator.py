@@ -602,7 +602,7 @@ def test_an_empty_api_key_is_refused():
         QueueEmulator(api_key="")
 
 
-def test_the_asyncio_client_runs_streams_and_cancels(emu):
+def test_the_asyncio_client_runs_streams_and_cancels(emu, monkeypatch):
     import asyncio
 
     import aiohttp
@@ -624,12 +624,8 @@ def test_the_asyncio_client_runs_streams_and_cancels(emu):
             assert (await queued.cancel())["status"] == "CANCELLED"
             return await endpoint.health()
 
-    runpod.endpoint_url_base_backup = runpod.endpoint_url_base
-    runpod.endpoint_url_base = emu.url + "/v2"
-    try:
-        health = asyncio.run(client())
-    finally:
-        runpod.endpoint_url_base = runpod.endpoint_url_base_backup
+    monkeypatch.setattr(runpod, "endpoint_url_base", emu.url + "/v2")
+    health = asyncio.run(client())
     assert health["jobs"]["completed"] == 1
 
 

@@ -26,14 +26,12 @@ from aiohttp import web
 
 from kit import platform
 from kit.errors import KitEnvironmentError, KitError
-from kit.local.queue import (  # noqa: F401  (FINAL_STATUSES, Counters: part of this module's API)
+from kit.local.queue import (  # noqa: F401  (FINAL_STATUSES: part of this module's API, bench reads it)
     EXECUTION_TIMEOUT,
     FINAL_STATUSES,
     PING_TIMEOUT,
     Counters,
-    Job,
     Queue,
-    Status,
 )
 from kit.local.routes import BODY_LIMIT, EndpointAPI, Waiters
 

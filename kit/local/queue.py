@@ -62,7 +62,7 @@ PING_TIMEOUT = 12.0
 # A job its worker's pings stop listing, with no result posted, was dropped by
 # the SDK (a result it could not serialise or send): it fails after this many
 # consecutive pings without it.
-DROPPED_AFTER_PINGS = 2
+DROPPED_AFTER_PINGS = 3
 
 _ABSENT = object()
 

@@ -1,11 +1,10 @@
 // Drives a kit endpoint with RunPod's JavaScript SDK (runpod-sdk from npm).
 // Usage: node drive.mjs <path to runpod-sdk's index.js> <base url .../v2> <endpoint id>
-// Prints one JSON object with what each call returned.
+// Prints one JSON object with what each call returned, as its last line (the SDK prints
+// "<id>: IN_PROGRESS" progress lines of its own).
 const [sdkPath, baseUrl, endpointId] = process.argv.slice(2);
 const { default: runpodSdk } = await import(sdkPath);
 const endpoint = runpodSdk("any-key", { baseUrl }).endpoint(endpointId);
-const log = console.log;
-console.log = () => {}; // the SDK prints "<id>: IN_PROGRESS" lines; keep stdout JSON only
 
 const results = {};
 const run = await endpoint.run({ input: { n: 1 } });
@@ -30,4 +29,4 @@ const cancelled = await endpoint.run({ input: { sleep: 30 } });
 await new Promise((r) => setTimeout(r, 500));
 results.cancel = await endpoint.cancel(cancelled.id);
 results.health = await endpoint.health();
-log(JSON.stringify(results));
+console.log(JSON.stringify(results));
