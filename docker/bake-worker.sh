@@ -92,10 +92,10 @@ PY
 install_requirements() {
     local pins=$1 log status=0 reason
     log=$(mktemp)
-    "$PYTHON" -m pip install --quiet -r "$pins" -c <(held_torch) 2> >(tee "$log" >&2) || status=$?
+    "$PYTHON" -m pip install --progress-bar off -r "$pins" -c <(held_torch) 2> >(tee "$log" >&2) || status=$?
     if ((status != 0)); then
         sleep 0.1 # let tee finish writing
-        reason=$(grep -E '^ERROR: ' "$log" | tail -n 1 | sed -E 's/^ERROR: //')
+        reason=$(grep -E "^ERROR: " "$log" | head -n 1 | sed -E 's/^ERROR: //')
         rm -f "$log"
         die "the worker's requirements cannot be installed on this base image (${reason:-pip exited $status}): fix the notebook or requirements.txt and export again"
     fi

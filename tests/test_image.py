@@ -48,7 +48,7 @@ def test_dockerfile_passes_hadolint_without_warnings():
 
 def test_shell_scripts_pass_shellcheck():
     result = subprocess.run(
-        [tool("shellcheck"), "start.sh", "docker/bake-worker.sh"], cwd=ROOT, capture_output=True, text=True
+        [tool("shellcheck"), "start.sh", "docker/bake-worker.sh", "docker/image.sh", ".ci/run"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -90,7 +90,15 @@ def test_dockerfile_installs_the_worker_requirements_before_its_code():
     code = final.index(("COPY", "--from=export /app /app"))
     assert pins < install < code
     export_stage = next(stage for stage in dockerfile_stages() if stage[0][1].endswith("AS export"))
-    assert ("RUN", '/opt/kit/docker/bake-worker.sh export "$NOTEBOOK" /app') in export_stage
+    assert ("RUN", '/opt/kit/docker/bake-worker.sh worker "$WORKER" "$NOTEBOOK" /app') in export_stage
+
+
+def test_dockerfile_kit_layer_copies_neither_the_readme_nor_docker():
+    # An edit to the docs or the build scripts must not reinstall the kit.
+    kit_stage = dockerfile_stages()[1]
+    install = next(i for i, (ins, args) in enumerate(kit_stage) if ins == "RUN" and "pip install" in args and "/opt/kit" in args)
+    copied = [shlex.split(args)[:-1] for ins, args in kit_stage[:install] if ins == "COPY"]
+    assert [src for srcs in copied for src in srcs] == ["pyproject.toml", "kit"]
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -117,7 +125,6 @@ def test_dockerignore_keeps_the_venv_build_output_and_caches_out():
     patterns = dockerignore_patterns()
     for path in [
         ".venv/bin/python",
-        "build/embeddings/handler.py",
         "kit/__pycache__/cli.cpython-311.pyc",
         "notebooks/.ipynb_checkpoints/hello-checkpoint.ipynb",
         ".pytest_cache/v/cache/lastfailed",
@@ -140,7 +147,8 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context():
             continue
         assert (ROOT / source).exists(), source
         assert not dockerignored(source, patterns), source
-    for path in ["kit/cli.py", "notebooks/embeddings.ipynb", "docker/bake-worker.sh", "pyproject.toml"]:
+    # build/: the workers `--build-arg WORKER=build/<name>` bakes.
+    for path in ["kit/cli.py", "notebooks/embeddings.ipynb", "docker/bake-worker.sh", "pyproject.toml", "build/hello/kit.json"]:
         assert not dockerignored(path, patterns), path
 
 
@@ -359,7 +367,7 @@ def image(request) -> str:
     podman_or_skip()
     name = request.param
     if name not in _built:
-        tag = f"localhost/kit-test-{name}:latest"
+        tag = f"localhost/kit-{name}:latest"  # the tags `make image` builds
         image_sh("build", tag, f"NOTEBOOK={IMAGES[name]}")
         _built[name] = tag
     return _built[name]
@@ -486,7 +494,7 @@ def test_image_pod_jupyterlab_needs_the_token_ssh_takes_only_the_key(image, cont
     )
     url = f"http://127.0.0.1:{jupyter}"
     auth = {"Authorization": "token s3cret-token-for-the-test"}
-    wait_for(lambda: requests.get(f"{url}/api/status", timeout=5), "JupyterLab", run)
+    wait_for(lambda: requests.get(f"{url}/api/status", timeout=5).status_code, "JupyterLab", run)  # any answer
     assert requests.get(f"{url}/api/contents", timeout=10).status_code == 403
     contents = requests.get(f"{url}/api/contents", headers=auth, timeout=10)
     assert contents.status_code == 200
@@ -519,7 +527,9 @@ def test_image_both_mode_answers_a_job(image, container):
     )
     assert response.status_code == 200, response.text
     assert job_ok(image, 7, response.json()["output"]), response.text
-    assert requests.get(f"http://127.0.0.1:{jupyter}/api/contents", timeout=10).status_code == 403
+    status = wait_for(lambda: requests.get(f"http://127.0.0.1:{jupyter}/api/contents", timeout=10).status_code,
+                      "JupyterLab", run)
+    assert status == 403
 
 
 def build_context_dir(name: str) -> Path:
@@ -578,3 +588,12 @@ def test_image_build_with_unmeetable_requirements_fails_on_one_line_and_leaves_n
     assert errors and "the worker's requirements cannot be installed" in errors[0], build.stderr[-3000:]
     assert "kit-no-such-distribution" in errors[0]
     assert podman("ps", "--all", "--external", "--quiet").stdout.split() == before
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_build_checks_that_python_has_torch_and_jupyterlab():
+    podman_or_skip()
+    build = image_sh("build", "localhost/kit-test-python:latest", "PYTHON=python3.9", check=False)
+    assert build.returncode != 0
+    assert "error: 'python3.9' cannot import torch, jupyterlab and ipykernel: build with --build-arg PYTHON=" in build.stderr
