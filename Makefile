@@ -7,7 +7,7 @@ PYTHON ?= python3
 SHELL  := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup demo test test-fast bench clean lint js-deps
+.PHONY: setup demo test test-fast bench clean lint js-deps image image-test
 
 setup: $(STAMP)
 
@@ -46,8 +46,22 @@ bench: setup
 	$(PY) bench/export_speed.py
 
 lint: setup
-	$(VENV)/bin/shellcheck start.sh docker/bake-worker.sh
+	$(VENV)/bin/shellcheck start.sh docker/bake-worker.sh docker/image.sh
 	$(VENV)/bin/hadolint Dockerfile
+
+# The image with podman (as root; apt-get install podman runc mmdebstrap):
+# docker/image.sh builds a stand-in for runpod/pytorch once, then the images.
+IMAGES := localhost/kit-base:bookworm localhost/kit-hello:latest localhost/kit-embeddings:latest
+
+image:
+	docker/image.sh build localhost/kit-hello:latest NOTEBOOK=notebooks/hello.ipynb
+	docker/image.sh build localhost/kit-embeddings:latest NOTEBOOK=notebooks/embeddings.ipynb
+	docker/image.sh sizes $(IMAGES)
+
+# Builds what is missing, then runs both images in every mode (tests/test_image.py -m image).
+image-test: setup
+	$(PY) -m pytest -m image tests/test_image.py
+	docker/image.sh sizes $(IMAGES)
 
 clean:
 	rm -rf build .pytest_cache
