@@ -92,6 +92,7 @@ class _Worker:
     last_ping: float | None = None
     released: bool = False  # shutting down or gone: no more jobs for it
     refresh: bool = False  # its last job asked for stopPod (refresh_worker)
+    setup_error: str | None = None  # runpod 2.0's prestart failure it reported through a job
 
 
 @dataclass
@@ -302,6 +303,10 @@ class QueueEmulator:
             return lost
 
         return self._call(exited)
+
+    def setup_failure(self, worker_id: str) -> str | None:
+        """The setup error ("Type: message") the worker failed a job with (runpod 2.0's prestart path), or None."""
+        return self._call(lambda: self._worker(worker_id).setup_error)
 
     def expected_exit(self, worker_id: str) -> bool:
         """Whether the worker's last job asked it to stop (`refresh_worker`)."""
@@ -586,6 +591,8 @@ class QueueEmulator:
             return web.json_response({"error": "request does not exist"}, status=404)
         if body.get("stopPod"):
             self._worker(request.match_info["worker"]).refresh = True
+        if (failure := prestart_failure(body.get("error"))) is not None:
+            self._worker(request.match_info["worker"]).setup_error = failure
         if body.get("status") == "IN_PROGRESS":  # runpod.serverless.progress_update
             if job.status == "IN_PROGRESS":
                 job.output = body.get("output")
@@ -625,3 +632,23 @@ class QueueEmulator:
             else:
                 worker.cancelled.discard(job_id)
         return web.json_response({})
+
+
+PRESTART_FAILED = "prestart_failed"  # the `event` of runpod 2.0's prestart-failure payload
+
+
+def prestart_failure(error: Any) -> str | None:
+    """"Type: message" when a job-done error is runpod 2.0's prestart failure (the worker's setup raised), else None.
+
+    The SDK sends it as `{"error": "<json: event, error_type, error_message, ...>"}`
+    (rp_scale.JobScaler._fail_job); a handler's exception has no `event`.
+    """
+    if not isinstance(error, str):
+        return None
+    try:
+        info = json.loads(error)
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or info.get("event") != PRESTART_FAILED:
+        return None
+    return f"{info.get('error_type', 'Exception')}: {info.get('error_message', '')}"
