@@ -33,6 +33,7 @@ import asyncio
 import os
 import platform
 import sys
+from collections.abc import MutableMapping
 from importlib import metadata
 
 TESTED_RUNPOD = ("1.12.0", "2.0.0rc2")
@@ -65,7 +66,7 @@ SCALER_METHODS = {
 SCALER_ATTRIBUTES = {
     "current_concurrency": int,
     "jobs_queue": asyncio.Queue,
-    "jobs_tasks": dict,
+    "jobs_tasks": MutableMapping,
     "_shutdown_event": asyncio.Event,
 }
 
