@@ -16,7 +16,7 @@ RUNPOD     := 1.12.0
 RUNPOD_2   := 2.0.0rc2
 VENV_RP2   := .venv-rp2
 RP2_TESTS  := tests/test_testing.py tests/test_serve.py tests/test_runtime.py tests/test_bench.py \
-              tests/test_emulator.py tests/test_panel.py tests/test_cli.py
+              tests/test_emulator.py tests/test_panel.py tests/test_cli.py tests/test_deps.py
 
 setup: $(STAMP)
 setup-rp2: $(VENV_RP2)/.kit-installed
