@@ -272,3 +272,38 @@ def test_a_busy_port_is_a_kit_error(emu):
 
     with pytest.raises(KitError, match=f"cannot listen on 127.0.0.1:{emu.port}"):
         QueueEmulator(port=emu.port).start()
+
+
+# --- runpod 2.0's prestart failure, as the SDK itself builds it ------------------------------
+
+
+@pytest.mark.skipif(
+    not hasattr(runpod.serverless, "register_prestart_hook"),
+    reason=f"runpod {runpod.__version__} has no prestart-failure path (runpod 2.0 has; make test-rp2 runs this)",
+)
+def test_a_prestart_failure_from_the_sdk_is_read_as_the_workers_setup_error():
+    from runpod.serverless.modules.rp_prestart import build_prestart_failed_payload
+
+    from kit.local.emulator import prestart_failure
+
+    try:
+        raise RuntimeError("model file missing")
+    except RuntimeError as error:
+        payload = build_prestart_failed_payload(error)
+    assert prestart_failure(json.dumps(payload)) == "RuntimeError: model file missing"
+
+
+def test_a_handler_exception_from_the_sdk_is_not_a_setup_error():
+    import asyncio
+
+    from runpod.serverless.modules.rp_job import run_job
+
+    from kit.local.emulator import prestart_failure
+
+    def handler(job):
+        raise RuntimeError("bad input")
+
+    result = asyncio.run(run_job(handler, {"id": "j1", "input": {}}))
+    assert "bad input" in result["error"]
+    assert prestart_failure(result["error"]) is None
+    assert prestart_failure("a plain error") is None and prestart_failure({"event": "prestart_failed"}) is None
