@@ -7,19 +7,37 @@ PYTHON ?= python3
 SHELL  := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup demo test test-fast bench clean lint js-deps image image-test
+.PHONY: setup setup-rp2 demo test test-rp2 test-fast bench clean lint js-deps image image-test
+
+# The runpod versions CI proves the kit on (pyproject.toml accepts a range):
+# .venv gets RUNPOD, .venv-rp2 gets RUNPOD_2 and runs the suites that drive
+# the SDK (kit test, kit serve, kit bench, the worker loop, the panel).
+RUNPOD     := 1.12.0
+RUNPOD_2   := 2.0.0rc2
+VENV_RP2   := .venv-rp2
+RP2_TESTS  := tests/test_testing.py tests/test_serve.py tests/test_runtime.py tests/test_bench.py \
+              tests/test_emulator.py tests/test_panel.py tests/test_cli.py tests/test_deps.py
 
 setup: $(STAMP)
+setup-rp2: $(VENV_RP2)/.kit-installed
 
 # Re-run only when the dependency list changes: `make setup` is idempotent.
 # torch is pinned to the CPU build that lies on this machine's disk; an
 # unpinned torch would pull a CUDA build of several GB.
+# $(call install_kit,VENV,RUNPOD_VERSION)
+define install_kit
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet torch==2.13.0
+	$(1)/bin/python -m pip install --quiet -e '.[examples,dev]' runpod==$(2)
+	touch $(1)/.kit-installed
+endef
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[examples,dev]'
-	touch $(STAMP)
+	$(call install_kit,$(VENV),$(RUNPOD))
+
+$(VENV_RP2)/.kit-installed: pyproject.toml
+	$(call install_kit,$(VENV_RP2),$(RUNPOD_2))
 
 demo: setup
 	$(VENV)/bin/kit export notebooks/embeddings.ipynb -o build/embeddings
@@ -28,6 +46,11 @@ demo: setup
 
 test: setup js-deps
 	$(PY) -m pytest
+	$(MAKE) test-rp2
+
+# The SDK-facing suites again, on runpod $(RUNPOD_2) (browser tests run once, in .venv).
+test-rp2: setup-rp2
+	$(VENV_RP2)/bin/python -m pytest -m "not browser" $(RP2_TESTS)
 
 # The edit loop's tier: no processes, servers, browsers or images (well under a minute).
 test-fast: setup

@@ -172,6 +172,27 @@ def parse_sdk_error(error) -> SdkError:
     return SdkError("returned error", _short_repr(error))
 
 
+PRESTART_FAILED = "prestart_failed"  # the `event` of runpod 2.0's prestart-failure payload
+
+
+def prestart_failure(error) -> str | None:
+    """"Type: message" when a job-done error is runpod 2.0's prestart failure (the worker's setup raised), else None.
+
+    The SDK sends it as `{"error": "<json: event, error_type, error_message, ...>"}`
+    (rp_scale.JobScaler._fail_job); a handler's exception has no `event`.
+    """
+    if not isinstance(error, str):
+        return None
+    try:
+        info = json.loads(error)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(info, dict) or info.get("event") != PRESTART_FAILED:
+        return None
+    parsed = parse_sdk_error(error)
+    return f"{parsed.type}: {parsed.message}"
+
+
 def _short_repr(value, limit: int = 300) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False)

@@ -32,6 +32,20 @@ def test_bench_the_hello_notebook_on_both_loops_reports_every_job_completed_once
         assert run["latency_ms"]["total"]["p50"] >= run["latency_ms"]["execution"]["p50"]
 
 
+def test_a_fast_run_that_fell_back_to_the_stock_loop_says_so(tmp_path):
+    # A runpod whose version the fast loop was not tested with (its metadata first on the path).
+    fake = tmp_path / "fake-metadata" / "runpod-0.0.1.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: runpod\nVersion: 0.0.1\n")
+    env = {**FAST, "PYTHONPATH": str(fake.parent)}
+    result = run_kit("bench", NOTEBOOKS / "hello.ipynb", "--jobs", "2", "--concurrency", "1", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(runpod 0.0.1)" in result.stdout.splitlines()[0]
+    assert "note (fast): the workers ran the SDK's stock loop: runpod 0.0.1 is not a version the fast loop was tested with" in result.stdout
+    result = run_kit("bench", NOTEBOOKS / "hello.ipynb", "--jobs", "2", "--concurrency", "1", "--json", env=FAST)
+    assert json.loads(result.stdout)["runs"][0]["stock_loop"] is None  # this runpod: the fast loop ran
+
+
 def test_a_hand_written_worker_has_no_fast_loop(tmp_path):
     (tmp_path / "handler.py").write_text(
         "import runpod\n\ndef handler(job):\n    return job['input']\n\n"

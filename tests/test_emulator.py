@@ -649,3 +649,37 @@ def test_the_curl_lines_of_runpods_docs_work_with_either_authorization_style():
         assert code == 200 and state["id"] == job["id"]
         code, refused = curl(f"{emu.url}/v2/ep/health", "-H", "authorization: wrong")
         assert code == 401 and refused == {"error": "Unauthorized"}
+
+# --- runpod 2.0's prestart failure, as the SDK itself builds it ------------------------------
+
+
+@pytest.mark.skipif(
+    not hasattr(runpod.serverless, "register_prestart_hook"),
+    reason=f"runpod {runpod.__version__} has no prestart-failure path (runpod 2.0 has; make test-rp2 runs this)",
+)
+def test_a_prestart_failure_from_the_sdk_is_read_as_the_workers_setup_error():
+    from runpod.serverless.modules.rp_prestart import build_prestart_failed_payload
+
+    from kit.local.emulator import prestart_failure
+
+    try:
+        raise RuntimeError("model file missing")
+    except RuntimeError as error:
+        payload = build_prestart_failed_payload(error)
+    assert prestart_failure(json.dumps(payload)) == "RuntimeError: model file missing"
+
+
+def test_a_handler_exception_from_the_sdk_is_not_a_setup_error():
+    import asyncio
+
+    from runpod.serverless.modules.rp_job import run_job
+
+    from kit.local.emulator import prestart_failure
+
+    def handler(job):
+        raise RuntimeError("bad input")
+
+    result = asyncio.run(run_job(handler, {"id": "j1", "input": {}}))
+    assert "bad input" in result["error"]
+    assert prestart_failure(result["error"]) is None
+    assert prestart_failure("a plain error") is None and prestart_failure({"event": "prestart_failed"}) is None

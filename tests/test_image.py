@@ -250,6 +250,15 @@ def test_bake_script_usage_error():
 # --- environment.yml --------------------------------------------------------
 
 
+def test_the_kit_accepts_the_runpod_users_already_have():
+    # A range, not a pin: installing the kit must not up- or downgrade the SDK in a pod image.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runpod = next(Requirement(d) for d in project["dependencies"] if Requirement(d).name == "runpod")
+    for version in ("1.10.0", "1.12.0", "2.0.0rc2", "2.4.1"):
+        assert runpod.specifier.contains(version, prereleases=True), version
+    assert not runpod.specifier.contains("0.10.0") and not runpod.specifier.contains("3.0.0")
+
+
 def test_environment_yml_has_the_same_dependencies_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())

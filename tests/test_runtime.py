@@ -22,13 +22,13 @@ def exported(make_notebook, tmp_path):
     return export_notebook(make_notebook(HELLO_CELLS), tmp_path / "worker").out_dir
 
 
-def serve_jobs(worker_dir, count: int, env: dict | None = None) -> tuple[list[dict], str]:
+def serve_jobs(worker_dir, count: int, env: dict | None = None, command: list[str] | None = None) -> tuple[list[dict], str]:
     """Run the worker directory's handler.py against a queue; return the finished jobs and the worker's log."""
     with QueueEmulator() as emu:
         log_path = worker_dir / "worker.log"
         with open(log_path, "w") as log:
             worker = subprocess.Popen(
-                [sys.executable, "handler.py"],
+                command or [sys.executable, "handler.py"],
                 cwd=worker_dir,
                 env={**os.environ, **emu.worker_env("w1"), "RUNPOD_LOG_LEVEL": "INFO", **(env or {})},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -71,14 +71,60 @@ def test_env_var_forces_the_stock_loop_and_says_so(exported):
     assert "running the SDK's stock worker loop: KIT_WORKER_LOOP=stock is set" in log
 
 
-def test_an_untested_runpod_version_falls_back_to_the_stock_loop(exported):
-    loop_file = exported / "worker_loop.py"
-    text = loop_file.read_text()
-    assert 'TESTED_RUNPOD = ("1.12.0",)' in text
-    loop_file.write_text(text.replace('TESTED_RUNPOD = ("1.12.0",)', 'TESTED_RUNPOD = ("0.0.1",)'))
-    states, log = serve_jobs(exported, 2)
+@pytest.mark.process
+def test_an_untested_runpod_version_falls_back_to_the_stock_loop(exported, tmp_path):
+    # A runpod that reports another version (its metadata first on the path), with the real code.
+    fake = tmp_path / "fake-metadata"
+    (fake / "runpod-0.0.1.dist-info").mkdir(parents=True)
+    (fake / "runpod-0.0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: runpod\nVersion: 0.0.1\n")
+    states, log = serve_jobs(exported, 2, {"PYTHONPATH": str(fake)})
     assert [s["status"] for s in states] == ["COMPLETED"] * 2
-    assert "runpod 1.12.0 is not a version the fast loop was tested with (0.0.1)" in log
+    assert "running the SDK's stock worker loop: runpod 0.0.1 is not a version the fast loop was tested with" in log
+
+
+# handler.py run as RunPod runs it, after a change to the SDK made in the same process.
+RUN_HANDLER = "\nimport runpy\nrunpy.run_path('handler.py', run_name='__main__')\n"
+
+# An SDK whose worker binds JobScaler when it is imported: replacing rp_scale.JobScaler would do nothing.
+BOUND_SCALER = """
+import inspect
+import runpod.serverless.worker as worker
+from runpod.serverless.modules import rp_scale
+namespace = {**vars(worker), "JobScaler": rp_scale.JobScaler}
+exec(inspect.getsource(worker.run_worker).replace("rp_scale.JobScaler(", "JobScaler("), namespace)
+worker.run_worker = namespace["run_worker"]
+"""
+
+# An SDK whose JobScaler keeps its shutdown flag under another name.
+RENAMED_EVENT = """
+from runpod.serverless.modules import rp_scale
+class JobScaler(rp_scale.JobScaler):
+    def __init__(self, config):
+        super().__init__(config)
+        self._stopping = self.__dict__.pop("_shutdown_event")
+rp_scale.JobScaler = JobScaler
+"""
+
+
+@pytest.mark.process
+def test_a_worker_that_binds_jobscaler_at_import_runs_the_stock_loop_and_says_why(exported):
+    states, log = serve_jobs(exported, 3, command=[sys.executable, "-c", BOUND_SCALER + RUN_HANDLER])
+    assert [s["output"]["name"] for s in states] == ["0", "1", "2"]
+    assert (
+        "running the SDK's stock worker loop: runpod.serverless.worker.run_worker does not look up "
+        "rp_scale.JobScaler when it starts" in log
+    )
+
+
+@pytest.mark.process
+def test_a_jobscaler_without_the_attributes_the_fast_loop_uses_runs_the_stock_loop(exported):
+    result = subprocess.run(  # local test mode: test_input.json through the stock path
+        [sys.executable, "-c", RENAMED_EVENT + RUN_HANDLER], cwd=exported, capture_output=True, text=True, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_WEBHOOK")}, "RUNPOD_LOG_LEVEL": "INFO"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "running the SDK's stock worker loop: rp_scale.JobScaler has no _shutdown_event attribute of type Event" in result.stdout + result.stderr
+    assert "completed successfully" in result.stdout + result.stderr
 
 
 def test_setup_cells_that_import_runpod_still_get_the_fast_loop(make_notebook, tmp_path):

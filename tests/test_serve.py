@@ -328,3 +328,24 @@ def test_serve_refuses_options_that_would_mislead(tmp_path, args, message):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+@pytest.mark.skipif(
+    not hasattr(runpod.serverless, "register_prestart_hook"),
+    reason=f"runpod {runpod.__version__} has no prestart-failure path (runpod 2.0 has; make test-rp2 runs this)",
+)
+def test_on_runpod_2_a_setup_that_raises_fails_the_waiting_job_with_its_error(tmp_path, loop):
+    import requests
+
+    notebook = build_notebook(
+        tmp_path / "broken.ipynb",
+        [("setup", "raise RuntimeError('model file missing')"), ("handler", "def handler(job):\n    return 1")],
+    )
+    with kit_serve(notebook, env={"KIT_WORKER_LOOP": loop}) as served:
+        answer = requests.post(f"{served.url}/v2/local/runsync", json={"input": {}}, timeout=120).json()
+        assert answer["status"] == "FAILED"
+        # runpod's prestart_failed payload, or (when the job's take raced the worker's exit) the pool's note
+        assert "model file missing" in answer["error"]
+        served.wait_for_line(r"setup failed: RuntimeError: model file missing")
+        served.process.wait(120)  # no endless restarts: kit serve gives up, naming the error
+        assert served.process.returncode == 3  # the machine-side failure: the worker cannot start
+        served.wait_for_line(r"^error: the worker's setup failed 3 times in a row: RuntimeError: model file missing")

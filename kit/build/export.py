@@ -158,11 +158,14 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
         "# Each `# %% cell N [tag]` marker names the notebook cell the code below it comes from.\n",
     ]
     if analysis.future_imports:
-        header.append(f"from __future__ import {', '.join(analysis.future_imports)}\n")
-    if any(item.module == "runpod" for item in analysis.imports):
-        # The setup imports runpod itself: let the worker loop import it first, without the
-        # CPU probe that costs every cold start (see worker_loop.py).
-        header.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod, imported without its 1.3 s CPU probe)\n')
+        header.append(f"from __future__ import {', '.join(analysis.future_imports)}
+")
+    # The worker loop comes first: it imports runpod without the CPU probe that costs every
+    # cold start, and on runpod 2.0 reports a setup cell that raises as a failed job (see
+    # worker_loop.py). Importing handler.py (kit test, the notebook) runs neither.
+    header.append('if __name__ == "__main__":
+    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)
+')
     cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
     return percent.render("".join(header), cells, runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier))
 

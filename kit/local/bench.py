@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 from kit import platform, workerdir
@@ -24,6 +25,7 @@ from kit.local.emulator import FINAL_STATUSES, QueueEmulator
 from kit.local.pool import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
+STOCK_LOOP_LOG = "running the SDK's stock worker loop: "  # what worker_loop.py logs when it falls back
 
 
 def bench(
@@ -60,7 +62,7 @@ def bench(
                 env={platform.LOOP_ENV: name}, progress=not json_out, openai=openai,
             )
             runs.append({"loop": name, **run})
-    report = {"target": str(target), "jobs": jobs, "concurrency": concurrency, "workers": workers, "runs": runs}
+    report = {"target": str(target), "runpod": _runpod_version(), "jobs": jobs, "concurrency": concurrency, "workers": workers, "runs": runs}
     if json_out:
         print(json.dumps(report, indent=2))
     else:
@@ -127,12 +129,14 @@ def measure(
         finally:
             pool.stop()
         counters = emulator.counters
+    stock_loop = _stock_loop_reason(log_dir)
     finished = [r for r in results if r["status"] in FINAL_STATUSES]
     clean = len(finished) == jobs and all(r["status"] == "COMPLETED" for r in results) and not counters.duplicate_results
     if clean:  # the worker logs matter only when something went wrong
         shutil.rmtree(log_dir, ignore_errors=True)
     figures = {
         "log_dir": None if clean else str(log_dir),
+        "stock_loop": stock_loop,  # why the workers ran the SDK's stock loop (None: the fast one, or asked for stock)
         "cold_start_s": [round(s, 3) for s in cold_starts],
         "elapsed_s": round(elapsed, 3),
         "throughput_jobs_per_s": round(len(finished) / elapsed, 2),
@@ -289,6 +293,30 @@ def _percentiles(values: list[float]) -> dict:
     return {"p50": round(cuts[49], 1), "p95": round(cuts[94], 1), "p99": round(cuts[98], 1)}
 
 
+def _runpod_version() -> str:
+    """The runpod the workers run (they use this interpreter)."""
+    try:
+        return metadata.version("runpod")
+    except metadata.PackageNotFoundError:
+        return "(unknown)"
+
+
+def _stock_loop_reason(log_dir: Path) -> str | None:
+    """Why a worker fell back to the SDK's stock loop, from its log; None when none did or stock was asked for."""
+    for log in sorted(log_dir.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if STOCK_LOOP_LOG not in line:
+                continue
+            try:  # on a worker the SDK logs one JSON object a line
+                line = json.loads(line)["message"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            reason = str(line).split(STOCK_LOOP_LOG, 1)[-1].strip()
+            if not reason.startswith(f"{platform.LOOP_ENV}="):
+                return reason
+    return None
+
+
 def format_report(report: dict) -> str:
     """The report as a table with one column per run."""
     runs = report["runs"]
@@ -316,11 +344,14 @@ def format_report(report: dict) -> str:
     width = max(len(label) for label, _ in rows)
     columns = [max(len(row[1][i]) for row in rows) for i in range(len(runs))]
     lines = [
-        f"kit bench {report['target']}: {report['jobs']} jobs, {report['concurrency']} in flight, "
+        f"kit bench {report['target']} (runpod {report['runpod']}): {report['jobs']} jobs, {report['concurrency']} in flight, "
         f"{report['workers']} worker(s)"
     ]
     for label, cells in rows:
         lines.append(f"  {label:<{width}}  " + "  ".join(f"{cell:>{columns[i]}}" for i, cell in enumerate(cells)))
+    for run in runs:
+        if run.get("stock_loop"):
+            lines.append(f"  note ({run.get('loop', 'result')}): the workers ran the SDK's stock loop: {run['stock_loop']}")
     for run in runs:
         if run["first_error"] is not None:
             lines.append(f"  first error ({run.get('loop', 'result')}): {str(run['first_error'])[:300]}")

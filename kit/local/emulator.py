@@ -326,6 +326,10 @@ class QueueEmulator:
         """
         return self._call(self.queue.worker_exited, worker_id, reason)
 
+    def setup_failure(self, worker_id: str) -> str | None:
+        """The setup error ("Type: message") the worker failed a job with (runpod 2.0's prestart path), or None."""
+        return self._call(lambda: self.queue.worker(worker_id).setup_error)
+
     def expected_exit(self, worker_id: str) -> bool:
         """Whether the worker's last job asked it to stop (`refresh_worker`)."""
         return self._call(lambda: self.queue.worker(worker_id).refresh)

@@ -7,6 +7,7 @@ that die (their jobs are marked FAILED, never lost) and drains them on stop.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Callable
 from kit import platform
 from kit.errors import KitEnvironmentError, KitError
 from kit.local.emulator import QueueEmulator
+from kit.platform import PRESTART_FAILED, prestart_failure
 from kit.processes import kill_group
 
 # A worker that dies this many times in a row before taking its first job is
@@ -32,6 +34,7 @@ class _Process:
     popen: subprocess.Popen
     spawned: float  # time.monotonic() just before the spawn
     log_path: Path
+    log_offset: int = 0  # where this process's output starts in the (appended) log
 
 
 class WorkerPool:
@@ -67,6 +70,7 @@ class WorkerPool:
         env = platform.worker_env({**self.env, **self.emulator.worker_env(worker_id)})
         log_path = self.log_dir / f"{worker_id}.log"
         with open(log_path, "ab") as log:
+            offset = log.tell()
             spawned = time.monotonic()
             popen = subprocess.Popen(
                 [sys.executable, "handler.py"],
@@ -77,7 +81,7 @@ class WorkerPool:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: Ctrl-C reaches only us, we stop it
             )
-        self.processes[worker_id] = _Process(worker_id, popen, spawned, log_path)
+        self.processes[worker_id] = _Process(worker_id, popen, spawned, log_path, offset)
 
     def check(self) -> None:
         """Restart workers that exited; report the jobs they took down with them."""
@@ -87,13 +91,18 @@ class WorkerPool:
                 continue
             kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
             asked_to_refresh = self.emulator.expected_exit(worker_id)
-            started = self.emulator.worker_times(worker_id)["first_request"] is not None
-            lost = self.emulator.worker_exited(worker_id, f"exited with code {code}")
+            # runpod 2.0 reports a failed setup through a job (or only in its log when none was queued).
+            setup_error = self.emulator.setup_failure(worker_id) or _setup_failure_in_log(process)
+            started = self.emulator.worker_times(worker_id)["first_request"] is not None and setup_error is None
+            reason = f"exited with code {code}" + (f" after its setup failed ({setup_error})" if setup_error else "")
+            lost = self.emulator.worker_exited(worker_id, reason)
             # A refresh is a clean exit with nothing in flight: a worker that took more jobs
             # after its refresh job and then died is reported like any other death.
             refreshed = asked_to_refresh and code == 0 and not lost
             if not refreshed:
                 message = f"{worker_id} exited with code {code} (log: {process.log_path})"
+                if setup_error:
+                    message = f"{worker_id}'s setup failed: {setup_error}; it exited with code {code} (log: {process.log_path})"
                 if lost:
                     message += f"; FAILED its job(s) {', '.join(lost)}"
                 self.say(message + "; restarting")
@@ -104,7 +113,9 @@ class WorkerPool:
                 self._startup_failures[worker_id] = failures
                 if failures >= STARTUP_FAILURES:
                     raise KitEnvironmentError(
-                        f"the worker exited with code {code} before taking a job, {failures} times in a row: "
+                        f"the worker's setup failed {failures} times in a row: {setup_error}"
+                        if setup_error
+                        else f"the worker exited with code {code} before taking a job, {failures} times in a row: "
                         f"{_last_line(process.log_path)}",
                         f"see {process.log_path}",
                     )
@@ -127,6 +138,31 @@ class WorkerPool:
             for process in self.processes.values():
                 kill_group(process.popen)
             self.processes.clear()
+
+
+def _setup_failure_in_log(process: _Process) -> str | None:
+    """The prestart failure runpod 2.0 logged (`prestart_failed | {json}`) since this process started, if any."""
+    try:
+        with open(process.log_path, "rb") as log:
+            log.seek(process.log_offset)
+            text = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    marker = f"{PRESTART_FAILED} | "
+    for line in reversed(text.splitlines()):
+        try:  # the SDK logs one JSON object a line on a worker ({"message": ...}), plain text elsewhere
+            record = json.loads(line)
+            message = record["message"] if isinstance(record, dict) else line
+        except (ValueError, KeyError):
+            message = line
+        if not isinstance(message, str) or marker not in message:
+            continue
+        try:
+            info, _ = json.JSONDecoder().raw_decode(message, message.index(marker) + len(marker))
+        except ValueError:
+            continue
+        return prestart_failure(json.dumps(info))
+    return None
 
 
 def _last_line(path: Path) -> str:

@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from kit import platform
+
 
 class Status(str, enum.Enum):
     """A job's status, as RunPod spells it."""
@@ -138,6 +140,7 @@ class Worker:
     unresponsive: str | None = None  # why it is no longer handed jobs (missed pings)
     released: bool = False  # shutting down or gone: no more jobs for it
     refresh: bool = False  # its last job asked for stopPod (refresh_worker)
+    setup_error: str | None = None  # runpod 2.0's prestart failure it reported through a job
 
 
 @dataclass
@@ -350,6 +353,8 @@ class Queue:
         job = self._held(worker_id, job_id)
         if body.get("stopPod"):
             self.worker(worker_id).refresh = True
+        if (failure := platform.prestart_failure(body.get("error"))) is not None:
+            self.worker(worker_id).setup_error = failure
         if body.get("status") == "IN_PROGRESS":  # runpod.serverless.progress_update
             if job.status is Status.IN_PROGRESS:
                 job.output = body.get("output")

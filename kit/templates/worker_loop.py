@@ -14,9 +14,17 @@ job-stop, heartbeat) with its own requests and payloads; two things change:
   module first imports runpod with that string read from /proc/cpuinfo.
 
 Both ride on SDK internals, so they are used only with the runpod versions
-they were tested with (TESTED_RUNPOD). With any other version, or with
-KIT_WORKER_LOOP=stock in the environment, the stock loop runs unchanged and
-the log says why. This file does not need the kit to run.
+they were tested with (TESTED_RUNPOD), and only when the internals they use
+are there (`_why_not_these_internals`: the JobScaler methods and attributes
+FastJobScaler relies on, and a worker that looks `rp_scale.JobScaler` up when
+it starts). Otherwise, or with KIT_WORKER_LOOP=stock in the environment, the
+stock loop runs unchanged and the log says why.
+
+On a runpod with prestart hooks (2.0), an exception that escapes handler.py's
+setup cells in a queue worker goes through the SDK's prestart-failure path
+(`_report_setup_failure`): the worker claims one job, fails it with the error
+and exits 1, so the caller sees the error instead of a job waiting forever.
+This file does not need the kit to run.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import asyncio
 import os
 import platform
 import sys
+from collections.abc import MutableMapping
 from importlib import metadata
 
-TESTED_RUNPOD = ("1.12.0",)
+TESTED_RUNPOD = ("1.12.0", "2.0.0rc2")
 LOOP_ENV = "KIT_WORKER_LOOP"  # "stock" forces the SDK's own loop
 
 
@@ -41,6 +50,54 @@ def _why_stock() -> str | None:
         return "the runpod package has no version metadata"
     if version not in TESTED_RUNPOD:
         return f"runpod {version} is not a version the fast loop was tested with ({', '.join(TESTED_RUNPOD)})"
+    return None
+
+
+# What FastJobScaler uses of rp_scale.JobScaler: methods (async or not) and
+# the attributes its __init__ sets, with their types.
+SCALER_METHODS = {
+    "set_scale": True,
+    "run_jobs": True,
+    "handle_job": True,
+    "kill_worker": False,
+    "is_alive": False,
+    "current_occupancy": False,
+}
+SCALER_ATTRIBUTES = {
+    "current_concurrency": int,
+    "jobs_queue": asyncio.Queue,
+    "jobs_tasks": MutableMapping,
+    "_shutdown_event": asyncio.Event,
+}
+
+
+def _why_not_these_internals() -> str | None:
+    """Why this runpod's internals do not fit FastJobScaler, or None when they do (runpod is imported)."""
+    import inspect
+
+    try:
+        from runpod.serverless import worker
+        from runpod.serverless.modules import rp_scale
+    except ImportError as error:
+        return f"runpod has no serverless worker modules ({error})"
+    scaler = getattr(rp_scale, "JobScaler", None)
+    if not isinstance(scaler, type):
+        return "runpod.serverless.modules.rp_scale has no JobScaler class"
+    for name, is_async in SCALER_METHODS.items():
+        method = getattr(scaler, name, None)
+        if not callable(method) or inspect.iscoroutinefunction(method) != is_async:
+            return f"rp_scale.JobScaler has no {'async ' if is_async else ''}method {name}()"
+    try:
+        probe = scaler({"handler": lambda job: None})
+    except Exception as error:  # noqa: BLE001 - any failure means the fast loop cannot build on it
+        return f"rp_scale.JobScaler(config) raised {type(error).__name__}: {error}"
+    for name, kind in SCALER_ATTRIBUTES.items():
+        if not isinstance(getattr(probe, name, None), kind):
+            return f"rp_scale.JobScaler has no {name} attribute of type {kind.__name__}"
+    run_worker = getattr(worker, "run_worker", None)
+    names = getattr(getattr(run_worker, "__code__", None), "co_names", ())
+    if getattr(worker, "rp_scale", None) is not rp_scale or not {"rp_scale", "JobScaler"} <= set(names):
+        return "runpod.serverless.worker.run_worker does not look up rp_scale.JobScaler when it starts"
     return None
 
 
@@ -78,6 +135,43 @@ import runpod  # noqa: E402
 from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
 
 log = RunPodLogger()
+
+if WHY_STOCK is None:
+    WHY_STOCK = _why_not_these_internals()
+
+
+def _report_setup_failure(kind, error, trace) -> None:
+    """sys.excepthook while handler.py's setup runs: hand the error to the SDK's prestart-failure path.
+
+    The traceback is printed as usual; then the SDK, with the error as its only
+    prestart hook, claims one job, fails it with a `prestart_failed` payload
+    (type, message, traceback) and exits 1.
+    """
+    sys.excepthook = sys.__excepthook__
+    sys.__excepthook__(kind, error, trace)
+    if not isinstance(error, Exception):
+        return
+
+    def setup_cells():
+        raise error
+
+    runpod.serverless.register_prestart_hook(setup_cells)
+    runpod.serverless.start({"handler": _no_handler})
+
+
+def _no_handler(job):  # never called: no job runs after a failed prestart
+    raise RuntimeError("handler.py's setup failed")
+
+
+# Only in a queue worker (what RunPod runs), only on SDKs with the prestart path,
+# only for exceptions escaping the module: start() puts the default hook back.
+if (
+    os.environ.get("RUNPOD_WEBHOOK_GET_JOB")
+    and not os.environ.get("RUNPOD_REALTIME_PORT")
+    and callable(getattr(runpod.serverless, "register_prestart_hook", None))
+    and sys.excepthook is sys.__excepthook__
+):
+    sys.excepthook = _report_setup_failure
 
 if WHY_STOCK is None:
     from runpod.serverless.modules import rp_scale
@@ -145,6 +239,8 @@ if WHY_STOCK is None:
 
 def start(config: dict) -> None:
     """`runpod.serverless.start(config)`, on the fast loop when this runpod version allows it."""
+    if sys.excepthook is _report_setup_failure:
+        sys.excepthook = sys.__excepthook__  # setup is over
     if WHY_STOCK is None:
         rp_scale.JobScaler = FastJobScaler
         log.info("worker_loop: running the fast worker loop (fetching on room, no 1 s tick)")
