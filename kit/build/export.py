@@ -158,14 +158,11 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
         "# Each `# %% cell N [tag]` marker names the notebook cell the code below it comes from.\n",
     ]
     if analysis.future_imports:
-        header.append(f"from __future__ import {', '.join(analysis.future_imports)}
-")
+        header.append(f"from __future__ import {', '.join(analysis.future_imports)}\n")
     # The worker loop comes first: it imports runpod without the CPU probe that costs every
     # cold start, and on runpod 2.0 reports a setup cell that raises as a failed job (see
     # worker_loop.py). Importing handler.py (kit test, the notebook) runs neither.
-    header.append('if __name__ == "__main__":
-    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)
-')
+    header.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)\n')
     cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
     return percent.render("".join(header), cells, runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier))
 
