@@ -30,6 +30,7 @@ import __future__
 import ast
 import asyncio
 import copy
+import functools
 import inspect
 import io
 import json
@@ -195,6 +196,8 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
     header_code = compile(header, str(path), "exec", dont_inherit=True)
     flags = header_code.co_flags & FUTURE_FLAGS
     exec(header_code, module.__dict__)
+    if cells[0].tag != "module":  # exported: the start call is the footer, which is not run here
+        run_as_main(module, path)
 
     total = 0.0
     for cell in cells:
@@ -221,8 +224,24 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
     with captured():
         import runpod.serverless  # noqa: F401
     runpod_seconds = time.perf_counter() - started
+    progress.install()
     report.emit("cold_start", ok=True, seconds=total + runpod_seconds, setup_seconds=total, runpod_import_seconds=runpod_seconds)
     return module
+
+
+def run_as_main(module, path: Path) -> None:
+    """Make the cells see what `python handler.py` (and Jupyter) gives them.
+
+    The worker runs handler.py as `__main__` with `sys.argv == ["handler.py"]`, and a
+    notebook's cells see `__name__ == "__main__"` too, so a setup cell that loads its
+    model under `if __name__ == "__main__":` (as worker-gpt does) or parses
+    `sys.argv` must run here as it does there. (The header's own `__main__` block,
+    which imports worker_loop, has already run as a module: runpod's import stays
+    timed on its own line.)
+    """
+    module.__name__ = "__main__"
+    sys.modules["__main__"] = module  # pickle and friends find the worker's functions where the worker has them
+    sys.argv = [path.name]
 
 
 # --------------------------------------------------------------------------- 2. test cells
@@ -237,9 +256,13 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
     namespace = module.__dict__
     if cells:
         report.emit("phase", name="tests")
+    handler = namespace.get("handler")
+    if callable(handler):
+        namespace["handler"] = direct_calls.wrap(handler)
     for cell in cells:
         shown: dict = {}
-        with captured() as output:
+        direct_calls.cell = cell.cell
+        with captured() as output, progress.capturing() as updates:
             started = time.perf_counter()
             try:
                 value = run_cell(path, cell, namespace, loop)
@@ -248,7 +271,13 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
             except BaseException as raised:  # noqa: BLE001 - a test calling sys.exit() fails that test
                 error = failure(raised, sources)
             seconds = time.perf_counter() - started
-        report.emit("test", cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error, **shown)
+        report.emit("test", cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error, **shown, **updates.fields())
+        if error:
+            direct_calls.forget(cell.cell)  # a failed test expects nothing of its calls
+        elif not _asserts(cell.source):
+            direct_calls.forget(cell.cell, returned_errors_only=True)  # nothing checked the {"error": ...} it got
+    if callable(handler) and getattr(namespace.get("handler"), "__wrapped__", None) is handler:
+        namespace["handler"] = handler  # unless a test rebound it
 
 
 VALUE_NAME = "__kit_cell_value__"
@@ -288,6 +317,215 @@ async def _collect(agen) -> list:
     return [chunk async for chunk in agen]
 
 
+# --------------------------------------------------------------------------- direct calls
+
+
+class DirectCalls:
+    """What the test cells' own calls of `handler(job)` gave, by job.
+
+    The SDK run of a job literal must give what calling the handler directly
+    gave in the notebook: the same output, or the same error. A test that sends
+    a bad job and asserts the error is an error path working as intended, not a
+    failure of the worker.
+    """
+
+    def __init__(self):
+        self.by_job: dict[str, dict] = {}
+        self.cell: int | None = None
+
+    def expected(self, job) -> dict | None:
+        key = _job_key(job)
+        return self.by_job.get(key) if key else None
+
+    def forget(self, cell: int, returned_errors_only: bool = False) -> None:
+        def kept(outcome: dict) -> bool:
+            if outcome["cell"] != cell:
+                return True
+            return returned_errors_only and outcome.get("type") != "returned error"
+
+        self.by_job = {key: outcome for key, outcome in self.by_job.items() if kept(outcome)}
+
+    def _record(self, job, outcome: dict) -> None:
+        key = _job_key(job)
+        if key and key not in self.by_job:
+            self.by_job[key] = {"cell": self.cell, **outcome}
+
+    def _returned(self, job, value) -> None:
+        try:
+            value = copy.deepcopy(value)  # the test may change the result after the call
+        except Exception:  # noqa: BLE001 - an uncopyable result cannot be compared
+            return
+        if isinstance(value, dict) and value.get("error"):
+            self._record(job, {"kind": "error", "type": "returned error", "message": value["error"] if isinstance(value["error"], str) else preview(value["error"])})
+            return
+        self._record(job, {"kind": "output", "value": value})
+
+    def _raised(self, job, error: BaseException) -> None:
+        if isinstance(error, Exception):  # what the SDK turns into a failed job
+            self._record(job, {"kind": "error", "type": type(error).__name__, "message": str(error)})
+
+    def wrap(self, handler):
+        """`handler`, recording each call's outcome; of the same kind (sync, async, generator...)."""
+        if inspect.isasyncgenfunction(handler):
+
+            async def recorded(job, *args, **kwargs):
+                chunks = []
+                try:
+                    async for chunk in handler(job, *args, **kwargs):
+                        chunks.append(chunk)
+                        yield chunk
+                except Exception as error:
+                    self._raised(job, error)
+                    raise
+                self._returned(job, chunks)
+
+        elif inspect.isgeneratorfunction(handler):
+
+            def recorded(job, *args, **kwargs):
+                chunks = []
+                try:
+                    for chunk in handler(job, *args, **kwargs):
+                        chunks.append(chunk)
+                        yield chunk
+                except Exception as error:
+                    self._raised(job, error)
+                    raise
+                self._returned(job, chunks)
+
+        elif inspect.iscoroutinefunction(handler):
+
+            async def recorded(job, *args, **kwargs):
+                try:
+                    value = await handler(job, *args, **kwargs)
+                except Exception as error:
+                    self._raised(job, error)
+                    raise
+                self._returned(job, value)
+                return value
+
+        else:
+
+            def recorded(job, *args, **kwargs):
+                try:
+                    value = handler(job, *args, **kwargs)
+                except Exception as error:
+                    self._raised(job, error)
+                    raise
+                if not inspect.isawaitable(value):
+                    self._returned(job, value)
+                return value
+
+        return functools.wraps(handler)(recorded)
+
+
+def _asserts(source: str) -> bool:
+    """Whether a test cell checks anything: a returned {"error": ...} is expected only then.
+
+    (A raised exception is expected when the cell passed: something caught it.)
+    """
+    try:
+        tree = compile(source, "<test>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.Assert) for node in ast.walk(tree))
+
+
+def _job_key(job) -> str | None:
+    if not isinstance(job, dict):
+        return None
+    try:
+        return json.dumps(job, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
+def as_the_sdk_returns(value):
+    """A handler's return value as the SDK's run_job passes it on (`error` and `refresh_worker` taken out)."""
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in ("error", "refresh_worker")}
+        return value or None
+    return value
+
+
+def compare_with_direct(expected: dict | None, body: dict, error: dict | None) -> tuple[dict | None, list[dict], bool]:
+    """(error, problems, expected_error) for a job, judged against what its direct call gave.
+
+    Without a direct call (the job literal's call did not run), a job must succeed.
+    """
+    if expected is None:
+        return error, [], False
+    where = f"the direct call in cell {expected['cell']}"
+    if expected["kind"] == "error":
+        said = f"{expected['type']}: {expected['message']}" if expected["type"] != "returned error" else f"returned error: {expected['message']}"
+        if error is None:
+            return {"type": "not the expected error", "message": f"{where} gave {said}, but through the SDK the job succeeded", "where": []}, [], False
+        same_type = expected["type"] == error["type"].rsplit(".", 1)[-1]
+        if same_type and str(expected["message"]).strip() == str(error["message"]).strip():
+            return error, [], True
+        return error, [{"level": "fail", "message": f"{where} gave {said}: the SDK run gave another error"}], False
+    if error is not None:
+        return error, [{"level": "fail", "message": f"{where} returned a result: the job fails only through the SDK"}], False
+    direct = as_the_sdk_returns(expected["value"])
+    try:
+        same = bool(direct == body.get("output"))
+    except Exception:  # noqa: BLE001 - arrays and the like do not compare to a bool
+        return None, [], False
+    if same:
+        return None, [], False
+    return None, [{"level": "warn", "message": f"the result differs from what {where} returned ({preview(direct, 80)}); a handler that samples or reads the clock differs on every call"}], False
+
+
+# --------------------------------------------------------------------------- progress updates
+
+
+class ProgressUpdates:
+    """`runpod.serverless.progress_update(job, progress)` during kit test: recorded, not posted.
+
+    With no queue there is nowhere to post them (the SDK would log "Failed to
+    return job results"); the report shows them under the cell or job instead.
+    """
+
+    def __init__(self):
+        self.current: list | None = None
+
+    def install(self) -> None:
+        from runpod.serverless.modules import rp_progress
+
+        updates = self
+
+        class InlineThread:  # progress_update posts from a thread: record at once, in order
+            def __init__(self, target=None, args=(), kwargs=None, daemon=None):
+                self._args = args
+
+            def start(self):
+                job, progress = self._args
+                if updates.current is not None:
+                    updates.current.append(preview(progress))
+
+        rp_progress.threading = types.SimpleNamespace(Thread=InlineThread)
+
+    @contextmanager
+    def capturing(self):
+        captured = _Updates()
+        self.current = captured.items
+        try:
+            yield captured
+        finally:
+            self.current = None
+
+
+class _Updates:
+    def __init__(self):
+        self.items: list[str] = []
+
+    def fields(self) -> dict:
+        return {"progress": self.items[:MAX_CHUNKS_SHOWN], "progress_count": len(self.items)} if self.items else {}
+
+
+direct_calls = DirectCalls()
+progress = ProgressUpdates()
+
+
 # --------------------------------------------------------------------------- 3. jobs
 
 
@@ -315,7 +553,8 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) ->
         if job.get("input") is None:  # what the SDK's local mode refuses too
             report.emit("job", **fields, ok=False, seconds=0.0, problems=[{"level": "fail", "message": "the job has no `input`"}])
             continue
-        with captured() as output:
+        expected = direct_calls.expected(entry["job"])
+        with captured() as output, progress.capturing() as updates:
             started = time.perf_counter()
             try:
                 body, chunks = loop.run_until_complete(run_streaming(handler, job) if streaming else run_plain(handler, job))
@@ -325,7 +564,12 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) ->
             seconds = time.perf_counter() - started
         if error is None:
             error = job_error(body, sources)
+        error, compared, expected_error = compare_with_direct(expected, body, error)
         size, problems = (None, []) if error else check_result(body)
+        problems = compared + problems
+        if expected_error:
+            fields["expected_error"] = {"cell": expected["cell"]}
+        fields.update(updates.fields())
         shown = {}
         if chunks is not None:
             shown = {"chunks": [preview(chunk) for chunk in chunks[:MAX_CHUNKS_SHOWN]], "chunk_count": len(chunks)}
@@ -334,7 +578,7 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) ->
         report.emit(
             "job",
             **fields,
-            ok=error is None and not any(p["level"] == "fail" for p in problems),
+            ok=(error is None or expected_error) and not any(p["level"] == "fail" for p in problems),
             seconds=seconds,
             size=size,
             error=error,

@@ -259,7 +259,7 @@ def event_lines(event: dict, report: TestReport) -> list[str]:
         return [f"jobs through the runpod SDK ({runner}):"]
     if kind == "test":
         lines = [_row("PASS" if event["ok"] else "FAIL", _cell_name(event), event["seconds"])]
-        lines += _output_lines(event["output"]) + _value_lines(event)
+        lines += _output_lines(event["output"]) + _value_lines(event) + _progress_lines(event)
         if not event["ok"]:
             lines += _failure_lines(event["error"], report)
         return lines
@@ -270,8 +270,10 @@ def event_lines(event: dict, report: TestReport) -> list[str]:
         where = f"cell {event['cell']}, line {event['line']}" if event.get("cell") else "test_input.json"
         size = f"result {_size(event['size'])}" if event.get("size") is not None else ""
         lines = [_row(status, f"job from {where}", event["seconds"], size), f"{INDENT}input {event['input']}"]
-        lines += _value_lines(event)
-        if event.get("error"):
+        lines += _value_lines(event) + _progress_lines(event)
+        if event.get("expected_error"):
+            lines += _expected_error_lines(event)
+        elif event.get("error"):
             lines += _failure_lines(event["error"], report)
         for problem in event["problems"]:
             lines.append(f"{INDENT}{problem['level']}: {problem['message']}")
@@ -304,6 +306,9 @@ def summary_lines(report: TestReport) -> list[str]:
         if items:
             failed = sum(not item["ok"] for item in items)
             counts.append(f"{len(items) - failed}/{len(items)} {name}s passed")
+    expected_errors = sum(bool(job.get("expected_error")) for job in report.jobs)
+    if expected_errors:
+        counts[-1] += f" ({expected_errors} with the error its test expects)"
     verdict = "OK" if report.ok else "FAILED"
     lines.append(f"{verdict}: " + (", ".join(counts) if counts else ("only the import was checked" if report.ok else "nothing ran")))
     return lines
@@ -355,6 +360,22 @@ def _value_lines(event: dict) -> list[str]:
     if "value" in event:
         return [f"{INDENT}-> {event['value']}"]
     return []
+
+
+def _expected_error_lines(event: dict) -> list[str]:
+    """A job whose error is what its direct call in a test cell gave: the error path works."""
+    error = event["error"]
+    message = f"{error['type']}: {error['message']}" if error["message"] else error["type"]
+    return [f"{INDENT}expected error, as the direct call in cell {event['expected_error']['cell']} gave: {message}"]
+
+
+def _progress_lines(event: dict) -> list[str]:
+    if not event.get("progress"):
+        return []
+    lines = [f"{INDENT}progress_update: {update}" for update in event["progress"]]
+    if event["progress_count"] > len(event["progress"]):
+        lines.append(f"{INDENT}... {event['progress_count'] - len(event['progress'])} more progress updates")
+    return lines
 
 
 def _seconds(seconds: float) -> str:
