@@ -423,3 +423,84 @@ def test_library_report_for_the_panel(tmp_path):
     text = "\n".join(report.lines())
     assert "-> {'greeting': 'Hello', 'word': 'panel'}" in text
     assert text.splitlines()[-1] == "OK: 1/1 test cells passed, 1/1 jobs passed"
+
+
+# --------------------------------------------------------------------------- the SDK run against the direct call
+
+VALIDATING_HANDLER = (
+    "handler",
+    "def handler(job):\n"
+    "    prompt = job['input'].get('prompt')\n"
+    "    if prompt is None:\n"
+    "        return {'error': ['prompt is a required input.']}\n"
+    "    if prompt == 'boom':\n"
+    "        raise ValueError('boom!')\n"
+    "    return prompt.upper()\n",
+)
+
+
+def test_an_error_path_test_passes_and_its_job_shows_the_expected_error(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "gpt.ipynb",
+        VALIDATING_HANDLER,
+        ("test", "r = handler({'input': {}})\nassert r == {'error': ['prompt is a required input.']}"),
+        ("test", "try:\n    handler({'input': {'prompt': 'boom'}})\nexcept ValueError as e:\n    assert str(e) == 'boom!'"),
+        ("test", "assert handler({'input': {'prompt': 'hi'}}) == 'HI'"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert line_with(out, "job from cell 3").split()[0] == "PASS"
+    assert "expected error, as the direct call in cell 3 gave: returned error: ['prompt is a required input.']" in out
+    assert line_with(out, "job from cell 4").split()[0] == "PASS"
+    assert "expected error, as the direct call in cell 4 gave: ValueError: boom!" in out
+    assert out.splitlines()[-1] == "OK: 3/3 test cells passed, 3/3 jobs passed (2 with the error its test expects)"
+
+
+def test_a_job_that_fails_only_through_the_sdk_is_red(tmp_path, capsys):
+    # The direct call succeeds (a set is fine in Python) but the SDK cannot carry it: FAIL.
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        ("handler", "def handler(job):\n    if job.get('id') == 'local_test':\n        raise RuntimeError('only in the worker')\n    return 1"),
+        ("test", "assert handler({'input': {'a': 1}}) == 1"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1, out
+    assert line_with(out, "job from cell 3").split()[0] == "FAIL"
+    assert "fail: the direct call in cell 3 returned a result: the job fails only through the SDK" in out
+
+
+def test_an_error_the_test_never_caught_is_not_expected(tmp_path, capsys):
+    # The test cell fails on the exception: the job's error is not "expected".
+    nb = write_notebook(tmp_path / "w.ipynb", VALIDATING_HANDLER, ("test", "handler({'input': {'prompt': 'boom'}})"))
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1, out
+    assert line_with(out, "job from cell 3").split()[0] == "FAIL"
+    assert "expected error" not in out
+
+
+def test_a_main_block_in_a_setup_cell_runs_as_in_the_worker(tmp_path, capsys):
+    # worker-gpt loads its model under `if __name__ == "__main__":` and parses sys.argv.
+    nb = write_notebook(
+        tmp_path / "gpt.ipynb",
+        ("setup", "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n"
+                  "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)"),
+        ("handler", "def handler(job):\n    return model(job['input']['prompt'])"),
+        ("test", "assert handler({'input': {'prompt': 'hi'}}) == 'HI'"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert "NameError" not in out
+
+
+def test_progress_updates_are_shown_without_sdk_noise(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        ("setup", "import runpod"),
+        ("handler", "def handler(job):\n    for step in (1, 2):\n        runpod.serverless.progress_update(job, f'step {step}/2')\n    return 'done'"),
+        ("test", "assert handler({'id': 't', 'input': {}}) == 'done'"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    job = out[out.index("job from cell 4"):]
+    assert "progress_update: 'step 1/2'" in job and "progress_update: 'step 2/2'" in job
+    assert "Failed to return job results" not in out

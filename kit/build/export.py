@@ -129,7 +129,7 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
         parts.append(f"\n{marker(parsed.translated.cell)}\n")
         parts.append(_with_newline(parsed.translated.source))
     parts.append("\n\n")
-    parts.append(runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier))
+    parts.append(runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier, analysis.start.config_name))
     return "".join(parts)
 
 

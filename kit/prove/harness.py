@@ -713,6 +713,14 @@ def _finite(value) -> bool:
 # --------------------------------------------------------------------------- main
 
 
+def started_handler(module):
+    """The function handler.py's start block passes to the SDK: RUNPOD_CONFIG's "handler" wins over `handler`."""
+    config = getattr(module, "RUNPOD_CONFIG", None)
+    if isinstance(config, dict) and callable(config.get("handler")):
+        return config["handler"]
+    return module.handler
+
+
 def main(argv: list[str]) -> int:
     report = Report(int(argv[1]))
     worker = Path.cwd()
@@ -722,7 +730,7 @@ def main(argv: list[str]) -> int:
     if module is None:
         report.emit("end")
         return 0
-    handler = module.handler  # what the worker loop gets, whatever the tests rebind later
+    handler = started_handler(module)  # what the worker loop gets, whatever the tests rebind later
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     run_test_cells(worker, module, loop, report, sources)
