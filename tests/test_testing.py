@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -504,3 +508,109 @@ def test_progress_updates_are_shown_without_sdk_noise(tmp_path, capsys):
     job = out[out.index("job from cell 4"):]
     assert "progress_update: 'step 1/2'" in job and "progress_update: 'step 2/2'" in job
     assert "Failed to return job results" not in out
+
+
+# --------------------------------------------------------------------------- real workers, ported as users port them
+# Each: the original handler.py's shape (start call at the bottom), its port into tagged cells
+# (the start call pasted too), and a job. The port must export, pass `kit test`, and give
+# through the SDK's local test mode what the original gives.
+
+PORTED = {
+    "worker-template": {  # runpod-workers/worker-template: a plain handler, start at module level
+        "original": "import runpod\n\n\ndef handler(job):\n    name = job['input'].get('name', 'World')\n    return f'Hello, {name}!'\n\n\nrunpod.serverless.start({'handler': handler})\n",
+        "cells": [
+            ("setup", "import runpod"),
+            ("handler", "def handler(job):\n    name = job['input'].get('name', 'World')\n    return f'Hello, {name}!'\n\n\nrunpod.serverless.start({'handler': handler})"),
+            ("test", "assert handler({'input': {'name': 'ada'}}) == 'Hello, ada!'"),
+        ],
+        "job": {"input": {"name": "ada"}},
+    },
+    "mock-worker": {  # runpod-workers/mock-worker: an async generator kept under its name, modifier, start under __main__
+        "original": (
+            "import asyncio\nimport runpod\n\n\ndef concurrency_modifier(current=1):\n    return 2\n\n\n"
+            "async def async_generator_handler(job):\n    for output in job['input'].get('mock_return', ['Hello World!']):\n"
+            "        await asyncio.sleep(0)\n        yield output\n\n\n"
+            "if __name__ == '__main__':\n    runpod.serverless.start({'handler': async_generator_handler, 'return_aggregate_stream': True,"
+            " 'concurrency_modifier': concurrency_modifier})\n"
+        ),
+        "cells": [
+            ("setup", "import asyncio\nimport runpod"),
+            ("handler", "def concurrency_modifier(current=1):\n    return 2\n\n\n"
+                        "async def async_generator_handler(job):\n    for output in job['input'].get('mock_return', ['Hello World!']):\n"
+                        "        await asyncio.sleep(0)\n        yield output\n\nhandler = async_generator_handler\n\n"
+                        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': async_generator_handler, 'return_aggregate_stream': True,"
+                        " 'concurrency_modifier': concurrency_modifier})"),
+            ("test", "assert [c async for c in handler({'input': {'mock_return': ['a', 'b']}})] == ['a', 'b']"),
+        ],
+        "job": {"input": {"mock_return": ["a", "b"]}},
+    },
+    "worker-gpt": {  # runpod-workers/worker-gpt: validated input, the model loaded under __main__, `generator` as the handler
+        "original": (
+            "import argparse\nimport runpod\nfrom runpod.serverless.utils.rp_validator import validate\n\n"
+            "SCHEMA = {'prompt': {'type': str, 'required': True}, 'max_length': {'type': int, 'required': False, 'default': 5}}\n\n\n"
+            "def generator(job):\n    checked = validate(job['input'], SCHEMA)\n    if 'errors' in checked:\n        return {'error': checked['errors']}\n"
+            "    checked = checked['validated_input']\n    return model(checked['prompt'])[: checked['max_length']]\n\n\n"
+            "parser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n\n"
+            "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)\n"
+            "    runpod.serverless.start({'handler': generator})\n"
+        ),
+        "cells": [
+            ("setup", "import argparse\nimport runpod\nfrom runpod.serverless.utils.rp_validator import validate\n\n"
+                      "SCHEMA = {'prompt': {'type': str, 'required': True}, 'max_length': {'type': int, 'required': False, 'default': 5}}\n"
+                      "parser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n\n"
+                      "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)"),
+            ("handler", "def generator(job):\n    checked = validate(job['input'], SCHEMA)\n    if 'errors' in checked:\n        return {'error': checked['errors']}\n"
+                        "    checked = checked['validated_input']\n    return model(checked['prompt'])[: checked['max_length']]\n\nhandler = generator\n\n"
+                        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': generator})"),
+            ("test", "assert handler({'input': {'prompt': 'hello world'}}) == 'HELLO'"),
+            ("test", "r = handler({'input': {}})\nassert r == {'error': ['prompt is a required input.']}, r"),
+        ],
+        "job": {"input": {"prompt": "hello world"}},
+    },
+    "concurrency-example": {  # runpod-python examples/serverless/concurrent_handler.py: an async handler named like a generator
+        "original": (
+            "import runpod\n\n\nasync def async_generator_handler(job):\n    return job\n\n\n"
+            "def concurrency_modifier(current_concurrency=1):\n    return current_concurrency\n\n\n"
+            "runpod.serverless.start({'handler': async_generator_handler, 'concurrency_modifier': concurrency_modifier})\n"
+        ),
+        "cells": [
+            ("setup", "import runpod"),
+            ("handler", "async def async_generator_handler(job):\n    return job\n\n\n"
+                        "def concurrency_modifier(current_concurrency=1):\n    return current_concurrency\n\nhandler = async_generator_handler\n\n"
+                        "runpod.serverless.start({'handler': async_generator_handler, 'concurrency_modifier': concurrency_modifier})"),
+            ("test", "assert (await handler({'input': {'x': 1}}))['input'] == {'x': 1}"),
+        ],
+        "job": {"input": {"x": 1}},
+    },
+}
+
+
+def _sdk_local_result(directory: Path, job: dict) -> str:
+    """What `python handler.py` (the SDK's local test mode, on test_input.json) prints as the job's result."""
+    (directory / "test_input.json").write_text(json.dumps(job))
+    result = subprocess.run(
+        [sys.executable, "-u", "handler.py"],
+        cwd=directory, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    printed = next(line.split("Job result: ", 1)[1] for line in result.stdout.splitlines() if "Job result: " in line)
+    return re.sub(r" at 0x[0-9a-f]+>", ">", printed)  # local mode prints a generator handler's generator object
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("name", sorted(PORTED))
+def test_ported_worker_exports_passes_and_matches_the_original(tmp_path, capsys, name):
+    ported = PORTED[name]
+    original = tmp_path / "original"
+    original.mkdir()
+    (original / "handler.py").write_text(ported["original"])
+    nb = write_notebook(tmp_path / f"{name}.ipynb", *ported["cells"])
+
+    code, out, err = kit_test(capsys, nb, "-o", tmp_path / "worker")
+    assert code == 0, out + err
+    assert "the worker fails to start" not in out
+    assert "runpod.serverless.start(...) is not run in the exported worker" in out  # the pasted call, taken over
+    handler = (tmp_path / "worker" / "handler.py").read_text()
+    assert "RUNPOD_CONFIG = ({" in handler and "**RUNPOD_CONFIG," in handler
+    assert _sdk_local_result(tmp_path / "worker", ported["job"]) == _sdk_local_result(original, ported["job"])
