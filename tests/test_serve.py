@@ -216,10 +216,18 @@ def test_health_counts_jobs_and_workers(served):
     assert set(after["jobs"]) == {"completed", "failed", "inProgress", "inQueue", "retried"}
 
 
-def test_refresh_worker_restarts_the_worker_quietly(served):
+def test_refresh_worker_restarts_the_worker_as_runpod_does(served, tmp_path):
     endpoint = served.endpoint()
-    assert endpoint.run_sync({"refresh": True}, timeout=60) == {"echo": {"refresh": True}}
-    assert endpoint.run_sync({"after": "refresh"}, timeout=60) == {"echo": {"after": "refresh"}}
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert endpoint.run_sync({"refresh": True, "pid_file": str(before)}, timeout=60) == {"echo": {"refresh": True, "pid_file": str(before)}}
+    served.wait_for_line(r"worker-\d restarted: its job returned refresh_worker: true")
+    # Every worker serves again; the refreshed one is a new process (its module state starts over).
+    pids = set()
+    for i in range(12):
+        pid_file = tmp_path / f"after-{i}"
+        assert endpoint.run_sync({"after": i, "pid_file": str(pid_file)}, timeout=60) == {"echo": {"after": i, "pid_file": str(pid_file)}}
+        pids.add(pid_file.read_text())
+    assert before.read_text() not in pids
     assert "exited with code" not in served.output()
 
 

@@ -34,6 +34,7 @@ class _Process:
     popen: subprocess.Popen
     spawned: float  # time.monotonic() just before the spawn
     log_path: Path
+    refreshing: bool = False  # asked to stop by a refresh_worker job; restarted when it exits
 
 
 class WorkerPool:
@@ -88,6 +89,7 @@ class WorkerPool:
         for worker_id, process in list(self.processes.items()):
             code = process.popen.poll()
             if code is None:
+                self._refresh_if_asked(worker_id, process)
                 continue
             _kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
             asked_to_refresh = self.emulator.expected_exit(worker_id)
@@ -96,7 +98,9 @@ class WorkerPool:
             # A refresh is a clean exit with nothing in flight: a worker that took more jobs
             # after its refresh job and then died is reported like any other death.
             refreshed = asked_to_refresh and code == 0 and not lost
-            if not refreshed:
+            if refreshed:
+                self.say(f"{worker_id} restarted: its job returned refresh_worker: true (RunPod restarts the worker then)")
+            else:
                 message = f"{worker_id} exited with code {code} (log: {process.log_path})"
                 if lost:
                     message += f"; FAILED its job(s) {', '.join(lost)}"
@@ -113,6 +117,16 @@ class WorkerPool:
                         f"see {process.log_path}",
                     )
             self._spawn(worker_id)
+
+    def _refresh_if_asked(self, worker_id: str, process: _Process) -> None:
+        """A job returned `refresh_worker: true`: the SDK posts stopPod and RunPod stops the worker,
+        so module state starts over. Here: no more jobs for it, SIGTERM (it drains), and check()
+        starts a fresh process when it has exited."""
+        if process.refreshing or not self.emulator.expected_exit(worker_id):
+            return
+        process.refreshing = True
+        self.emulator.release_worker(worker_id)
+        process.popen.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """SIGTERM every worker, let the SDK drain jobs in flight, SIGKILL what is left."""
