@@ -14,17 +14,23 @@ setup: $(STAMP)
 # Re-run only when the dependency list changes: `make setup` is idempotent.
 # torch is pinned to the CPU build that lies on this machine's disk; an
 # unpinned torch would pull a CUDA build of several GB.
+# pip's and setuptools' chatter goes to $(PIPLOG), shown only when an install fails.
+PIPLOG := $(VENV)/pip-install.log
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[examples,dev]'
+	@echo "installing the kit into $(VENV) (log: $(PIPLOG))"
+	@: > $(PIPLOG)
+	@$(PIP) --upgrade pip >> $(PIPLOG) 2>&1 || { cat $(PIPLOG); exit 1; }
+	@$(PIP) torch==2.13.0 >> $(PIPLOG) 2>&1 || { cat $(PIPLOG); exit 1; }
+	@$(PIP) -e '.[examples,dev]' >> $(PIPLOG) 2>&1 || { cat $(PIPLOG); exit 1; }
 	touch $(STAMP)
 
+# Export the embeddings example, then prove the exported worker: its cold start, its test
+# (how similar related and unrelated sentences are) and its job through the runpod SDK.
 demo: setup
 	$(VENV)/bin/kit export notebooks/embeddings.ipynb -o build/embeddings
-	@echo "--- the exported worker, through the runpod SDK's local test mode (long lines cut at 300 characters):"
-	cd build/embeddings && ../../$(PY) -u handler.py --rp_log_level INFO 2>&1 | cut -c -300
+	$(VENV)/bin/kit test build/embeddings
 
 test: setup
 	$(PY) -m pytest
