@@ -308,3 +308,13 @@ def test_a_worker_that_cannot_start_is_a_one_line_error(tmp_path, loop):
     )
     assert result.returncode == 2
     assert "model file missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_banner_curl_line_sends_the_test_job_without_its_made_up_id(tmp_path, loop):
+    nb = build_notebook(
+        tmp_path / "w.ipynb",
+        [("handler", "def handler(job):\n    return job['input']"), ("test", "handler({'id': 'made-up-id', 'input': {'name': 'ada'}})")],
+    )
+    with kit_serve(nb, env={"KIT_WORKER_LOOP": loop}) as served:
+        curl = served.wait_for_line(r"^  curl ")
+    assert curl.endswith(""" -d '{"input": {"name": "ada"}}'""")

@@ -614,3 +614,24 @@ def test_ported_worker_exports_passes_and_matches_the_original(tmp_path, capsys,
     handler = (tmp_path / "worker" / "handler.py").read_text()
     assert "RUNPOD_CONFIG = ({" in handler and "**RUNPOD_CONFIG," in handler
     assert _sdk_local_result(tmp_path / "worker", ported["job"]) == _sdk_local_result(original, ported["job"])
+
+
+def test_a_timeout_in_a_later_setup_cell_names_that_cell(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "slow.ipynb", ("setup", "import time"), ("setup", "time.sleep(300)"), ECHO_SETUP, ECHO_HANDLER)
+    code, out, _ = kit_test(capsys, nb, "--timeout", 4)
+    assert code == 1
+    assert "error: timed out after 4 s while running cell 3 of handler.py (the worker's cold start)" in out
+
+
+def test_job_inputs_are_json_in_their_order_and_one_chunk_is_singular(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        ("handler", "def handler(job):\n    yield job['input']['zebra']"),
+        ("test", "list(handler({'input': {'zebra': 1, 'apple': None}}))"),
+    )
+    code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "report.json")
+    assert code == 0, out
+    assert 'input {"zebra": 1, "apple": null}' in out
+    assert "1 chunk:" in out and "1 chunks" not in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["jobs"][0]["input"] == {"zebra": 1, "apple": None}

@@ -229,6 +229,8 @@ def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Pa
     test_input = path / "test_input.json"
     if test_input.is_file():
         example = json.loads(test_input.read_text())
+        if isinstance(example, dict):  # a client sends only the request body: RunPod gives the job its id
+            example = {k: v for k, v in example.items() if k != "id"}
     auth = f" -H 'Authorization: Bearer {emulator.api_key}'" if emulator.api_key else ""
     print(
         f"kit serve: {path}/handler.py on {workers} worker(s) (logs: {log_dir})\n"

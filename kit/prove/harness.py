@@ -220,6 +220,7 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
         return None
 
     # A real worker imports the SDK after the setup (handler.py's last lines): part of its cold start.
+    report.emit("phase", name="runpod_import")
     started = time.perf_counter()
     with captured():
         import runpod.serverless  # noqa: F401
@@ -549,7 +550,7 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) ->
     for entry in jobs:
         job = copy.deepcopy(entry["job"])
         job.setdefault("id", "local_test")
-        fields = {"cell": entry.get("cell"), "line": entry.get("line"), "streaming": streaming, "input": preview(job.get("input"))}
+        fields = {"cell": entry.get("cell"), "line": entry.get("line"), "streaming": streaming, "input": job.get("input")}  # JSON, from kit.json
         if job.get("input") is None:  # what the SDK's local mode refuses too
             report.emit("job", **fields, ok=False, seconds=0.0, problems=[{"level": "fail", "message": "the job has no `input`"}])
             continue

@@ -160,9 +160,9 @@ def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_e
         report.log = log.read().decode("utf-8", "replace")[-4000:]
 
     if timed_out:
-        report.error = f"timed out after {timeout:g} s {_during(phase['last'])}"
+        report.error = f"timed out after {timeout:g} s {_during(phase['last'], _manifest(path))}"
     elif not phase["finished"]:
-        report.error = f"the worker process exited with code {process.returncode} {_during(phase['last'])}"
+        report.error = f"the worker process exited with code {process.returncode} {_during(phase['last'], _manifest(path))}"
     return report
 
 
@@ -174,11 +174,19 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _during(last: dict | None) -> str:
-    if last is None or last["event"] == "start":
-        return "while importing handler.py"
-    if last["event"] in ("setup_cell", "cold_start"):
-        return "after the import, before or during the first test cell"
+def _during(last: dict | None, manifest: dict | None = None) -> str:
+    """Where the harness was when it stopped reporting: the phase a timeout or crash hit."""
+    exported = sorted((manifest or {}).get("setup_cells", []) + (manifest or {}).get("handler_cells", []))
+    if last is None or last["event"] in ("start", "setup_cell"):
+        done = last["cell"] if last is not None and last["event"] == "setup_cell" else None
+        following = [c for c in exported if done is None or (c is not None and c > done)]
+        if following:
+            return f"while running cell {following[0]} of handler.py (the worker's cold start)"
+        return "while importing handler.py (the worker's cold start)"
+    if last["event"] == "phase" and last["name"] == "runpod_import":
+        return "during `import runpod` (the worker's cold start)"
+    if last["event"] == "cold_start" or (last["event"] == "phase" and last["name"] == "tests"):
+        return "during the first test cell"
     if last["event"] == "test":
         return f"after test cell {last['cell']}"
     return "while running the jobs"
@@ -269,7 +277,7 @@ def event_lines(event: dict, report: TestReport) -> list[str]:
             status = "WARN"
         where = f"cell {event['cell']}, line {event['line']}" if event.get("cell") else "test_input.json"
         size = f"result {_size(event['size'])}" if event.get("size") is not None else ""
-        lines = [_row(status, f"job from {where}", event["seconds"], size), f"{INDENT}input {event['input']}"]
+        lines = [_row(status, f"job from {where}", event["seconds"], size), f"{INDENT}input {_json_preview(event['input'])}"]
         lines += _value_lines(event) + _progress_lines(event)
         if event.get("expected_error"):
             lines += _expected_error_lines(event)
@@ -352,7 +360,7 @@ def _output_lines(output: str) -> list[str]:
 
 def _value_lines(event: dict) -> list[str]:
     if "chunks" in event:
-        lines = [f"{INDENT}{event['chunk_count']} chunks:"]
+        lines = [f"{INDENT}{event['chunk_count']} chunk{'' if event['chunk_count'] == 1 else 's'}:"]
         lines += [f"{INDENT}  [{i}] {chunk}" for i, chunk in enumerate(event["chunks"])]
         if event["chunk_count"] > len(event["chunks"]):
             lines.append(f"{INDENT}  ... {event['chunk_count'] - len(event['chunks'])} more")
@@ -360,6 +368,12 @@ def _value_lines(event: dict) -> list[str]:
     if "value" in event:
         return [f"{INDENT}-> {event['value']}"]
     return []
+
+
+def _json_preview(value, limit: int = 160) -> str:
+    """A job's input as the client sent it: JSON, keys in their order, cut at `limit` characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _expected_error_lines(event: dict) -> list[str]:
