@@ -635,3 +635,17 @@ def test_job_inputs_are_json_in_their_order_and_one_chunk_is_singular(tmp_path, 
     assert "1 chunk:" in out and "1 chunks" not in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["jobs"][0]["input"] == {"zebra": 1, "apple": None}
+
+
+def test_a_test_reading_a_name_from_an_untagged_cell_is_told_where_it_is(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        (None, "EXPECTED = {'greeting': 'Hello', 'a': 1}"),
+        ECHO_SETUP,
+        ECHO_HANDLER,
+        ("test", "for key in ('a',):\n    assert handler({'input': {key: 1}}) == EXPECTED"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert "cell 5, line 2: `EXPECTED` is defined only in cell 2 (untagged), which kit test does not run: tag cell 2 `setup` (or `test`)" in out
+    assert "NameError: name 'EXPECTED' is not defined" in out

@@ -480,6 +480,50 @@ def parse_test_cells(notebook: Notebook) -> list[TestCell]:
     return cells
 
 
+def test_name_warnings(notebook: Notebook, analysis: Analysis, test_cells: list[TestCell]) -> list[tuple[int, int, str]]:
+    """(cell, line, message) for names a test cell reads that only an untagged cell defines.
+
+    kit test runs the test cells in the worker's namespace, without the untagged
+    cells, so such a name is a NameError there: say where it is defined.
+    """
+    known = set(dir(builtins)) | MODULE_NAMES
+    for parsed in analysis.cells:
+        known |= {n.id for n in ast.walk(parsed.tree) if isinstance(n, ast.Name)} | _module_bindings(parsed.tree)
+    for test in test_cells:
+        known |= _all_bindings(test.tree)
+    found = []
+    for test in test_cells:
+        for name in sorted({n.id for n in ast.walk(test.tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - known):
+            where = _defined_in(notebook, name, roles=(None,))
+            if where:
+                found.append(
+                    (
+                        test.translated.cell.index,
+                        _first_use(test.tree, name),
+                        f"`{name}` is defined only in cell {where} ({_role_name(notebook.cells[where - 1])}), which kit test does not run: "
+                        f"tag cell {where} `setup` (or `test`), or define it in this cell",
+                    )
+                )
+    return found
+
+
+def _all_bindings(tree: ast.Module) -> set[str]:
+    """Every name a piece of code binds anywhere (assignments, imports, defs, arguments, loop targets)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
+
+
 def find_jobs(trees: list[tuple[int, ast.Module]]) -> list[dict]:
     """Job literals passed to `handler(...)` in test code, in order.
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.build import runtime
-from kit.build.analysis import Analysis, analyse, find_jobs, parse_test_cells
+from kit.build.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
 from kit.build.deps import Requirements, infer_requirements
 from kit.errors import KitError, KitWarning
 from kit.build.notebook import Notebook, marker, read_notebook
@@ -66,6 +66,7 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
     warnings = [KitWarning(message, notebook.name, cell, line) for cell, line, message in analysis.warnings]
     for test in test_cells:
         warnings += [KitWarning(m, notebook.name, test.translated.cell.index, line) for line, m in test.translated.warnings]
+    warnings += [KitWarning(message, notebook.name, cell, line) for cell, line, message in test_name_warnings(notebook, analysis, test_cells)]
     warnings += [KitWarning(message, notebook.name) for message in requirements.warnings]
 
     jobs = []
