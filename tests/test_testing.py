@@ -408,6 +408,16 @@ def tiny_sentiment_model(tmp_path, monkeypatch):
     return model_dir
 
 
+def test_sentiment_example_offline_says_at_once_how_to_set_model_name(capsys, monkeypatch):
+    monkeypatch.setenv("MODEL_NAME", "nobody/not-a-cached-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, _ = kit_test(capsys, NOTEBOOKS / "sentiment.ipynb")
+    assert code == 1
+    assert line_with(out, "cell 3 [setup]").split()[0] == "FAIL"
+    assert "RuntimeError: the model 'nobody/not-a-cached-model' is not available offline" in out
+    assert "set MODEL_NAME to a local model directory" in out
+
+
 def test_sentiment_example_passes_on_a_tiny_local_model(capsys, tiny_sentiment_model):
     code, out, _ = kit_test(capsys, NOTEBOOKS / "sentiment.ipynb")
     assert code == 0, out
