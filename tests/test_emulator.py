@@ -272,3 +272,39 @@ def test_a_busy_port_is_a_kit_error(emu):
 
     with pytest.raises(KitError, match=f"cannot listen on 127.0.0.1:{emu.port}"):
         QueueEmulator(port=emu.port).start()
+
+
+STOP_WITH_CLIENTS_WAITING = """
+import gc, json, threading, time, urllib.request
+from kit.local.emulator import QueueEmulator
+
+emulator = QueueEmulator("127.0.0.1", 0, None).start()
+
+
+def runsync():
+    request = urllib.request.Request(f"{emulator.url}/v2/local/runsync", data=b'{"input": {}}', headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=30).read()
+    except Exception:
+        pass
+
+
+clients = [threading.Thread(target=runsync) for _ in range(2)]
+for client in clients:
+    client.start()
+time.sleep(1)
+emulator.stop()
+for client in clients:
+    client.join(10)
+gc.collect()
+print("stopped")
+"""
+
+
+@pytest.mark.process
+def test_stopping_with_clients_waiting_on_runsync_leaves_no_pending_task(tmp_path):
+    # `kit serve` printed "Task was destroyed but it is pending!" after "stopped" at the end of a run.
+    result = subprocess.run([sys.executable, "-c", STOP_WITH_CLIENTS_WAITING], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "stopped"
+    assert "Task was destroyed" not in result.stderr, result.stderr

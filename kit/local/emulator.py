@@ -162,6 +162,7 @@ class QueueEmulator:
             started.set()
             self._loop.run_forever()
             self._loop.run_until_complete(self._runner.cleanup())
+            self._finish_leftover_tasks()
             self._loop.close()
 
         self._thread = threading.Thread(target=run, name="kit-queue-emulator", daemon=True)
@@ -176,6 +177,15 @@ class QueueEmulator:
                 ) from error
             raise error
         return self
+
+    def _finish_leftover_tasks(self) -> None:
+        """Cancel and await the request handlers cleanup left cancelling (a client still waiting on
+        /runsync): closing the loop over them prints "Task was destroyed but it is pending!"."""
+        leftover = asyncio.all_tasks(self._loop)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            self._loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
 
     def stop(self) -> None:
         """Answer every open long-poll, close the server and end the thread."""
