@@ -17,9 +17,15 @@ What it does, in order:
    iterated and its chunks shown);
 3. runs each job literal of kit.json through the SDK's own job runners
    (``rp_job.run_job``, what ``python handler.py --test_input`` calls, and
-   ``rp_job.run_job_generator``, the streaming path of a real worker), then
+   ``rp_job.run_job_generator``, the streaming path of a real worker), judges
+   it against what the test cell's direct call of ``handler(job)`` gave (the
+   same output, or the same error: an error the test expects passes), then
    checks the result as RunPod carries it: JSON, and its size against the
    platform's limits.
+
+Exported cells run as ``__main__`` with ``sys.argv == ["handler.py"]``, as in
+the worker and in Jupyter; ``progress_update`` calls are recorded and shown,
+not posted (there is no queue).
 
 The worker code never sees the kit: only this harness imports it.
 """
