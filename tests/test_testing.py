@@ -659,3 +659,41 @@ def test_a_test_reading_a_name_from_an_untagged_cell_is_told_where_it_is(tmp_pat
     assert code == 1
     assert "cell 5, line 2: `EXPECTED` is defined only in cell 2 (untagged), which kit test does not run: tag cell 2 `setup` (or `test`)" in out
     assert "NameError: name 'EXPECTED' is not defined" in out
+
+
+def test_aggregation_turned_off_in_runpod_config_is_shown(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        ("handler", "def handler(job):\n    yield 1\n    yield 2\n\nRUNPOD_CONFIG = {'return_aggregate_stream': False}"),
+        ("test", "assert list(handler({'input': {}})) == [1, 2]"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert "warn: return_aggregate_stream is off (RUNPOD_CONFIG): /runsync and /status give the output []" in out
+
+
+def test_a_generator_the_export_cannot_see_fails_its_job_until_aggregation_is_set(tmp_path, capsys):
+    # `handler` made by a factory: the export cannot tell it is a generator, so /runsync would give [].
+    make = ("handler", "def make():\n    def stream(job):\n        yield 1\n    return stream\n\nhandler = make()")
+    test = ("test", "assert list(handler({'input': {}})) == [1]")
+    code, out, _ = kit_test(capsys, write_notebook(tmp_path / "a.ipynb", make, test))
+    assert code == 1, out
+    assert "fail: handler.py does not aggregate this generator's chunks" in out
+    fixed = (make[0], make[1] + "\nRUNPOD_CONFIG = {'return_aggregate_stream': True}")
+    code, out, _ = kit_test(capsys, write_notebook(tmp_path / "b.ipynb", fixed, test))
+    assert code == 0, out
+
+
+def test_a_hand_written_worker_starting_at_module_level_is_tested_with_the_handler_it_starts(tmp_path, capsys):
+    # RunPod's worker-template calls runpod.serverless.start at module level, with no __main__ guard.
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (worker / "handler.py").write_text(
+        "import runpod\n\n\ndef process(job):\n    return f\"Hello, {job['input'].get('name', 'World')}!\"\n\n\n"
+        "runpod.serverless.start({'handler': process})\n"
+    )
+    (worker / "test_input.json").write_text('{"input": {"name": "ada"}}')
+    code, out, _ = kit_test(capsys, worker)
+    assert code == 0, out
+    assert "SystemExit" not in out
+    assert "-> 'Hello, ada!'" in out

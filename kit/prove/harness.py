@@ -202,8 +202,11 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
     header_code = compile(header, str(path), "exec", dont_inherit=True)
     flags = header_code.co_flags & FUTURE_FLAGS
     exec(header_code, module.__dict__)
+    runpod_seconds = None
     if cells[0].tag != "module":  # exported: the start call is the footer, which is not run here
         run_as_main(module, path)
+    else:  # by hand: its start call may run at import, so runpod comes first, its start recorded
+        runpod_seconds = record_start_calls()
 
     total = 0.0
     for cell in cells:
@@ -221,19 +224,43 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
         if error:
             report.emit("cold_start", ok=False, seconds=total)
             return None
-    if not callable(getattr(module, "handler", None)):
+    if not callable(getattr(module, "handler", None)) and not START_CALLS:
         report.emit("cold_start", ok=False, seconds=total, error={"type": "NameError", "message": "handler.py defines no callable `handler`", "where": []})
         return None
 
     # A real worker imports the SDK after the setup (handler.py's last lines): part of its cold start.
-    report.emit("phase", name="runpod_import")
-    started = time.perf_counter()
-    with captured():
-        import runpod.serverless  # noqa: F401
-    runpod_seconds = time.perf_counter() - started
+    if runpod_seconds is None:
+        report.emit("phase", name="runpod_import")
+        started = time.perf_counter()
+        with captured():
+            import runpod.serverless  # noqa: F401
+        runpod_seconds = time.perf_counter() - started
     progress.install()
     report.emit("cold_start", ok=True, seconds=total + runpod_seconds, setup_seconds=total, runpod_import_seconds=runpod_seconds)
     return module
+
+
+START_CALLS: list[dict] = []  # configs a hand-written handler.py passed to runpod.serverless.start
+
+
+def record_start_calls() -> float:
+    """Import runpod with its `serverless.start` replaced by a recorder; returns the import's seconds.
+
+    A handler.py written by hand often calls `runpod.serverless.start({...})` at
+    module level (RunPod's worker-template does): run for real, it would run
+    test_input.json and exit. kit test runs the jobs itself, with the handler
+    that call names.
+    """
+    started = time.perf_counter()
+    with captured():
+        import runpod.serverless
+    seconds = time.perf_counter() - started
+
+    def start(config):
+        START_CALLS.append(config if isinstance(config, dict) else {})
+
+    runpod.serverless.start = start
+    return seconds
 
 
 def run_as_main(module, path: Path) -> None:
@@ -546,10 +573,11 @@ def job_list(worker: Path) -> list[dict]:
     return []
 
 
-def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) -> None:
+def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap, aggregation: dict | None = None) -> None:
     from runpod.serverless.modules.rp_handler import is_generator
 
     streaming = is_generator(handler)
+    unaggregated = aggregation_problem(aggregation) if streaming else None
     jobs = job_list(worker)
     if jobs:
         report.emit("phase", name="jobs", streaming=streaming)
@@ -571,7 +599,10 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) ->
             seconds = time.perf_counter() - started
         if error is None:
             error = job_error(body, sources)
-        error, compared, expected_error = compare_with_direct(expected, body, error)
+        error, compared, expected_error = compare_with_direct(expected, body if chunks is None else {"output": chunks}, error)
+        if unaggregated and error is None:
+            body = {"output": []}  # what handle_job posts as the final output without return_aggregate_stream
+            compared.append(unaggregated)
         size, problems = (None, []) if error else check_result(body)
         problems = compared + problems
         if expected_error:
@@ -720,11 +751,36 @@ def _finite(value) -> bool:
 # --------------------------------------------------------------------------- main
 
 
+def aggregation(worker: Path, module) -> dict:
+    """Whether handler.py's start passes return_aggregate_stream, and who decided it."""
+    for config, source in ((getattr(module, "RUNPOD_CONFIG", None), "RUNPOD_CONFIG"), (START_CALLS[-1] if START_CALLS else None, "start call")):
+        if isinstance(config, dict) and "return_aggregate_stream" in config:
+            return {"on": bool(config["return_aggregate_stream"]), "set_by": source}
+    kind = json.loads((worker / "kit.json").read_text(encoding="utf-8")).get("handler_kind") if (worker / "kit.json").is_file() else None
+    if kind is None:
+        return {"on": not START_CALLS, "set_by": "start call" if START_CALLS else None}  # by hand, under __main__: not known
+    return {"on": kind in ("generator", "async_generator"), "set_by": "export"}
+
+
+def aggregation_problem(setting: dict | None) -> dict | None:
+    """What a generator handler's job gives through /runsync when its chunks are not aggregated."""
+    if setting is None or setting["on"]:
+        return None
+    if setting["set_by"] == "export":
+        return {
+            "level": "fail",
+            "message": "handler.py does not aggregate this generator's chunks (the export could not tell `handler` is a generator), so /runsync and /status give the output []",
+            "hint": 'set RUNPOD_CONFIG = {"return_aggregate_stream": True} in a handler cell',
+        }
+    return {"level": "warn", "message": f"return_aggregate_stream is off ({setting['set_by']}): /runsync and /status give the output []; clients read the chunks from /stream"}
+
+
 def started_handler(module):
-    """The function handler.py's start block passes to the SDK: RUNPOD_CONFIG's "handler" wins over `handler`."""
-    config = getattr(module, "RUNPOD_CONFIG", None)
-    if isinstance(config, dict) and callable(config.get("handler")):
-        return config["handler"]
+    """The function handler.py's start block passes to the SDK: RUNPOD_CONFIG's "handler" (or, by hand,
+    the start call's) wins over `handler`."""
+    for config in (getattr(module, "RUNPOD_CONFIG", None), *START_CALLS[-1:]):
+        if isinstance(config, dict) and callable(config.get("handler")):
+            return config["handler"]
     return module.handler
 
 
@@ -741,7 +797,7 @@ def main(argv: list[str]) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     run_test_cells(worker, module, loop, report, sources)
-    run_jobs(worker, handler, loop, report, sources)
+    run_jobs(worker, handler, loop, report, sources, aggregation(worker, module))
     report.emit("end")
     return 0
 
