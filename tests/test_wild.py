@@ -59,6 +59,7 @@ def test_export_gives_a_worker_or_a_located_kit_error(path, layout):
     json.loads(worker.files["kit.json"])
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_cli_on_wild_notebooks_exits_cleanly(path, tmp_path):
     read_notebook(path)  # every wild notebook reads

@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from kit.build.ipython import TranslatedCell, translate
+from kit.errors import KitWarning
 from kit.build.notebook import ROLES, Notebook
 from kit.build.start_options import StartOptions, check_start_options, rewrite_start_calls
 
@@ -59,7 +60,7 @@ class Analysis:
     has_concurrency_modifier: bool
     future_imports: list[str]
     imports: list[Import]
-    warnings: list[tuple[int, int, str]] = field(default_factory=list)  # (cell, line, message)
+    warnings: list[KitWarning] = field(default_factory=list)
     start: StartOptions = field(default_factory=StartOptions)  # RUNPOD_CONFIG, the options of the worker's start
 
 
@@ -76,9 +77,7 @@ def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool 
                 compile(tree, filename, "exec", dont_inherit=True)
         # Python's own warnings about the cell's code (e.g. an invalid escape sequence), located.
         for warning in caught:
-            entry = (warning.lineno, f"Python: {warning.message}")
-            if entry not in translated.warnings:
-                translated.warnings.append(entry)
+            translated.warn(warning.lineno, f"Python: {warning.message}")
         return tree
     except SyntaxError as error:
         message = error.msg
@@ -88,6 +87,12 @@ def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool 
         raise notebook.error(f"syntax error: {message}", hint, cell=cell.index, line=error.lineno) from None
     except ValueError as error:  # e.g. null bytes in the source
         raise notebook.error(f"cannot parse the cell: {error}", None, cell=cell.index) from None
+    except (RecursionError, MemoryError):
+        raise notebook.error(
+            "the cell's code is nested too deeply (or is too long an expression) for Python to compile",
+            "split the expression into smaller statements",
+            cell=cell.index,
+        ) from None
 
 
 def analyse(notebook: Notebook) -> Analysis:
@@ -116,12 +121,11 @@ def analyse(notebook: Notebook) -> Analysis:
         has_concurrency_modifier=any("concurrency_modifier" in _module_bindings(c.tree) for c in cells),
         future_imports=future,
         imports=_imports(cells),
-        warnings=list(start.warnings),
+        warnings=[KitWarning(message, notebook.name, cell, line) for cell, line, message in start.warnings],
         start=start,
     )
     for parsed in cells:
-        for line, message in parsed.translated.warnings:
-            analysis.warnings.append((parsed.index, line, message))
+        analysis.warnings += parsed.translated.warnings
     return analysis
 
 
@@ -205,7 +209,8 @@ def _without_start_calls(notebook: Notebook, parsed: ParsedCell) -> ParsedCell:
     if not notes:
         return parsed
     parsed.translated.source = source
-    parsed.translated.warnings.extend(notes)
+    for line, message in notes:
+        parsed.translated.warn(line, message)
     parsed.tree = parse(notebook, parsed.translated)
     return parsed
 

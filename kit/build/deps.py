@@ -10,14 +10,20 @@ an unchanged notebook gives the same bytes.
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.machinery
 import importlib.metadata
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.build.analysis import Analysis, analyse
+from kit.errors import KitWarning
 from kit.build.notebook import Notebook
+from kit.errors import KitError
 
 # Modules whose distribution has another name, for imports that are not
 # installed where the export runs (documented in the README). An installed
@@ -50,6 +56,17 @@ ALIASES = {
 # The worker loop itself.
 ALWAYS = "runpod"
 
+# Files a local package may hold that look like secrets: left out of the worker
+# (and its zip) unless the export is asked to include them (--include-secrets).
+SECRET_PATTERNS = (
+    ".env", ".env.*", "*.env", ".netrc", ".pypirc", ".npmrc", ".git-credentials", ".htpasswd",
+    "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore", "*.jks",
+    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+    "credentials", "credentials.*", "secrets.*", "*.secret", "*.secrets",
+)
+SECRET_DIRS = (".git", ".ssh", ".aws", ".gnupg", ".docker")
+SKIPPED = ("__pycache__", ".ipynb_checkpoints")
+
 
 @dataclass
 class RequirementLine:
@@ -64,9 +81,11 @@ class RequirementLine:
 @dataclass
 class Requirements:
     lines: list[RequirementLine]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[KitWarning] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     local_modules: list[Path] = field(default_factory=list)  # files/packages copied beside handler.py
+    # What is copied: worker-relative posix path -> the regular file it is copied from.
+    local_files: dict[str, Path] = field(default_factory=dict)
 
     def text(self, header: str = "") -> str:
         body = "".join(line.render() + "\n" for line in self.lines)
@@ -75,7 +94,7 @@ class Requirements:
     def to_json(self) -> dict:
         return {
             "requirements": [{"spec": l.spec, "name": l.name, "reasons": l.reasons} for l in self.lines],
-            "warnings": self.warnings,
+            "warnings": [str(warning) for warning in self.warnings],
             "excluded": self.excluded,
             "local_modules": [p.name for p in self.local_modules],
         }
@@ -105,12 +124,16 @@ def infer_requirements(
     *,
     extra=(),
     exclude=(),
+    include_secrets: bool = False,
 ) -> Requirements:
     """Infer the worker's requirements. Raises KitError for an import nobody provides."""
     analysis = analysis or analyse(notebook)
     excluded_names = {normalise(name) for name in exclude}
     lines: dict[str, RequirementLine] = {}
-    warnings: list[str] = []
+    warnings: list[KitWarning] = []
+
+    def warn(item, message: str) -> None:
+        warnings.append(KitWarning(message, notebook.name, item.cell, item.line))
     excluded: list[str] = []
 
     def add(name: str, spec: str, reason: str) -> None:
@@ -133,6 +156,11 @@ def infer_requirements(
                 spec, reason = pinned(name), f"%pip (cell {requirement.cell}), pinned to the installed version"
             add(name or spec, spec, reason)
     for spec in extra:
+        if not spec.strip() or any(not c.isprintable() for c in spec):
+            raise KitError(
+                f"--extra {spec!r} is not one requirement line",
+                "give one requirement per --extra, without line breaks or control characters",
+            )
         add(project_name(spec) or spec, spec, "--extra")
     pip_projects = set(lines)
 
@@ -142,6 +170,13 @@ def infer_requirements(
         module = item.module
         where = f"(cell {item.cell})"
         if module in sys.stdlib_module_names or module == "__future__":
+            beside = _shadowing_stdlib(notebook, module)
+            if beside is not None:
+                local[module] = beside
+                warnings.append(
+                    f"cell {item.cell}, line {item.line}: {beside.name} beside the notebook shadows the standard "
+                    f"library's `{module}`; copied, since the worker's folder comes first on Python's path"
+                )
             continue
         if module == "kit":
             raise notebook.error(
@@ -167,17 +202,14 @@ def infer_requirements(
         if normalise(alias or module) in pip_projects:
             continue  # a `%pip install` line provides it
         if item.optional:
-            warnings.append(f"cell {item.cell}, line {item.line}: optional import `{module}` is not installed here; left out")
+            warn(item, f"optional import `{module}` is not installed here; left out")
             continue
         if alias:
             add(alias, alias, f"import {module} {where}, not installed here: unpinned")
-            warnings.append(
-                f"cell {item.cell}, line {item.line}: `{module}` is not installed here; "
-                f"requiring `{alias}` unpinned — install it and re-export to pin it"
-            )
+            warn(item, f"`{module}` is not installed here; requiring `{alias}` unpinned — install it and re-export to pin it")
             continue
         if unnamed_pip:
-            warnings.append(f"cell {item.cell}, line {item.line}: `{module}` is not installed here; assuming a `%pip install` URL provides it")
+            warn(item, f"`{module}` is not installed here; assuming a `%pip install` URL provides it")
             continue
         raise notebook.error(
             f"`import {module}`: no installed package provides `{module}`",
@@ -189,7 +221,9 @@ def infer_requirements(
         add(ALWAYS, pinned(ALWAYS) if _installed(ALWAYS) else ALWAYS, "the worker loop (always)")
 
     ordered = sorted(lines.values(), key=lambda l: (normalise(l.name), l.spec))
-    return Requirements(ordered, warnings, sorted(excluded), [local[m] for m in sorted(local)])
+    modules = [local[m] for m in sorted(local)]
+    files = local_files(notebook, modules, include_secrets=include_secrets, warnings=warnings)
+    return Requirements(ordered, warnings, sorted(excluded), modules, files)
 
 
 def _installed(distribution: str) -> bool:
@@ -219,8 +253,85 @@ def _local_module(notebook: Notebook, module: str) -> Path | None:
         return None
     for candidate in (directory / f"{module}.py", directory / module):
         if candidate.is_file() or (candidate.is_dir() and any(candidate.glob("*.py"))):
+            if candidate.is_symlink():
+                raise notebook.error(
+                    f"the local module {candidate.name} is a symlink (to {os.readlink(candidate)}); "
+                    "the kit copies only regular files inside the notebook's folder",
+                    f"replace {candidate.name} with a copy of what it points to",
+                )
             return candidate
     return None
+
+
+def _shadowing_stdlib(notebook: Notebook, module: str) -> Path | None:
+    """A file or regular package beside the notebook named like a standard-library module
+    that Python would import instead of it (built-in and frozen modules cannot be shadowed)."""
+    if module in sys.builtin_module_names or importlib.machinery.FrozenImporter.find_spec(module) is not None:
+        return None
+    found = _local_module(notebook, module)
+    if found is None or (found.is_dir() and not (found / "__init__.py").is_file()):
+        return None  # a folder without __init__.py is a namespace package: the standard library wins
+    return found
+
+
+def _is_secret(name: str) -> bool:
+    return any(fnmatch.fnmatch(name.lower(), pattern) for pattern in SECRET_PATTERNS)
+
+
+def local_files(notebook: Notebook, modules: list[Path], *, include_secrets: bool = False, warnings: list[str] | None = None) -> dict[str, Path]:
+    """What a worker copies of its local modules: worker-relative path -> source file.
+
+    The one rule for `kit export` and the nbconvert zip: only regular files, found
+    without following a symlink, so nothing outside the notebook's folder is read;
+    no caches; no secret-looking files unless `include_secrets`. Every file left
+    out is named in `warnings`.
+    """
+    warnings = warnings if warnings is not None else []
+    files: dict[str, Path] = {}
+    left_out: list[str] = []
+    secrets: list[str] = []
+    for module in modules:
+        if not module.is_dir():
+            files[module.name] = module
+            continue
+        for root, dirs, names in os.walk(module, followlinks=False):
+            base = Path(root)
+            relative = base.relative_to(module.parent)
+            for name in list(dirs):
+                path = base / name
+                if name in SKIPPED:
+                    dirs.remove(name)
+                elif path.is_symlink():
+                    dirs.remove(name)
+                    left_out.append(f"{(relative / name).as_posix()} (a symlink)")
+                elif name in SECRET_DIRS and not include_secrets:
+                    dirs.remove(name)
+                    secrets.append((relative / name).as_posix() + "/")
+            dirs.sort()
+            for name in sorted(names):
+                path = base / name
+                target = (relative / name).as_posix()
+                if name.endswith((".pyc", ".pyo")):
+                    continue
+                mode = os.lstat(path).st_mode
+                if stat.S_ISLNK(mode):
+                    left_out.append(f"{target} (a symlink)")
+                elif not stat.S_ISREG(mode):
+                    left_out.append(f"{target} (not a regular file)")
+                elif _is_secret(name) and not include_secrets:
+                    secrets.append(target)
+                else:
+                    files[target] = path
+    if left_out:
+        warnings.append(
+            f"left out of the worker: {', '.join(left_out)}; the kit copies only regular files inside the notebook's folder"
+        )
+    if secrets:
+        warnings.append(
+            f"left out of the worker, as they look like secrets: {', '.join(secrets)}; "
+            "pass --include-secrets to copy them, or give the worker secrets through environment variables"
+        )
+    return files
 
 
 def format_requirements_report(requirements: Requirements) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import contextlib
@@ -21,10 +22,11 @@ from pathlib import Path
 from kit.build import runtime
 from kit.build.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
 from kit.build.deps import Requirements, infer_requirements
-from kit.errors import KitError, KitWarning
-from kit.build.notebook import Notebook, marker, read_notebook
+from kit.errors import KitEnvironmentError, KitError, KitWarning
 
-MANIFEST = "kit.json"
+from kit import percent, workerdir
+from kit.build.notebook import Notebook, read_notebook
+
 
 
 @dataclass
@@ -42,6 +44,11 @@ class Worker:
     def copies(self) -> list[Path]:
         return self.requirements.local_modules
 
+    @property
+    def copied_files(self) -> dict[str, Path]:
+        """Worker-relative path -> source file, for each local-module file copied beside handler.py."""
+        return self.requirements.local_files
+
 
 @dataclass
 class ExportResult:
@@ -58,16 +65,16 @@ def default_out_dir(notebook_path: str | Path) -> Path:
     return Path("build") / Path(notebook_path).stem
 
 
-def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | None = None) -> Worker:
+def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | None = None, include_secrets: bool = False) -> Worker:
     """The worker's files for `notebook`. Raises KitError on the first user mistake."""
     analysis = analyse(notebook)
-    requirements = infer_requirements(notebook, analysis, extra=extra, exclude=exclude)
+    requirements = infer_requirements(notebook, analysis, extra=extra, exclude=exclude, include_secrets=include_secrets)
     test_cells = parse_test_cells(notebook)
-    warnings = [KitWarning(message, notebook.name, cell, line) for cell, line, message in analysis.warnings]
+    warnings = list(analysis.warnings)
     for test in test_cells:
-        warnings += [KitWarning(m, notebook.name, test.translated.cell.index, line) for line, m in test.translated.warnings]
+        warnings += test.translated.warnings
     warnings += [KitWarning(message, notebook.name, cell, line) for cell, line, message in test_name_warnings(notebook, analysis, test_cells)]
-    warnings += [KitWarning(message, notebook.name) for message in requirements.warnings]
+    warnings += requirements.warnings
 
     jobs = []
     for job in find_jobs([(t.translated.cell.index, t.tree) for t in test_cells]):
@@ -86,80 +93,100 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
             )
         )
 
-    command = command or f"kit export {notebook.name}"
+    command = command or export_command(notebook.name, extra=extra, exclude=exclude)
     files = {
-        "handler.py": _render_handler(notebook, analysis, command),
-        "requirements.txt": requirements.text(
-            f"# Requirements of the worker exported from {notebook.name} by the kit; each line says why.\n"
-            f"# Regenerate with: {command}\n"
+        workerdir.HANDLER: _render_handler(notebook, analysis, command),
+        workerdir.REQUIREMENTS: requirements.text(
+            f"# Requirements of the worker exported from {comment_text(notebook.name)} by the kit; each line says why.\n"
+            f"# Regenerate with: {comment_text(command)}\n"
         ),
-        "tests.py": _render_tests(notebook, test_cells, command),
-        MANIFEST: json.dumps(
-            {
-                "notebook": notebook.name,
-                "handler_kind": analysis.handler_kind,
-                "setup_cells": [c.index for c in analysis.cells if c.role == "setup"],
-                "handler_cells": [c.index for c in analysis.cells if c.role == "handler"],
-                "test_cells": [t.translated.cell.index for t in test_cells],
-                "jobs": jobs,
-            },
-            indent=2,
-        )
-        + "\n",
+        workerdir.TESTS: _render_tests(notebook, test_cells, command),
     }
     if jobs:
-        files["test_input.json"] = json.dumps(jobs[0]["job"], indent=2) + "\n"
+        files[workerdir.TEST_INPUT] = json.dumps(jobs[0]["job"], indent=2) + "\n"
     files.update(runtime.support_files())
+    _check_no_clash(notebook, files, requirements)
+    manifest = workerdir.Manifest(
+        notebook=notebook.name,
+        handler_kind=analysis.handler_kind,
+        setup_cells=[c.index for c in analysis.cells if c.role == "setup"],
+        handler_cells=[c.index for c in analysis.cells if c.role == "handler"],
+        test_cells=[t.translated.cell.index for t in test_cells],
+        jobs=jobs,
+        command=command,
+        # Every file the kit writes, so that a re-export replaces these and nothing else.
+        files=sorted([*files, workerdir.MANIFEST, *requirements.local_files]),
+    )
+    files[workerdir.MANIFEST] = manifest.to_text()
     return Worker(notebook, analysis, requirements, jobs, files, warnings)
 
 
+def _check_no_clash(notebook: Notebook, files: dict[str, str], requirements: Requirements) -> None:
+    """A local module named like a generated file would replace it (tests.py, worker_loop.py, handler.py)."""
+    generated = {*files, *workerdir.GENERATED}
+    for module in requirements.local_modules:
+        if module.name in generated:
+            raise notebook.error(
+                f"the local module {module.name} has the name of a file kit export writes",
+                f"rename {module.name} (the worker's own files are {', '.join(sorted(generated))})",
+            )
+
+
+def comment_text(text: str) -> str:
+    """`text` made safe for one `#` comment line in generated code or requirements:
+    line breaks and other unprintable characters are escaped, so a file name cannot
+    end the comment and inject a line (pip also splits on \\f, \\v, \\x1c-\\x1e, \\x85, \\u2028)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def export_command(notebook: str, out_dir: str | Path | None = None, *, extra=(), exclude=()) -> str:
+    """The `kit export` command line that writes this worker, as the files print it to regenerate them."""
+    words = ["kit", "export", str(notebook)]
+    if out_dir is not None:
+        words += ["-o", str(out_dir)]
+    for requirement in extra:
+        words += ["--extra", requirement]
+    for name in exclude:
+        words += ["--exclude", name]
+    return shlex.join(words)
+
+
 def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str:
-    parts = [
-        f"# handler.py: the RunPod serverless worker exported by the kit from {notebook.name}.\n",
+    header = [
+        f"# handler.py: the RunPod serverless worker exported by the kit from {comment_text(notebook.name)}.\n",
         "# Generated: edit the notebook, not this file, and regenerate with\n",
-        f"#     {command}\n",
+        f"#     {comment_text(command)}\n",
         "# Each `# %% cell N [tag]` marker names the notebook cell the code below it comes from.\n",
     ]
     if analysis.future_imports:
-        parts.append(f"from __future__ import {', '.join(analysis.future_imports)}\n")
+        header.append(f"from __future__ import {', '.join(analysis.future_imports)}\n")
     if any(item.module == "runpod" for item in analysis.imports):
         # The setup imports runpod itself: let the worker loop import it first, without the
         # CPU probe that costs every cold start (see worker_loop.py).
-        parts.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod, imported without its 1.3 s CPU probe)\n')
-    for parsed in analysis.cells:
-        parts.append(f"\n{marker(parsed.translated.cell)}\n")
-        parts.append(_with_newline(parsed.translated.source))
-    parts.append("\n\n")
-    parts.append(runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier, analysis.start.config_name))
-    return "".join(parts)
+        header.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod, imported without its 1.3 s CPU probe)\n')
+    cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
+    return percent.render("".join(header), cells, runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier, analysis.start.config_name))
 
 
 def _render_tests(notebook: Notebook, test_cells, command: str) -> str:
-    parts = [
-        f"# tests.py: the `test` cells of {notebook.name}, exported by the kit.\n",
-        "# Not a module to import: as in the notebook, the cells run in the worker's namespace\n",
-        "# and may `await` at top level. Run them with: kit test <this directory>\n",
-        f"# Regenerate with: {command}\n",
-    ]
-    for test in test_cells:
-        parts.append(f"\n{marker(test.translated.cell)}\n")
-        parts.append(_with_newline(test.translated.source))
-    return "".join(parts)
-
-
-def _with_newline(source: str) -> str:
-    return source if source.endswith("\n") or not source else source + "\n"
+    header = (
+        f"# tests.py: the `test` cells of {comment_text(notebook.name)}, exported by the kit.\n"
+        "# Not a module to import: as in the notebook, the cells run in the worker's namespace\n"
+        "# and may `await` at top level. Run them with: kit test <this directory>\n"
+        f"# Regenerate with: {comment_text(command)}\n"
+    )
+    return percent.render(header, [(t.translated.cell.index, "test", t.translated.source) for t in test_cells])
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def export_notebook(path: str | Path, out_dir: str | Path | None = None, *, extra=(), exclude=()) -> ExportResult:
+def export_notebook(path: str | Path, out_dir: str | Path | None = None, *, extra=(), exclude=(), include_secrets: bool = False) -> ExportResult:
     """Export the notebook at `path` into `out_dir` (default build/<stem>)."""
     notebook = read_notebook(path)
     out = Path(out_dir) if out_dir is not None else default_out_dir(path)
-    command = f"kit export {notebook.name}" + (f" -o {out_dir}" if out_dir is not None else "")
-    worker = build_worker(notebook, extra=extra, exclude=exclude, command=command)
+    command = export_command(notebook.name, out_dir, extra=extra, exclude=exclude)
+    worker = build_worker(notebook, extra=extra, exclude=exclude, command=command, include_secrets=include_secrets)
     write_worker(worker, out)
     return ExportResult(
         notebook=notebook.name,
@@ -173,50 +200,137 @@ def export_notebook(path: str | Path, out_dir: str | Path | None = None, *, extr
 
 
 def write_worker(worker: Worker, out_dir: Path) -> None:
-    """Write into a temporary sibling directory, then swap it in."""
-    _check_replaceable(out_dir)
+    """Write the worker's files into `out_dir`, replacing only what an earlier export wrote.
+
+    The new files are written to a temporary sibling directory first. A new
+    `out_dir` is that directory, renamed. An existing one keeps every file its
+    manifest (kit.json) does not list: the listed files are moved aside, the new
+    ones moved in, and any failure moves everything back, so a failed export
+    leaves the old output as it was and no file the kit did not write is touched.
+    """
+    previous = _previous_files(worker, out_dir)
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=parent))
     except OSError as error:
-        raise KitError(f"cannot create {parent}: {error.strerror}", "choose another output directory with -o") from None
+        raise KitEnvironmentError(f"cannot create {parent}: {error.strerror}", "choose another output directory with -o") from None
+    retired = None
     try:
-        for name, text in worker.files.items():
-            (staging / name).write_text(text, encoding="utf-8")
-        for source in worker.copies:
-            if source.is_dir():
-                shutil.copytree(source, staging / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        written = {**worker.files, **worker.copied_files}
+        for name, content in written.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copy2(content, target, follow_symlinks=False)
             else:
-                shutil.copy2(source, staging / source.name)
+                target.write_text(content, encoding="utf-8")
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            os.replace(out_dir, retired / out_dir.name)
+        if previous is None:
             os.replace(staging, out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
         else:
-            os.replace(staging, out_dir)
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
+            _swap_files(staging, out_dir, retired, sorted(written), previous)
     except OSError as error:
+        raise KitEnvironmentError(f"cannot write {out_dir}: {error.strerror}", "check the permissions and free space, or choose another -o") from None
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise KitError(f"cannot write {out_dir}: {error.strerror}", "check the permissions and free space, or choose another -o") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
+def _previous_files(worker: Worker, out_dir: Path) -> list[str] | None:
+    """What an earlier export wrote in `out_dir` (None: there is no `out_dir` yet).
+
+    Refuses a directory the kit did not write, one that holds the notebook, and
+    a re-export that would overwrite a file the earlier export did not write.
+    """
+    if worker.notebook.path is not None and out_dir.exists():
+        notebook = worker.notebook.path.resolve()
+        if out_dir.resolve() in notebook.parents:
+            raise KitError(
+                f"refusing to export into {out_dir}: the notebook {worker.notebook.name} lies inside it",
+                "choose an output directory outside the notebook's folder with -o",
+            )
+    if not os.path.lexists(out_dir):
+        return None
+    if out_dir.is_symlink() or not out_dir.is_dir():
         raise KitError(f"{out_dir} exists and is not a directory", "choose another output directory with -o")
-    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+    if not any(out_dir.iterdir()):
+        return []  # empty: the new files are moved in
+    manifest = out_dir / workerdir.MANIFEST
+    if not manifest.is_file() or manifest.is_symlink():
         raise KitError(
             f"refusing to replace {out_dir}: it is not empty and was not written by kit export",
             "choose a new or empty output directory with -o",
         )
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):
+        # An export from before the manifest listed its files: only the generated ones are known.
+        listed = list(workerdir.GENERATED)
+    previous = []
+    for name in listed:
+        if isinstance(name, str) and _is_inside(name) and os.path.lexists(out_dir / name) and not (out_dir / name).is_dir():
+            previous.append(name)
+    ours = set(previous)
+    for name in [*worker.files, *worker.copied_files]:
+        parts = Path(name).parts
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            path = out_dir / prefix
+            is_last = depth == len(parts)
+            if prefix in ours or not os.path.lexists(path):
+                continue
+            if is_last or path.is_symlink() or not path.is_dir():
+                raise KitError(
+                    f"refusing to overwrite {path}: an earlier export did not write it",
+                    f"move it out of {out_dir}, or choose another output directory with -o",
+                )
+    return previous
+
+
+def _is_inside(name: str) -> bool:
+    path = Path(name)
+    return bool(name) and not path.is_absolute() and ".." not in path.parts and "\0" not in name
+
+
+def _swap_files(staging: Path, out_dir: Path, retired: Path, new: list[str], previous: list[str]) -> None:
+    """Move `previous` (relative to out_dir) aside into `retired` and `new` in from `staging`; undo on failure."""
+    moved: list[tuple[Path, Path]] = []  # (from, to), in order
+    made: list[Path] = []  # directories created in out_dir
+    try:
+        for name in previous:
+            aside = retired / name
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(out_dir / name, aside)
+            moved.append((out_dir / name, aside))
+        for name in new:
+            target = out_dir / name
+            for directory in reversed(target.parents):
+                if directory != out_dir and out_dir in directory.parents and not directory.exists():
+                    directory.mkdir()
+                    made.append(directory)
+            os.rename(staging / name, target)
+            moved.append((staging / name, target))
+    except BaseException:
+        for source, target in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(target, source)
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    # Folders only the earlier export's files were in, now empty (rmdir never removes a file).
+    for name in sorted(previous, key=lambda n: -len(Path(n).parts)):
+        for directory in Path(name).parents:
+            if directory != Path("."):
+                with contextlib.suppress(OSError):
+                    (out_dir / directory).rmdir()
 
 
 @contextmanager
@@ -228,7 +342,7 @@ def worker_dir(target: str | Path, out_dir: str | Path | None = None, on_export:
     """
     path = Path(target)
     if path.is_dir():
-        if not (path / "handler.py").is_file():
+        if not workerdir.is_worker_dir(path):
             raise KitError(f"{target}: no handler.py in this directory", "give a notebook or a directory written by kit export")
         yield path
         return

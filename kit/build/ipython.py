@@ -23,7 +23,7 @@ import shlex
 import tokenize
 from dataclasses import dataclass, field
 
-from kit.errors import KitError
+from kit.errors import KitError, KitWarning
 from kit.build.notebook import Cell, Notebook
 
 # Line magics that only change how the notebook displays or reloads things.
@@ -90,7 +90,13 @@ class TranslatedCell:
     cell: Cell
     source: str
     pip: list[Requirement] = field(default_factory=list)
-    warnings: list[tuple[int, str]] = field(default_factory=list)  # (line, message)
+    warnings: list[KitWarning] = field(default_factory=list)
+    notebook: str | None = None  # the notebook's name, for the warnings
+
+    def warn(self, line: int | None, message: str) -> None:
+        warning = KitWarning(message, self.notebook, self.cell.index, line)
+        if warning not in self.warnings:
+            self.warnings.append(warning)
 
 
 def translate_cell(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
@@ -100,7 +106,7 @@ def translate_cell(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
     "test" (test cells: unknown syntax is skipped with a warning) or
     "scan" (scratch cells: unknown syntax is masked without a word).
     """
-    result = TranslatedCell(cell, cell.source)
+    result = TranslatedCell(cell, cell.source, notebook=notebook.name)
     if not _has_ipython_syntax(cell.source):
         return result
     lines = cell.source.splitlines()
@@ -157,7 +163,7 @@ def _comment(indent: str, text: str) -> str:
 
 def _cell_magic(notebook, cell, mode, result, number, stripped) -> str:
     if _magic_name(stripped) in WRAPPING_CELL_MAGICS:
-        result.warnings.append((number, f"`{stripped}` unwrapped: the cell's code runs without it"))
+        result.warn(number, f"`{stripped}` unwrapped: the cell's code runs without it")
         return f"# kit: unwrapped {stripped}"
     if mode == "scan":
         # The body of an unknown cell magic is not Python: mask the whole cell.
@@ -180,9 +186,9 @@ def _line_magic(notebook, cell, mode, result, number, stripped, indent) -> str:
             for spec in specs:
                 result.pip.append(Requirement(spec, cell.index, number))
             for note in notes:
-                result.warnings.append((number, note))
+                result.warn(number, note)
             return _comment(indent, f"kit: requirement -> requirements.txt: {stripped}")
-        result.warnings.append((number, f"`{stripped}` dropped: only `pip install` lines become requirements"))
+        result.warn(number, f"`{stripped}` dropped: only `pip install` lines become requirements")
         return _comment(indent, f"kit: dropped {stripped}")
     name_match = MAGIC_NAME.match(stripped)
     if name_match and stripped.startswith("%"):
@@ -190,11 +196,11 @@ def _line_magic(notebook, cell, mode, result, number, stripped, indent) -> str:
         if name in WRAPPING_LINE_MAGICS:
             body = stripped[name_match.end():].strip()
             if body:
-                result.warnings.append((number, f"`%{name}` unwrapped: the statement runs without it"))
+                result.warn(number, f"`%{name}` unwrapped: the statement runs without it")
                 return indent + body
         if name in NOTEBOOK_ONLY:
             if mode != "scan":
-                result.warnings.append((number, f"`{stripped}` dropped: it only matters in a notebook"))
+                result.warn(number, f"`{stripped}` dropped: it only matters in a notebook")
             return _comment(indent, f"kit: dropped notebook-only {stripped}")
     return _unsupported(notebook, cell, mode, result, number, stripped, indent)
 
@@ -205,7 +211,7 @@ def _unsupported(notebook, cell, mode, result, number, stripped, indent, cell_ma
     shell = "!" in stripped[:2] or "= !" in stripped or (cell_magic and _magic_name(stripped) in SHELL_CELL_MAGICS)
     what = "cell magic" if cell_magic else ("shell command" if shell else "IPython magic")
     if mode == "test":
-        result.warnings.append((number, f"`{stripped}` skipped: a {what} cannot run outside IPython"))
+        result.warn(number, f"`{stripped}` skipped: a {what} cannot run outside IPython")
         if cell_magic:
             result.source = ""
             raise _MaskCell()
@@ -229,10 +235,10 @@ def translate(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
     try:
         return translate_cell(notebook, cell, mode)
     except _MaskCell:
-        masked = TranslatedCell(cell, "\n" * cell.source.count("\n"))
+        masked = TranslatedCell(cell, "\n" * cell.source.count("\n"), notebook=notebook.name)
         if mode == "test":
             first = cell.source.strip().splitlines()[0]
-            masked.warnings.append((1, f"`{first}` skipped: a cell magic cannot run outside IPython"))
+            masked.warn(1, f"`{first}` skipped: a cell magic cannot run outside IPython")
         return masked
 
 

@@ -12,7 +12,8 @@ Roles come from cell tags (``metadata.tags``): ``setup``, ``handler`` and
 from __future__ import annotations
 
 import json
-import re
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,11 +75,23 @@ def read_notebook(path: str | Path) -> Notebook:
     if path.is_dir():
         raise KitError("is a directory, not a notebook", "give the path of an .ipynb file", notebook=name)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise KitError("not a notebook (the file is not UTF-8 text)", "give the path of an .ipynb file", notebook=name) from None
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the file type is checked on
+        # what was opened, so /dev/zero or a pipe is refused before anything is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
         raise KitError(f"cannot read the file ({error.strerror})", None, notebook=name) from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KitError("not a notebook (not a regular file)", "give the path of an .ipynb file", notebook=name)
+        try:
+            raw = file.read()
+        except OSError as error:
+            raise KitError(f"cannot read the file ({error.strerror})", None, notebook=name) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KitError("not a notebook (the file is not UTF-8 text)", "give the path of an .ipynb file", notebook=name) from None
+    del raw
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -87,6 +100,8 @@ def read_notebook(path: str | Path) -> Notebook:
             "give the path of an .ipynb file saved by Jupyter",
             notebook=name,
         ) from None
+    except RecursionError:
+        raise KitError("not a notebook (its JSON is nested too deeply)", "give the path of an .ipynb file saved by Jupyter", notebook=name) from None
     return notebook_from_dict(data, name=name, path=path)
 
 
@@ -108,14 +123,21 @@ def notebook_from_dict(data, name: str = "notebook", path: Path | None = None) -
     for position, raw in enumerate(raw_cells, start=1):
         if not isinstance(raw, dict):
             raise KitError("malformed cell (not a JSON object)", None, notebook=name, cell=position)
-        notebook.cells.append(
-            Cell(
-                index=position,
-                kind=str(raw.get("cell_type", "code")),
-                source=_join_source(raw.get("source", "")),
-                tags=_tags(raw.get("metadata")),
-            )
+        cell = Cell(
+            index=position,
+            kind=str(raw.get("cell_type", "code")),
+            source=_join_source(raw.get("source", "")),
+            tags=_tags(raw.get("metadata")),
         )
+        roles = [role for role in ROLES if role in cell.tags]
+        if cell.kind == "code" and len(roles) > 1:
+            raise KitError(
+                f"the cell is tagged {' and '.join(f'`{r}`' for r in roles)}; a cell has one role",
+                "keep one of the tags (split the cell if it does both)",
+                notebook=name,
+                cell=position,
+            )
+        notebook.cells.append(cell)
     return notebook
 
 
@@ -136,50 +158,3 @@ def _tags(metadata) -> tuple[str, ...]:
     if not isinstance(tags, list):
         return ()
     return tuple(str(tag).strip() for tag in tags)
-
-
-# ---------------------------------------------------------------------------
-# The percent format the exported files use: `# %% cell N [tag]` markers.
-
-MARKER = re.compile(r"^# %% cell (\d+) \[(\w+)\]\s*$")
-
-
-@dataclass
-class PercentCell:
-    cell: int  # the notebook cell this code came from (1-based, every cell counted)
-    tag: str
-    source: str
-    start_line: int  # line number, in the file, of the cell's first code line
-
-
-def marker(cell: Cell) -> str:
-    return f"# %% cell {cell.index} [{cell.role}]"
-
-
-def split_percent(text: str) -> list[PercentCell]:
-    """Split an exported file (handler.py, tests.py) back into its notebook cells.
-
-    Code after the last marker up to a line that starts a new top-level block
-    (the `if __name__ == "__main__":` footer) belongs to the last cell; the
-    footer is not returned.
-    """
-    cells: list[PercentCell] = []
-    lines = text.splitlines(keepends=True)
-    current: PercentCell | None = None
-    for number, line in enumerate(lines, start=1):
-        match = MARKER.match(line)
-        if match:
-            current = PercentCell(int(match.group(1)), match.group(2), "", number + 1)
-            cells.append(current)
-        elif line.startswith(FOOTER_MARKER):
-            current = None
-        elif current is not None:
-            current.source += line
-    return cells
-
-
-FOOTER_MARKER = "# %% worker start"
-
-
-def read_percent_cells(path: str | Path) -> list[PercentCell]:
-    return split_percent(Path(path).read_text(encoding="utf-8"))

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.build.notebook import FOOTER_MARKER
+from kit import workerdir
+from kit.percent import FOOTER
+from kit.platform import WORKER_LOOP_TEMPLATE
+from kit.workerdir import GENERATOR_KINDS
 
-GENERATOR_KINDS = ("generator", "async_generator")
-WORKER_LOOP = Path(__file__).resolve().parent.parent / "templates" / "worker_loop.py"
 
 
 def main_block(handler_kind: str, has_concurrency_modifier: bool, config_name: str | None = None) -> str:
@@ -33,7 +34,7 @@ def main_block(handler_kind: str, has_concurrency_modifier: bool, config_name: s
         modifier = "_concurrency_from_env"
     stream = '            "return_aggregate_stream": True,\n' if handler_kind in GENERATOR_KINDS else ""
     return (
-        f"{FOOTER_MARKER}: RunPod's worker loop (with no queue configured, the SDK runs test_input.json once)\n"
+        f"{FOOTER}: RunPod's worker loop (with no queue configured, the SDK runs test_input.json once)\n"
         'if __name__ == "__main__":\n'
         "    import os\n"
         "\n"
@@ -61,4 +62,4 @@ def _notebook_options(config_name: str | None) -> str:
 
 def support_files() -> dict[str, str]:
     """Files written beside handler.py, by name."""
-    return {"worker_loop.py": WORKER_LOOP.read_text(encoding="utf-8")}
+    return {workerdir.WORKER_LOOP: WORKER_LOOP_TEMPLATE.read_text(encoding="utf-8")}

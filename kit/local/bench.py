@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from kit import platform, workerdir
+from kit.errors import KitEnvironmentError, KitError
 from kit.local.emulator import FINAL_STATUSES, QueueEmulator
-from kit.errors import KitError
-from kit.local.serve import WorkerPool
+from kit.local.pool import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
-LOOP_ENV = "KIT_WORKER_LOOP"  # read by the exported worker_loop.py
 
 
 def bench(
@@ -35,11 +35,14 @@ def bench(
     workers: int = 1,
     json_out: bool = False,
     loop: str = "fast",
+    openai: bool = False,
 ) -> int:
     """Benchmark `target` (a notebook or a worker directory); 0 when every job completed once.
 
     `loop` picks the worker loop: "fast" (the exported worker_loop.py), "stock"
     (the SDK's own, through KIT_WORKER_LOOP=stock) or "both", one after the other.
+    `openai` sends the load through the OpenAI-compatible route instead of /runsync
+    (the request: `--input`, or the notebook's test job if it is an openai_route job).
     """
     from kit.build.export import worker_dir
 
@@ -48,13 +51,13 @@ def bench(
     loops = ("stock", "fast") if loop == "both" else (loop,)
     runs = []
     with worker_dir(target) as path:
-        request = _job_request(path, job_input)
-        if "fast" in loops and not (path / "worker_loop.py").is_file():
+        request = _openai_request(path, job_input) if openai else _job_request(path, job_input)
+        if "fast" in loops and not (path / workerdir.WORKER_LOOP).is_file():
             raise KitError(f"{path} has no worker_loop.py, so it has no fast loop", "re-export the notebook, or use --loop stock")
         for name in loops:
             run = measure(
                 path, request, jobs=jobs, concurrency=concurrency, workers=workers,
-                env={LOOP_ENV: name}, progress=not json_out,
+                env={platform.LOOP_ENV: name}, progress=not json_out, openai=openai,
             )
             runs.append({"loop": name, **run})
     report = {"target": str(target), "jobs": jobs, "concurrency": concurrency, "workers": workers, "runs": runs}
@@ -68,16 +71,36 @@ def bench(
 
 def _job_request(path: Path, job_input: str | None) -> dict:
     if job_input is None:
-        test_input = path / "test_input.json"
-        if not test_input.is_file():
+        job = workerdir.example_job(path)
+        if job is None:
             raise KitError("no job to send: the notebook's test cells pass no job literal to handler()", "give one with --input '{\"prompt\": \"hi\"}'")
-        return json.loads(test_input.read_text())
+        return job
     try:
         value = json.loads(job_input)
     except ValueError as error:
         raise KitError(f"--input is not valid JSON: {error}", "quote it for the shell: --input '{\"prompt\": \"hi\"}'") from None
     # As runpod.Endpoint.run does: a value without an "input" key is the input itself.
     return value if isinstance(value, dict) and "input" in value else {"input": value}
+
+
+def _openai_request(path: Path, job_input: str | None) -> dict:
+    """{"route": "/v1/...", "body": {...}} for an OpenAI-route load."""
+    if job_input is not None:
+        try:
+            body = json.loads(job_input)
+        except ValueError as error:
+            raise KitError(f"--input is not valid JSON: {error}", "give the OpenAI request body, e.g. --input '{\"messages\": [...]}'") from None
+        if not isinstance(body, dict):
+            raise KitError("--input must be a JSON object (the OpenAI request body) with --openai")
+        route = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        return {"route": route, "body": body}
+    job = _job_request(path, None).get("input")
+    if not (isinstance(job, dict) and isinstance(job.get("openai_input"), dict) and job.get("openai_route")):
+        raise KitError(
+            "the notebook's test job is not an OpenAI request (no openai_route/openai_input)",
+            "give the request body with --input '{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}'",
+        )
+    return {"route": job["openai_route"], "body": job["openai_input"]}
 
 
 def measure(
@@ -89,6 +112,7 @@ def measure(
     workers: int,
     env: dict[str, str] | None = None,
     progress: bool = False,
+    openai: bool = False,
 ) -> dict:
     """Serve the worker directory at `path`, run the load, stop everything; return the figures."""
     with QueueEmulator() as emulator:
@@ -98,7 +122,7 @@ def measure(
             pool.start()
             cold_starts = _wait_until_ready(pool, emulator)
             cpu_before = emulator.cpu_time()
-            results, elapsed = asyncio.run(_load(emulator, pool, request, jobs, concurrency, progress))
+            results, elapsed = asyncio.run(_load(emulator, pool, request, jobs, concurrency, progress, openai))
             emulator_cpu = emulator.cpu_time() - cpu_before
         finally:
             pool.stop()
@@ -107,7 +131,7 @@ def measure(
     clean = len(finished) == jobs and all(r["status"] == "COMPLETED" for r in results) and not counters.duplicate_results
     if clean:  # the worker logs matter only when something went wrong
         shutil.rmtree(log_dir, ignore_errors=True)
-    return {
+    figures = {
         "log_dir": None if clean else str(log_dir),
         "cold_start_s": [round(s, 3) for s in cold_starts],
         "elapsed_s": round(elapsed, 3),
@@ -124,6 +148,16 @@ def measure(
         "duplicated": counters.duplicate_results + (len(results) - len({r["id"] for r in results})),
         "first_error": next((r["error"] for r in results if "error" in r), None),
     }
+    if openai:
+        tokens = sum(r.get("tokens", 0) for r in finished)
+        figures["openai"] = {
+            "route": request["route"],
+            "stream": bool(request["body"].get("stream")),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / elapsed, 1),
+            "first_chunk_ms": _percentiles([r["first_chunk_ms"] for r in finished if "first_chunk_ms" in r]),
+        }
+    return figures
 
 
 def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
@@ -138,10 +172,55 @@ def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
         if all(t is not None for t in ready.values()):
             return [ready[w] - process.spawned for w, process in pool.processes.items()]
         time.sleep(0.02)
-    raise KitError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
+    raise KitEnvironmentError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
 
 
-async def _load(emulator, pool, request, jobs, concurrency, progress) -> tuple[list[dict], float]:
+async def _openai_call(session, url: str, body: dict) -> dict:
+    """One OpenAI request; its outcome as a result row (status, tokens, time to first chunk)."""
+    sent = time.monotonic()
+    row: dict = {"id": f"openai-{id(body)}-{sent}", "status": "FAILED"}
+    async with session.post(url, json=body) as response:
+        if not body.get("stream"):
+            answer = await response.json(content_type=None)
+            if response.status == 200:
+                row["status"], row["tokens"] = "COMPLETED", _completion_tokens(answer)
+            else:
+                row["error"] = json.dumps(answer)[:300]
+            return row
+        tokens, buffer, done = 0, "", False
+        async for data in response.content.iter_any():
+            row.setdefault("first_chunk_ms", (time.monotonic() - sent) * 1000)
+            buffer += data.decode("utf-8", "replace")
+            *events, buffer = buffer.split("\n\n")
+            for event in events:
+                payload = event.strip().removeprefix("data:").strip()
+                if payload == "[DONE]":
+                    done = True
+                elif payload:
+                    chunk = json.loads(payload)
+                    if "error" in chunk:
+                        row["error"] = json.dumps(chunk["error"])[:300]
+                    tokens += sum(1 for choice in chunk.get("choices", []) if _choice_text(choice))
+        row["tokens"] = tokens
+        if response.status == 200 and done and "error" not in row:
+            row["status"] = "COMPLETED"
+        elif "error" not in row:
+            row["error"] = f"HTTP {response.status}, stream ended without data: [DONE]"
+    return row
+
+
+def _choice_text(choice: dict) -> str:
+    return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+
+
+def _completion_tokens(answer) -> int:
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+        return usage["completion_tokens"]
+    return sum(len(_choice_text(c).split()) or len(((c.get("message") or {}).get("content") or "").split()) for c in answer.get("choices", []))
+
+
+async def _load(emulator, pool, request, jobs, concurrency, progress, openai=False) -> tuple[list[dict], float]:
     import aiohttp
 
     bar = _progress_bar(jobs, progress)
@@ -151,6 +230,13 @@ async def _load(emulator, pool, request, jobs, concurrency, progress) -> tuple[l
 
     async def client(session):
         for _ in remaining:
+            if openai:
+                sent = time.monotonic()
+                row = await _openai_call(session, f"{base}/openai{request['route']}", request["body"])
+                row["client_ms"] = (time.monotonic() - sent) * 1000
+                results.append(row)
+                bar.update(1)
+                continue
             sent = time.monotonic()
             async with session.post(f"{base}/runsync", json=request) as response:
                 state = await response.json()
@@ -219,6 +305,12 @@ def format_report(report: dict) -> str:
             (f"{part} p50/p95/p99, ms", ["/".join(_ms(run["latency_ms"][part][p]) for p in ("p50", "p95", "p99")) for run in runs])
         )
     rows.append(("emulator CPU per job, ms", [f"{run['emulator_cpu_ms_per_job']:.2f}" for run in runs]))
+    if all("openai" in run for run in runs):
+        rows.append(("tokens/s", [f"{run['openai']['tokens_per_s']:.1f}" for run in runs]))
+        if all(run["openai"]["stream"] for run in runs):
+            rows.append(
+                ("first chunk p50/p95/p99, ms", ["/".join(_ms(run["openai"]["first_chunk_ms"][p]) for p in ("p50", "p95", "p99")) for run in runs])
+            )
     for count in ("completed", "failed", "lost", "duplicated"):
         rows.append((count, [str(run[count]) for run in runs]))
     width = max(len(label) for label, _ in rows)

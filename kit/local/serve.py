@@ -9,155 +9,14 @@ marked FAILED, never lost) and drains them on Ctrl-C/SIGTERM.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from kit import platform, workerdir
 from kit.local.emulator import QueueEmulator
-from kit.errors import KitError
-
-# A worker that dies this many times in a row before taking its first job is
-# broken (an import error, a bad requirement): stop instead of looping.
-STARTUP_FAILURES = 3
-DRAIN_TIMEOUT = 30.0
-
-
-@dataclass
-class _Process:
-    worker_id: str
-    popen: subprocess.Popen
-    spawned: float  # time.monotonic() just before the spawn
-    log_path: Path
-    refreshing: bool = False  # asked to stop by a refresh_worker job; restarted when it exits
-
-
-class WorkerPool:
-    """N worker processes running `handler.py` against an emulator, kept alive."""
-
-    def __init__(
-        self,
-        worker_dir: Path,
-        emulator: QueueEmulator,
-        count: int,
-        *,
-        log_dir: Path,
-        env: dict[str, str] | None = None,
-        say: Callable[[str], None] = print,
-    ):
-        if count < 1:
-            raise KitError(f"--workers must be at least 1, not {count}")
-        self.worker_dir = Path(worker_dir)
-        self.emulator = emulator
-        self.count = count
-        self.log_dir = Path(log_dir)
-        self.env = env or {}
-        self.say = say
-        self.processes: dict[str, _Process] = {}
-        self._startup_failures: dict[str, int] = {}
-
-    def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        for n in range(1, self.count + 1):
-            self._spawn(f"worker-{n}")
-
-    def _spawn(self, worker_id: str) -> None:
-        env = {**os.environ, "RUNPOD_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-        env.update(self.env)
-        env.update(self.emulator.worker_env(worker_id))
-        log_path = self.log_dir / f"{worker_id}.log"
-        with open(log_path, "ab") as log:
-            spawned = time.monotonic()
-            popen = subprocess.Popen(
-                [sys.executable, "handler.py"],
-                cwd=self.worker_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: Ctrl-C reaches only us, we stop it
-            )
-        self.processes[worker_id] = _Process(worker_id, popen, spawned, log_path)
-
-    def check(self) -> None:
-        """Restart workers that exited; report the jobs they took down with them."""
-        for worker_id, process in list(self.processes.items()):
-            code = process.popen.poll()
-            if code is None:
-                self._refresh_if_asked(worker_id, process)
-                continue
-            _kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
-            asked_to_refresh = self.emulator.expected_exit(worker_id)
-            started = self.emulator.worker_times(worker_id)["first_request"] is not None
-            lost = self.emulator.worker_exited(worker_id, f"exited with code {code}")
-            # A refresh is a clean exit with nothing in flight: a worker that took more jobs
-            # after its refresh job and then died is reported like any other death.
-            refreshed = asked_to_refresh and code == 0 and not lost
-            if refreshed:
-                self.say(f"{worker_id} restarted: its job returned refresh_worker: true (RunPod restarts the worker then)")
-            else:
-                message = f"{worker_id} exited with code {code} (log: {process.log_path})"
-                if lost:
-                    message += f"; FAILED its job(s) {', '.join(lost)}"
-                self.say(message + "; restarting")
-            if started or refreshed:
-                self._startup_failures[worker_id] = 0
-            else:
-                failures = self._startup_failures.get(worker_id, 0) + 1
-                self._startup_failures[worker_id] = failures
-                if failures >= STARTUP_FAILURES:
-                    raise KitError(
-                        f"the worker exited with code {code} before taking a job, {failures} times in a row: "
-                        f"{_last_line(process.log_path)}",
-                        f"see {process.log_path}",
-                    )
-            self._spawn(worker_id)
-
-    def _refresh_if_asked(self, worker_id: str, process: _Process) -> None:
-        """A job returned `refresh_worker: true`: the SDK posts stopPod and RunPod stops the worker,
-        so module state starts over. Here: no more jobs for it, SIGTERM (it drains), and check()
-        starts a fresh process when it has exited."""
-        if process.refreshing or not self.emulator.expected_exit(worker_id):
-            return
-        process.refreshing = True
-        self.emulator.release_worker(worker_id)
-        process.popen.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
-        """SIGTERM every worker, let the SDK drain jobs in flight, SIGKILL what is left."""
-        for worker_id, process in self.processes.items():
-            if process.popen.poll() is None:
-                process.popen.send_signal(signal.SIGTERM)
-            self.emulator.release_worker(worker_id)
-        deadline = time.monotonic() + timeout
-        try:
-            for process in self.processes.values():
-                try:
-                    process.popen.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self.say(f"{process.worker_id} did not stop within {timeout:.0f} s; killing it")
-        finally:  # also when a second Ctrl-C cuts the drain short: never leave a worker behind
-            for process in self.processes.values():
-                _kill_group(process.popen)
-            self.processes.clear()
-
-
-def _kill_group(popen: subprocess.Popen) -> None:
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    popen.wait()
-
-
-def _last_line(path: Path) -> str:
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
+from kit.local.pool import WorkerPool
 
 
 def job_line(state: dict) -> str:
@@ -168,18 +27,8 @@ def job_line(state: dict) -> str:
     if "executionTime" in state:
         parts.append(f"run {state['executionTime']} ms")
     if "error" in state:
-        parts.append(f"error: {_error_summary(state['error'])}")
+        parts.append(f"error: {platform.error_summary(state['error'])}")
     return time.strftime("%H:%M:%S ") + "  ".join(parts)
-
-
-def _error_summary(error) -> str:
-    """The SDK sends a raised exception as a JSON string; show its type and message."""
-    try:
-        info = json.loads(error)
-        kind = info["error_type"].removeprefix("<class '").removesuffix("'>")
-        return f"{kind}: {info['error_message']}"
-    except (TypeError, ValueError, KeyError):
-        return str(error).splitlines()[0] if str(error) else "(empty)"
 
 
 class _Stopped(Exception):
@@ -197,14 +46,20 @@ def serve(
     port: int = 8000,
     workers: int = 1,
     api_key: str | None = None,
+    execution_timeout: float | None = None,
 ) -> int:
-    """Serve `target` (a notebook or a worker directory) until Ctrl-C or SIGTERM."""
+    """Serve `target` (a notebook or a worker directory) until Ctrl-C or SIGTERM.
+
+    `execution_timeout` (seconds) is the endpoint's default policy.executionTimeout.
+    """
     from kit.build.export import worker_dir
 
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
+        options = {} if execution_timeout is None else {"execution_timeout": execution_timeout}
         with worker_dir(target) as path, QueueEmulator(
-            host, port, api_key, on_job_end=lambda state: print(job_line(state), flush=True)
+            host, port, api_key, on_job_end=lambda state: print(job_line(state), flush=True),
+            say=lambda line: print(line, flush=True), **options,
         ) as emulator:
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
             pool = WorkerPool(path, emulator, workers, log_dir=log_dir)
@@ -225,12 +80,8 @@ def serve(
 
 
 def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Path) -> None:
-    example = {"input": {}}
-    test_input = path / "test_input.json"
-    if test_input.is_file():
-        example = json.loads(test_input.read_text())
-        if isinstance(example, dict):  # a client sends only the request body: RunPod gives the job its id
-            example = {k: v for k, v in example.items() if k != "id"}
+    example = workerdir.example_job(path) or {"input": {}}
+    example = {k: v for k, v in example.items() if k != "id"}  # a client sends only the body: RunPod gives the job its id
     auth = f" -H 'Authorization: Bearer {emulator.api_key}'" if emulator.api_key else ""
     print(
         f"kit serve: {path}/handler.py on {workers} worker(s) (logs: {log_dir})\n"
@@ -238,6 +89,7 @@ def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Pa
         f"  curl -X POST {emulator.url}/v2/local/runsync -H 'Content-Type: application/json'{auth}"
         f" -d '{json.dumps(example)}'\n"
         f"  python client: RUNPOD_ENDPOINT_BASE_URL={emulator.url}/v2, then runpod.Endpoint('local').run_sync(...)\n"
+        f"  OpenAI client: openai.OpenAI(base_url='{emulator.url}/v2/local/openai/v1', api_key=...)\n"
         "Ctrl-C to stop.",
         flush=True,
     )

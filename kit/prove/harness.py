@@ -31,16 +31,15 @@ The worker code never sees the kit: only this harness imports it.
 """
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import asyncio
 import copy
 import functools
+import json
 import inspect
 import io
-import json
-import math
 import os
 import re
 import reprlib
@@ -51,11 +50,11 @@ import types
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from kit.build.notebook import PercentCell, split_percent
+from kit import percent, platform, workerdir
+from kit.percent import PercentCell, split_percent
+from kit.prove import events
+from kit.prove.events import Failure, Frame, Problem, Shown
 
-MB = 1_000_000
-RUNSYNC_LIMIT = 20 * MB  # larger results are dropped by the platform: the job ends without output
-RUN_LIMIT = 10 * MB  # larger results cannot be fetched from /run + /status
 MAX_CAPTURE = 20_000  # characters of output kept per cell or job
 MAX_CHUNKS_SHOWN = 20
 FUTURE_FLAGS = 0
@@ -81,8 +80,8 @@ class Report:
     def __init__(self, fd: int):
         self._stream = os.fdopen(fd, "w", encoding="utf-8")
 
-    def emit(self, event: str, **fields) -> None:
-        self._stream.write(json.dumps({"event": event, **fields}, default=repr) + "\n")
+    def emit(self, event: events.Event) -> None:
+        self._stream.write(events.encode(event))
         self._stream.flush()
 
 
@@ -131,18 +130,18 @@ class SourceMap:
     def add(self, path: Path, cells) -> None:
         self._files[str(path)] = (path.name, cells)
 
-    def frame(self, filename: str, lineno: int, code: str | None) -> dict | None:
+    def frame(self, filename: str, lineno: int, code: str | None) -> Frame | None:
         if filename not in self._files:
             return None
         name, cells = self._files[filename]
-        where = {"file": name, "file_line": lineno, "code": (code or "").strip()}
+        where = Frame(file=name, file_line=lineno, code=(code or "").strip())
         for cell in reversed(cells):
             if cell.start_line <= lineno:
-                where.update(cell=cell.cell, tag=cell.tag, line=lineno - cell.start_line + 1)
+                where.cell, where.tag, where.line = cell.cell, cell.tag, lineno - cell.start_line + 1
                 break
         return where
 
-    def frames_of(self, error: BaseException) -> list[dict]:
+    def frames_of(self, error: BaseException) -> list[Frame]:
         """The frames of `error`'s traceback that are the user's code, outermost first."""
         found = []
         for entry in traceback.extract_tb(error.__traceback__):
@@ -155,7 +154,7 @@ class SourceMap:
                 found.append(where)
         return found
 
-    def frames_in_text(self, text: str) -> list[dict]:
+    def frames_in_text(self, text: str) -> list[Frame]:
         """The same, from a traceback the SDK formatted as text."""
         found = []
         lines = text.splitlines()
@@ -169,17 +168,20 @@ class SourceMap:
         return found
 
 
-def failure(error: BaseException, sources: SourceMap) -> dict:
-    message = str(error)
+def failure(error: BaseException, sources: SourceMap) -> Failure:
+    try:
+        message = str(error)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises is still the user's failure
+        message = f"<{type(error).__name__} whose str() raised>"
     frames = sources.frames_of(error)
     if isinstance(error, AssertionError) and not message and frames:
-        message = frames[-1]["code"]  # a bare `assert x == y`: the statement is the message
-    return {
-        "type": type(error).__name__,
-        "message": message,
-        "where": frames,
-        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-    }
+        message = frames[-1].code  # a bare `assert x == y`: the statement is the message
+    return Failure(
+        type=type(error).__name__,
+        message=message,
+        where=frames,
+        traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    )
 
 
 # --------------------------------------------------------------------------- 1. import
@@ -189,9 +191,9 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
     """Import handler.py as module `handler`, cell by cell. Returns the module, or None if it failed."""
     path = worker / "handler.py"
     text = path.read_text(encoding="utf-8")
-    cells = split_percent(text)
-    if cells:  # exported: the lines before the first marker are comments and `from __future__` imports
-        header = "".join(text.splitlines(keepends=True)[: cells[0].start_line - 2])
+    parsed = percent.parse(text)
+    if parsed.cells:  # exported: the header holds comments and `from __future__` imports
+        header, cells = parsed.header, parsed.cells
     else:  # a handler.py written by hand: one chunk
         header, cells = "", [PercentCell(None, "module", text, 1)]
     sources.add(path, cells)
@@ -201,12 +203,18 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
 
     header_code = compile(header, str(path), "exec", dont_inherit=True)
     flags = header_code.co_flags & FUTURE_FLAGS
-    exec(header_code, module.__dict__)
-    runpod_seconds = None
+    # The header runs as in `python handler.py`: when the setup imports runpod itself, the
+    # header's `if __name__ == "__main__": import worker_loop` imports the SDK first.
+    module.__name__ = "__main__"
+    started = time.perf_counter()
+    with captured():
+        exec(header_code, module.__dict__)
+    header_seconds = time.perf_counter() - started
     if cells[0].tag != "module":  # exported: the start call is the footer, which is not run here
         run_as_main(module, path)
     else:  # by hand: its start call may run at import, so runpod comes first, its start recorded
-        runpod_seconds = record_start_calls()
+        module.__name__ = "handler"
+        header_seconds += record_start_calls()
 
     total = 0.0
     for cell in cells:
@@ -220,23 +228,31 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
                 error = failure(raised, sources)
             seconds = time.perf_counter() - started
         total += seconds
-        report.emit("setup_cell", cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error)
+        report.emit(events.SetupCell(cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error))
         if error:
-            report.emit("cold_start", ok=False, seconds=total)
+            report.emit(events.ColdStart(ok=False, seconds=total))
             return None
     if not callable(getattr(module, "handler", None)) and not START_CALLS:
-        report.emit("cold_start", ok=False, seconds=total, error={"type": "NameError", "message": "handler.py defines no callable `handler`", "where": []})
+        report.emit(events.ColdStart(ok=False, seconds=total, error=Failure("NameError", "handler.py defines no callable `handler`")))
         return None
 
-    # A real worker imports the SDK after the setup (handler.py's last lines): part of its cold start.
-    if runpod_seconds is None:
-        report.emit("phase", name="runpod_import")
-        started = time.perf_counter()
-        with captured():
-            import runpod.serverless  # noqa: F401
-        runpod_seconds = time.perf_counter() - started
+    # A real worker imports the SDK after the setup, the way handler.py's start block does: through
+    # the exported worker_loop.py (runpod without its CPU probe), or runpod itself when there is none.
+    report.emit(events.Phase(name="runpod_import"))
+    started = time.perf_counter()
+    with captured():
+        imported = import_sdk_as_the_worker_does(worker)
+    runpod_seconds = header_seconds + time.perf_counter() - started
     progress.install()
-    report.emit("cold_start", ok=True, seconds=total + runpod_seconds, setup_seconds=total, runpod_import_seconds=runpod_seconds)
+    report.emit(
+        events.ColdStart(
+            ok=True,
+            seconds=total + runpod_seconds,
+            setup_seconds=total,
+            runpod_import_seconds=runpod_seconds,
+            runpod_import=imported,
+        )
+    )
     return module
 
 
@@ -269,13 +285,23 @@ def run_as_main(module, path: Path) -> None:
     The worker runs handler.py as `__main__` with `sys.argv == ["handler.py"]`, and a
     notebook's cells see `__name__ == "__main__"` too, so a setup cell that loads its
     model under `if __name__ == "__main__":` (as worker-gpt does) or parses
-    `sys.argv` must run here as it does there. (The header's own `__main__` block,
-    which imports worker_loop, has already run as a module: runpod's import stays
-    timed on its own line.)
+    `sys.argv` must run here as it does there. A handler.py written by hand is
+    imported as a module: its `__main__` block is where it starts the worker loop.
     """
     module.__name__ = "__main__"
     sys.modules["__main__"] = module  # pickle and friends find the worker's functions where the worker has them
     sys.argv = [path.name]
+
+
+def import_sdk_as_the_worker_does(worker: Path) -> str:
+    """Import the SDK as handler.py's start block does; returns the module imported."""
+    if (worker / "worker_loop.py").is_file():
+        import worker_loop  # noqa: F401 - the worker directory is sys.path[0]
+
+        return "worker_loop"
+    import runpod.serverless  # noqa: F401
+
+    return "runpod.serverless"
 
 
 # --------------------------------------------------------------------------- 2. test cells
@@ -289,12 +315,12 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
     sources.add(path, cells)
     namespace = module.__dict__
     if cells:
-        report.emit("phase", name="tests")
+        report.emit(events.Phase(name="tests"))
     handler = namespace.get("handler")
     if callable(handler):
         namespace["handler"] = direct_calls.wrap(handler)
     for cell in cells:
-        shown: dict = {}
+        shown = Shown()
         direct_calls.cell = cell.cell
         with captured() as output, progress.capturing() as updates:
             started = time.perf_counter()
@@ -305,7 +331,7 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
             except BaseException as raised:  # noqa: BLE001 - a test calling sys.exit() fails that test
                 error = failure(raised, sources)
             seconds = time.perf_counter() - started
-        report.emit("test", cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error, **shown, **updates.fields())
+        report.emit(events.TestCell(cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error, shown=shown, **updates.fields()))
         if error:
             direct_calls.forget(cell.cell)  # a failed test expects nothing of its calls
         elif not _asserts(cell.source):
@@ -334,7 +360,7 @@ def run_cell(path: Path, cell, namespace: dict, loop):
     return namespace.pop(VALUE_NAME, None)
 
 
-def show(value, loop) -> dict:
+def show(value, loop) -> Shown:
     """What the notebook would show for a cell's value; generators are run to the end."""
     if inspect.isawaitable(value):
         value = loop.run_until_complete(value)
@@ -343,8 +369,12 @@ def show(value, loop) -> dict:
     elif inspect.isgenerator(value):
         value = list(value)
     else:
-        return {} if value is None else {"value": preview(value)}
-    return {"chunks": [preview(chunk) for chunk in value[:MAX_CHUNKS_SHOWN]], "chunk_count": len(value)}
+        return Shown() if value is None else Shown(value=preview(value))
+    return shown_chunks(value)
+
+
+def shown_chunks(chunks: list) -> Shown:
+    return Shown(chunks=[preview(chunk) for chunk in chunks[:MAX_CHUNKS_SHOWN]], chunk_count=len(chunks))
 
 
 async def _collect(agen) -> list:
@@ -481,7 +511,7 @@ def as_the_sdk_returns(value):
     return value
 
 
-def compare_with_direct(expected: dict | None, body: dict, error: dict | None) -> tuple[dict | None, list[dict], bool]:
+def compare_with_direct(expected: dict | None, body: dict, error: Failure | None) -> tuple[Failure | None, list[Problem], bool]:
     """(error, problems, expected_error) for a job, judged against what its direct call gave.
 
     Without a direct call (the job literal's call did not run), a job must succeed.
@@ -492,13 +522,13 @@ def compare_with_direct(expected: dict | None, body: dict, error: dict | None) -
     if expected["kind"] == "error":
         said = f"{expected['type']}: {expected['message']}" if expected["type"] != "returned error" else f"returned error: {expected['message']}"
         if error is None:
-            return {"type": "not the expected error", "message": f"{where} gave {said}, but through the SDK the job succeeded", "where": []}, [], False
-        same_type = expected["type"] == error["type"].rsplit(".", 1)[-1]
-        if same_type and str(expected["message"]).strip() == str(error["message"]).strip():
+            return Failure("not the expected error", f"{where} gave {said}, but through the SDK the job succeeded"), [], False
+        same_type = expected["type"] == error.type.rsplit(".", 1)[-1]
+        if same_type and str(expected["message"]).strip() == str(error.message).strip():
             return error, [], True
-        return error, [{"level": "fail", "message": f"{where} gave {said}: the SDK run gave another error"}], False
+        return error, [Problem("fail", f"{where} gave {said}: the SDK run gave another error")], False
     if error is not None:
-        return error, [{"level": "fail", "message": f"{where} returned a result: the job fails only through the SDK"}], False
+        return error, [Problem("fail", f"{where} returned a result: the job fails only through the SDK")], False
     direct = as_the_sdk_returns(expected["value"])
     try:
         same = bool(direct == body.get("output"))
@@ -506,7 +536,7 @@ def compare_with_direct(expected: dict | None, body: dict, error: dict | None) -
         return None, [], False
     if same:
         return None, [], False
-    return None, [{"level": "warn", "message": f"the result differs from what {where} returned ({preview(direct, 80)}); a handler that samples or reads the clock differs on every call"}], False
+    return None, [Problem("warn", f"the result differs from what {where} returned ({preview(direct, 80)}); a handler that samples or reads the clock differs on every call")], False
 
 
 # --------------------------------------------------------------------------- progress updates
@@ -563,30 +593,20 @@ progress = ProgressUpdates()
 # --------------------------------------------------------------------------- 3. jobs
 
 
-def job_list(worker: Path) -> list[dict]:
-    manifest = worker / "kit.json"
-    if manifest.is_file():
-        return json.loads(manifest.read_text(encoding="utf-8")).get("jobs", [])
-    test_input = worker / "test_input.json"
-    if test_input.is_file():  # a worker directory written by hand
-        return [{"cell": None, "line": None, "job": json.loads(test_input.read_text(encoding="utf-8"))}]
-    return []
-
-
 def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap, aggregation: dict | None = None) -> None:
     from runpod.serverless.modules.rp_handler import is_generator
 
     streaming = is_generator(handler)
     unaggregated = aggregation_problem(aggregation) if streaming else None
-    jobs = job_list(worker)
+    jobs = workerdir.jobs_to_test(worker)
     if jobs:
-        report.emit("phase", name="jobs", streaming=streaming)
+        report.emit(events.Phase(name="jobs", streaming=streaming))
     for entry in jobs:
         job = copy.deepcopy(entry["job"])
         job.setdefault("id", "local_test")
-        fields = {"cell": entry.get("cell"), "line": entry.get("line"), "streaming": streaming, "input": job.get("input")}  # JSON, from kit.json
+        where = {"cell": entry.get("cell"), "line": entry.get("line"), "streaming": streaming, "input": job.get("input")}
         if job.get("input") is None:  # what the SDK's local mode refuses too
-            report.emit("job", **fields, ok=False, seconds=0.0, problems=[{"level": "fail", "message": "the job has no `input`"}])
+            report.emit(events.Job(**where, ok=False, seconds=0.0, problems=[Problem("fail", "the job has no `input`")]))
             continue
         expected = direct_calls.expected(entry["job"])
         with captured() as output, progress.capturing() as updates:
@@ -605,24 +625,24 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap, ag
             compared.append(unaggregated)
         size, problems = (None, []) if error else check_result(body)
         problems = compared + problems
-        if expected_error:
-            fields["expected_error"] = {"cell": expected["cell"]}
-        fields.update(updates.fields())
-        shown = {}
+        shown = Shown()
         if chunks is not None:
-            shown = {"chunks": [preview(chunk) for chunk in chunks[:MAX_CHUNKS_SHOWN]], "chunk_count": len(chunks)}
+            shown = shown_chunks(chunks)
         elif "output" in body:
-            shown = {"value": preview(body["output"])}
+            shown = Shown(value=preview(body["output"]))
         report.emit(
-            "job",
-            **fields,
-            ok=(error is None or expected_error) and not any(p["level"] == "fail" for p in problems),
-            seconds=seconds,
-            size=size,
-            error=error,
-            problems=problems,
-            output=output.getvalue(),
-            **shown,
+            events.Job(
+                **where,
+                ok=(error is None or expected_error) and not any(p.level == "fail" for p in problems),
+                seconds=seconds,
+                size=size,
+                error=error,
+                problems=problems,
+                output=output.getvalue(),
+                shown=shown,
+                expected_error=expected["cell"] if expected_error else None,
+                **updates.fields(),
+            )
         )
 
 
@@ -646,106 +666,23 @@ async def run_streaming(handler, job):
     return {"output": chunks}, chunks
 
 
-def job_error(body: dict, sources: SourceMap) -> dict | None:
+def job_error(body: dict, sources: SourceMap) -> Failure | None:
     """The failure the SDK recorded in a job's result, located in the notebook."""
     if "error" not in body:
         return None
-    error = body["error"]
-    if isinstance(error, str):
-        try:
-            info = json.loads(error)  # an exception, as run_job reports it
-        except ValueError:
-            info = None
-        if isinstance(info, dict) and "error_traceback" in info:
-            kind = re.sub(r"^<class '(?:builtins\.)?(.+)'>$", r"\1", info.get("error_type", "Exception"))
-            return {"type": kind.rsplit(".", 1)[-1], "message": info.get("error_message", ""), "where": sources.frames_in_text(info["error_traceback"]), "traceback": info["error_traceback"]}
-        if error.startswith("handler: ") and "\ntraceback: " in error:  # an exception in a generator
-            message, _, trace = error[len("handler: ") :].partition("\ntraceback: ")
-            kind = trace.strip().splitlines()[-1].split(":", 1)[0] if trace.strip() else "Exception"
-            return {"type": kind, "message": message.strip(), "where": sources.frames_in_text(trace), "traceback": trace}
-    return {"type": "returned error", "message": error if isinstance(error, str) else preview(error), "where": []}
+    error = platform.parse_sdk_error(body["error"])
+    where = sources.frames_in_text(error.traceback) if error.traceback else []
+    return Failure(error.type, error.message, where, error.traceback or "")
 
 
-def check_result(body: dict) -> tuple[int | None, list[dict]]:
+def check_result(body: dict) -> tuple[int | None, list[Problem]]:
     """JSON and size checks on the body the worker posts to RunPod (`{"output": ...}`): (bytes, problems)."""
-    try:
-        text = json.dumps(body, ensure_ascii=False)  # as rp_http serialises it
-    except (TypeError, ValueError) as error:
-        path, value = first_non_json(body.get("output"), "output")
-        if value is None:
-            return None, [{"level": "fail", "message": f"the result is not JSON: {error}", "hint": HINT_JSON}]
-        kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
-        return None, [{"level": "fail", "message": f"the result is not JSON: {path} is a {kind}", "hint": json_hint(value)}]
-    size = len(text.encode("utf-8"))
-    problems = []
-    megabytes = f"{size / MB:.1f} MB"
-    if size > RUNSYNC_LIMIT:
-        problems.append(
-            {
-                "level": "fail",
-                "message": f"the result is {megabytes}, over RunPod's 20 MB limit (/runsync): the platform drops it and the client gets the job without output",
-                "hint": HINT_SIZE,
-            }
-        )
-    elif size > RUN_LIMIT:
-        problems.append(
-            {
-                "level": "warn",
-                "message": f"the result is {megabytes}, over RunPod's 10 MB limit for /run: clients must call /runsync",
-                "hint": HINT_SIZE,
-            }
-        )
-    if not _finite(body.get("output")):
-        problems.append({"level": "warn", "message": "the result holds NaN or Infinity, which is not valid JSON for most clients", "hint": "replace them with None"})
-    return size, problems
-
-
-HINT_JSON = "return only dicts, lists, strings, numbers, booleans and None: RunPod carries results as JSON"
-HINT_SIZE = "upload large results (a bucket, the network volume) and return their URL or path instead"
-
-
-def json_hint(value) -> str:
-    module = type(value).__module__.split(".")[0]
-    if module in ("numpy", "torch", "tensorflow", "jax", "jaxlib", "cupy"):
-        return "convert it with .tolist() (a tensor: .cpu().tolist(); a scalar: .item())"
-    if isinstance(value, (bytes, bytearray)):
-        return "encode bytes as text, e.g. base64.b64encode(data).decode()"
-    if isinstance(value, (set, frozenset)):
-        return "return a list instead: sorted(...) or list(...)"
-    if hasattr(value, "isoformat"):
-        return "return value.isoformat()"
-    return HINT_JSON
-
-
-def first_non_json(value, path: str):
-    """The first value inside `value` that json.dumps cannot write, with its path."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return path, None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                return f"a key of {path}", key
-            found = first_non_json(item, f"{path}[{key!r}]")
-            if found[1] is not None:
-                return found
-        return path, None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = first_non_json(item, f"{path}[{index}]")
-            if found[1] is not None:
-                return found
-        return path, None
-    return path, value
-
-
-def _finite(value) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(_finite(v) for v in value)
-    return True
+    output = body.get("output")
+    check = platform.check_payload(output)
+    problems = [] if check.level == "ok" else [Problem(check.level, check.message, check.hint)]
+    if check.size is not None and not platform.is_finite(output):
+        problems.append(Problem("warn", "the result holds NaN or Infinity, which is not valid JSON for most clients", "replace them with None"))
+    return check.size, problems
 
 
 # --------------------------------------------------------------------------- main
@@ -756,23 +693,23 @@ def aggregation(worker: Path, module) -> dict:
     for config, source in ((getattr(module, "RUNPOD_CONFIG", None), "RUNPOD_CONFIG"), (START_CALLS[-1] if START_CALLS else None, "start call")):
         if isinstance(config, dict) and "return_aggregate_stream" in config:
             return {"on": bool(config["return_aggregate_stream"]), "set_by": source}
-    kind = json.loads((worker / "kit.json").read_text(encoding="utf-8")).get("handler_kind") if (worker / "kit.json").is_file() else None
-    if kind is None:
+    manifest = workerdir.Manifest.read(worker)
+    if manifest is None:
         return {"on": not START_CALLS, "set_by": "start call" if START_CALLS else None}  # by hand, under __main__: not known
-    return {"on": kind in ("generator", "async_generator"), "set_by": "export"}
+    return {"on": manifest.streaming, "set_by": "export"}
 
 
-def aggregation_problem(setting: dict | None) -> dict | None:
+def aggregation_problem(setting: dict | None) -> Problem | None:
     """What a generator handler's job gives through /runsync when its chunks are not aggregated."""
     if setting is None or setting["on"]:
         return None
     if setting["set_by"] == "export":
-        return {
-            "level": "fail",
-            "message": "handler.py does not aggregate this generator's chunks (the export could not tell `handler` is a generator), so /runsync and /status give the output []",
-            "hint": 'set RUNPOD_CONFIG = {"return_aggregate_stream": True} in a handler cell',
-        }
-    return {"level": "warn", "message": f"return_aggregate_stream is off ({setting['set_by']}): /runsync and /status give the output []; clients read the chunks from /stream"}
+        return Problem(
+            "fail",
+            "handler.py does not aggregate this generator's chunks (the export could not tell `handler` is a generator), so /runsync and /status give the output []",
+            'set RUNPOD_CONFIG = {"return_aggregate_stream": True} in a handler cell',
+        )
+    return Problem("warn", f"return_aggregate_stream is off ({setting['set_by']}): /runsync and /status give the output []; clients read the chunks from /stream")
 
 
 def started_handler(module):
@@ -784,21 +721,22 @@ def started_handler(module):
     return module.handler
 
 
+
 def main(argv: list[str]) -> int:
     report = Report(int(argv[1]))
     worker = Path.cwd()
-    report.emit("start", worker=str(worker), python=sys.version.split()[0], pid=os.getpid())
+    report.emit(events.Start(worker=str(worker), python=sys.version.split()[0], pid=os.getpid()))
     sources = SourceMap()
     module = import_worker(worker, report, sources)
     if module is None:
-        report.emit("end")
+        report.emit(events.End())
         return 0
     handler = started_handler(module)  # what the worker loop gets, whatever the tests rebind later
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     run_test_cells(worker, module, loop, report, sources)
     run_jobs(worker, handler, loop, report, sources, aggregation(worker, module))
-    report.emit("end")
+    report.emit(events.End())
     return 0
 
 

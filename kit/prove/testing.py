@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,20 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from kit.errors import KitError
+from kit import platform, workerdir
 from kit.build.export import worker_dir
+from kit.errors import KitEnvironmentError, KitError
+from kit.processes import kill_group
+from kit.prove import events
+from kit.prove.events import Event, Failure, Frame
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; a model download in a setup cell can be slow
-# The SDK reads these at import (RUNPOD.md): no queue (so nothing can reach a real endpoint),
-# no fitness checks that dial the internet, and only its errors in the captured output.
-WORKER_ENV = {
-    "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
-    "RUNPOD_SKIP_GPU_CHECK": "true",
-    "RUNPOD_LOG_LEVEL": "ERROR",
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",  # leave the worker directory as exported
-}
-UNSET_ENV = ("RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_WEBHOOK_POST_OUTPUT", "RUNPOD_WEBHOOK_POST_STREAM", "RUNPOD_WEBHOOK_PING", "RUNPOD_REALTIME_PORT", "RUNPOD_ENDPOINT_ID", "RUNPOD_DEBUG_LEVEL")
 OUTPUT_LINES_SHOWN = 12
 
 
@@ -45,52 +38,60 @@ class TestReport:
 
     worker: str
     notebook: str | None = None
-    events: list[dict] = field(default_factory=list)  # as the harness reported them, in order
-    error: str | None = None  # the harness could not finish (crash, timeout)
+    events: list[Event] = field(default_factory=list)  # as the harness reported them, in order
+    error: str | None = None  # the harness could not finish (crash, timeout, a bad event)
     log: str = ""  # the worker process's own stdout/stderr, kept for `error`
 
-    def _of(self, kind: str) -> list[dict]:
-        return [_without(e, "event") for e in self.events if e["event"] == kind]
+    def _of(self, kind: type[Event]) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
 
     @property
     def python(self) -> str | None:
-        return next((e["python"] for e in self._of("start")), None)
+        return next((e.python for e in self._of(events.Start)), None)
 
     @property
-    def cold_start(self) -> dict | None:
-        return next(iter(self._of("cold_start")), None)
+    def cold_start(self) -> events.ColdStart | None:
+        return next(iter(self._of(events.ColdStart)), None)
 
     @property
-    def setup_cells(self) -> list[dict]:
-        return self._of("setup_cell")
+    def setup_cells(self) -> list[events.SetupCell]:
+        return self._of(events.SetupCell)
 
     @property
-    def tests(self) -> list[dict]:
-        return self._of("test")
+    def tests(self) -> list[events.TestCell]:
+        return self._of(events.TestCell)
 
     @property
-    def jobs(self) -> list[dict]:
-        return self._of("job")
+    def jobs(self) -> list[events.Job]:
+        return self._of(events.Job)
 
     @property
     def ok(self) -> bool:
         return (
             self.error is None
-            and bool(self.cold_start and self.cold_start["ok"])
-            and all(t["ok"] for t in self.tests)
-            and all(j["ok"] for j in self.jobs)
+            and bool(self.cold_start and self.cold_start.ok)
+            and all(t.ok for t in self.tests)
+            and all(j.ok for j in self.jobs)
         )
 
     def to_json(self) -> dict:
+        def plain(event: Event | None) -> dict | None:
+            if event is None:
+                return None
+            data = _without(event.to_json(), "event")
+            shown = data.pop("shown", None) or {}  # the report keeps value/chunks beside the other fields
+            data.update({k: v for k, v in shown.items() if v is not None})
+            return data
+
         return {
             "ok": self.ok,
             "notebook": self.notebook,
             "worker": self.worker,
             "python": self.python,
-            "cold_start": self.cold_start,
-            "setup_cells": self.setup_cells,
-            "tests": self.tests,
-            "jobs": self.jobs,
+            "cold_start": plain(self.cold_start),
+            "setup_cells": [plain(e) for e in self.setup_cells],
+            "tests": [plain(e) for e in self.tests],
+            "jobs": [plain(e) for e in self.jobs],
             "error": self.error,
         }
 
@@ -112,8 +113,11 @@ def _without(event: dict, key: str) -> dict:
 def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[dict, TestReport], None] | None = None) -> TestReport:
     """Run the harness on the worker directory `path`; `on_event(event, report)` sees each event as it arrives."""
     path = Path(path).resolve()
-    report = TestReport(worker=str(path), notebook=_manifest(path).get("notebook"))
-    env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV} | WORKER_ENV
+    manifest = workerdir.Manifest.read(path)
+    report = TestReport(worker=str(path), notebook=manifest.notebook if manifest else None)
+    # No queue (nothing can reach a real endpoint), only the SDK's errors in the captured output,
+    # and no bytecode left in the worker directory.
+    env = platform.worker_env({"PYTHONDONTWRITEBYTECODE": "1"}, log_level="ERROR")
     read_fd, write_fd = os.pipe()
     with tempfile.TemporaryFile() as log:
         try:
@@ -129,22 +133,32 @@ def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_e
             )
         finally:
             os.close(write_fd)
-        phase = {"last": None, "finished": False}
+        phase: dict = {"last": None, "finished": False, "problems": []}
 
         def read_events() -> None:
+            # Whatever happens here, keep reading to the end: a reader that stops leaves the
+            # harness blocked on a full pipe until the timeout.
             show = on_event
-            with os.fdopen(read_fd, encoding="utf-8") as events:
-                for line in events:
-                    event = json.loads(line)
+            with os.fdopen(read_fd, encoding="utf-8", errors="replace") as stream:
+                for line in stream:
+                    try:
+                        event = events.decode(line)
+                    except events.BadEvent as error:
+                        phase["problems"].append(str(error))
+                        continue
                     phase["last"] = event
-                    if event["event"] == "end":
+                    if isinstance(event, events.End):
                         phase["finished"] = True
                     report.events.append(event)
-                    if show:
-                        try:
-                            show(event, report)
-                        except BrokenPipeError:
-                            show = None  # whoever read our output left; keep draining the harness
+                    if show is None:
+                        continue
+                    try:
+                        show(event, report)
+                    except BrokenPipeError:
+                        show = None  # whoever read our output left; keep draining the harness
+                    except Exception as error:  # noqa: BLE001 - the caller's callback; report it, keep draining
+                        phase["problems"].append(f"the on_event callback raised {type(error).__name__}: {error}")
+                        show = None
 
         reader = threading.Thread(target=read_events, name="kit-test-events", daemon=True)
         reader.start()
@@ -154,49 +168,36 @@ def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_e
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            _kill_group(process)
+            kill_group(process)
         reader.join(timeout=10)
         log.seek(0)
         report.log = log.read().decode("utf-8", "replace")[-4000:]
 
     if timed_out:
-        report.error = f"timed out after {timeout:g} s {_during(phase['last'], _manifest(path))}"
+        report.error = f"timed out after {timeout:g} s {_during(phase['last'], manifest)}"
     elif not phase["finished"]:
-        report.error = f"the worker process exited with code {process.returncode} {_during(phase['last'], _manifest(path))}"
+        report.error = f"the worker process exited with code {process.returncode} {_during(phase['last'], manifest)}"
+    if phase["problems"]:
+        report.error = "; ".join(([report.error] if report.error else []) + phase["problems"])
     return report
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
-    process.wait()
-
-
-def _during(last: dict | None, manifest: dict | None = None) -> str:
+def _during(last: Event | None, manifest: workerdir.Manifest | None = None) -> str:
     """Where the harness was when it stopped reporting: the phase a timeout or crash hit."""
-    exported = sorted((manifest or {}).get("setup_cells", []) + (manifest or {}).get("handler_cells", []))
-    if last is None or last["event"] in ("start", "setup_cell"):
-        done = last["cell"] if last is not None and last["event"] == "setup_cell" else None
-        following = [c for c in exported if done is None or (c is not None and c > done)]
+    exported = sorted(manifest.setup_cells + manifest.handler_cells) if manifest else []
+    if last is None or isinstance(last, (events.Start, events.SetupCell)):
+        done = last.cell if isinstance(last, events.SetupCell) else None
+        following = [c for c in exported if done is None or c > done]
         if following:
             return f"while running cell {following[0]} of handler.py (the worker's cold start)"
         return "while importing handler.py (the worker's cold start)"
-    if last["event"] == "phase" and last["name"] == "runpod_import":
+    if isinstance(last, events.Phase) and last.name == "runpod_import":
         return "during `import runpod` (the worker's cold start)"
-    if last["event"] == "cold_start" or (last["event"] == "phase" and last["name"] == "tests"):
+    if isinstance(last, events.ColdStart) or (isinstance(last, events.Phase) and last.name == "tests"):
         return "during the first test cell"
-    if last["event"] == "test":
-        return f"after test cell {last['cell']}"
+    if isinstance(last, events.TestCell):
+        return f"after test cell {last.cell}"
     return "while running the jobs"
-
-
-def _manifest(path: Path) -> dict:
-    try:
-        return json.loads((path / "kit.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def run_notebook_tests(target: str | Path, *, out_dir: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT, on_event=None, on_export=None) -> TestReport:
@@ -240,58 +241,81 @@ def _write_json(data: dict, json_path: str) -> None:
     try:
         Path(json_path).write_text(text, encoding="utf-8")
     except OSError as error:
-        raise KitError(f"cannot write the JSON report to {json_path}: {error.strerror}", "choose another --json path") from None
+        raise KitEnvironmentError(f"cannot write the JSON report to {json_path}: {error.strerror}", "choose another --json path") from None
 
 
 # --------------------------------------------------------------------------- formatting
 
 
-def event_lines(event: dict, report: TestReport) -> list[str]:
+def event_lines(event: Event, report: TestReport) -> list[str]:
     """The lines one harness event prints (live, as it arrives, or in `TestReport.lines`)."""
-    kind = event["event"]
-    if kind == "start":
+    if isinstance(event, events.Start):
         source = f" (exported from {report.notebook})" if report.notebook else ""
-        return [f"kit test: {report.worker}{source}", f"cold start (python {event['python']}, fresh process, cwd = the worker directory):"]
-    if kind == "setup_cell":
-        if event["ok"]:
-            return [_row("", _cell_name(event), event["seconds"])]
-        return [_row("FAIL", _cell_name(event), event["seconds"], "the worker fails to start")] + _failure_lines(event["error"], report) + _output_lines(event["output"])
-    if kind == "cold_start":
-        if not event["ok"]:
-            return _failure_lines(event["error"], report) if event.get("error") else []
-        return [_row("", "import runpod", event["runpod_import_seconds"]), _row("", "total", event["seconds"])]
-    if kind == "phase" and event["name"] == "tests":
+        return [f"kit test: {report.worker}{source}", f"cold start (python {event.python}, fresh process, cwd = the worker directory):"]
+    if isinstance(event, events.SetupCell):
+        if event.ok:
+            return [_row("", _cell_name(event), event.seconds)]
+        return [_row("FAIL", _cell_name(event), event.seconds, "the worker fails to start")] + _failure_lines(event.error, report) + _output_lines(event.output)
+    if isinstance(event, events.ColdStart):
+        if not event.ok:
+            return _failure_lines(event.error, report) if event.error else []
+        label = "import runpod" + (f" ({event.runpod_import})" if event.runpod_import else "")
+        return [_row("", label, event.runpod_import_seconds), _row("", "total", event.seconds)]
+    if isinstance(event, events.Phase) and event.name == "tests":
         return ["test cells, in the worker's namespace:"]
-    if kind == "phase" and event["name"] == "jobs":
-        runner = "rp_job.run_job_generator, streamed as a real worker does" if event["streaming"] else "rp_job.run_job, as `python handler.py --test_input` runs it"
+    if isinstance(event, events.Phase) and event.name == "jobs":
+        runner = "rp_job.run_job_generator, streamed as a real worker does" if event.streaming else "rp_job.run_job, as `python handler.py --test_input` runs it"
         return [f"jobs through the runpod SDK ({runner}):"]
-    if kind == "test":
-        lines = [_row("PASS" if event["ok"] else "FAIL", _cell_name(event), event["seconds"])]
-        lines += _output_lines(event["output"]) + _value_lines(event) + _progress_lines(event)
-        if not event["ok"]:
-            lines += _failure_lines(event["error"], report)
+    if isinstance(event, events.TestCell):
+        lines = [_row("PASS" if event.ok else "FAIL", _cell_name(event), event.seconds)]
+        lines += _output_lines(event.output) + _value_lines(event.shown) + _progress_lines(event)
+        if not event.ok and event.error:
+            lines += _failure_lines(event.error, report)
         return lines
-    if kind == "job":
-        status = "PASS" if event["ok"] else "FAIL"
-        if event["ok"] and any(p["level"] == "warn" for p in event["problems"]):
+    if isinstance(event, events.Job):
+        status = "PASS" if event.ok else "FAIL"
+        if event.ok and any(p.level == "warn" for p in event.problems):
             status = "WARN"
-        where = f"cell {event['cell']}, line {event['line']}" if event.get("cell") else "test_input.json"
-        size = f"result {_size(event['size'])}" if event.get("size") is not None else ""
-        lines = [_row(status, f"job from {where}", event["seconds"], size), f"{INDENT}input {_json_preview(event['input'])}"]
-        lines += _value_lines(event) + _progress_lines(event)
-        if event.get("expected_error"):
+        where = f"cell {event.cell}, line {event.line}" if event.cell else "test_input.json"
+        size = f"result {platform.format_size(event.size)}" if event.size is not None else ""
+        lines = [_row(status, f"job from {where}", event.seconds, size), f"{INDENT}input {_json_preview(event.input)}"]
+        lines += _value_lines(event.shown) + _progress_lines(event)
+        if event.expected_error is not None and event.error:
             lines += _expected_error_lines(event)
-        elif event.get("error"):
-            lines += _failure_lines(event["error"], report)
-        for problem in event["problems"]:
-            lines.append(f"{INDENT}{problem['level']}: {problem['message']}")
-            if problem.get("hint"):
-                lines.append(f"{INDENT}hint: {problem['hint']}")
+        elif event.error:
+            lines += _failure_lines(event.error, report)
+        for problem in event.problems:
+            lines.append(f"{INDENT}{problem.level}: {problem.message}")
+            if problem.hint:
+                lines.append(f"{INDENT}hint: {problem.hint}")
         return lines
     return []
 
 
+def _json_preview(value, limit: int = 160) -> str:
+    """A job's input as the client sent it: JSON, keys in their order, cut to one line."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 INDENT = " " * 7
+
+
+def _expected_error_lines(event: events.Job) -> list[str]:
+    """A job whose error is what its direct call in a test cell gave: the error path works."""
+    error = event.error
+    message = f"{error.type}: {error.message}" if error.message else error.type
+    return [f"{INDENT}expected error, as the direct call in cell {event.expected_error} gave: {message}"]
+
+
+def _progress_lines(event: events.TestCell | events.Job) -> list[str]:
+    lines = [f"{INDENT}progress_update: {update}" for update in event.progress]
+    if event.progress_count > len(event.progress):
+        lines.append(f"{INDENT}... {event.progress_count - len(event.progress)} more progress updates")
+    return lines
 
 
 def _row(status: str, label: str, seconds: float, extra: str = "") -> str:
@@ -305,16 +329,16 @@ def summary_lines(report: TestReport) -> list[str]:
         if report.log.strip():
             lines.append("  last output of the worker process:")
             lines += ["    " + line for line in report.log.strip().splitlines()[-OUTPUT_LINES_SHOWN:]]
-    if report.cold_start and report.cold_start["ok"] and not report.tests:
+    if report.cold_start and report.cold_start.ok and not report.tests:
         lines.append("note: no `test` cells, so only the import was checked")
-    if report.cold_start and report.cold_start["ok"] and not report.jobs:
+    if report.cold_start and report.cold_start.ok and not report.jobs:
         lines.append("note: no job literal such as handler({\"input\": {...}}) in a test cell, so no job ran through the SDK")
     counts = []
     for name, items in (("test cell", report.tests), ("job", report.jobs)):
         if items:
-            failed = sum(not item["ok"] for item in items)
+            failed = sum(not item.ok for item in items)
             counts.append(f"{len(items) - failed}/{len(items)} {name}s passed")
-    expected_errors = sum(bool(job.get("expected_error")) for job in report.jobs)
+    expected_errors = sum(job.expected_error is not None for job in report.jobs)
     if expected_errors:
         counts[-1] += f" ({expected_errors} with the error its test expects)"
     verdict = "OK" if report.ok else "FAILED"
@@ -322,30 +346,30 @@ def summary_lines(report: TestReport) -> list[str]:
     return lines
 
 
-def _cell_name(event: dict) -> str:
-    if event.get("cell") is None:
+def _cell_name(event: events.SetupCell | events.TestCell) -> str:
+    if event.cell is None:
         return "handler.py"
-    return f"cell {event['cell']} [{event['tag']}]"
+    return f"cell {event.cell} [{event.tag}]"
 
 
-def _failure_lines(error: dict, report: TestReport) -> list[str]:
-    message = f"{error['type']}: {error['message']}" if error["message"] else error["type"]
+def _failure_lines(error: Failure, report: TestReport) -> list[str]:
+    message = f"{error.type}: {error.message}" if error.message else error.type
     lines = [f"{INDENT}{message}"]
-    frames = error["where"]
+    frames = error.where
     if frames:
         lines.append(f"{INDENT}at {_location(frames[-1], report)}")
-        if len(frames) > 1 and frames[0].get("cell") != frames[-1].get("cell"):
+        if len(frames) > 1 and frames[0].cell != frames[-1].cell:
             lines.append(f"{INDENT}called from {_location(frames[0], report)}")
     return lines
 
 
-def _location(frame: dict, report: TestReport) -> str:
-    if frame.get("cell") is None:
-        where = f"{frame['file']}, line {frame['file_line']}"
+def _location(frame: Frame, report: TestReport) -> str:
+    if frame.cell is None:
+        where = f"{frame.file}, line {frame.file_line}"
     else:
         notebook = report.notebook or "notebook"
-        where = f"{notebook} cell {frame['cell']}, line {frame['line']} ({frame['file']}:{frame['file_line']})"
-    return f"{where}: {frame['code']}" if frame["code"] else where
+        where = f"{notebook} cell {frame.cell}, line {frame.line} ({frame.file}:{frame.file_line})"
+    return f"{where}: {frame.code}" if frame.code else where
 
 
 def _output_lines(output: str) -> list[str]:
@@ -358,49 +382,20 @@ def _output_lines(output: str) -> list[str]:
     return shown
 
 
-def _value_lines(event: dict) -> list[str]:
-    if "chunks" in event:
-        lines = [f"{INDENT}{event['chunk_count']} chunk{'' if event['chunk_count'] == 1 else 's'}:"]
-        lines += [f"{INDENT}  [{i}] {chunk}" for i, chunk in enumerate(event["chunks"])]
-        if event["chunk_count"] > len(event["chunks"]):
-            lines.append(f"{INDENT}  ... {event['chunk_count'] - len(event['chunks'])} more")
+def _value_lines(shown: events.Shown) -> list[str]:
+    if shown.chunks is not None:
+        count = shown.chunk_count or 0
+        lines = [f"{INDENT}{count} chunk{'' if count == 1 else 's'}:"]
+        lines += [f"{INDENT}  [{i}] {chunk}" for i, chunk in enumerate(shown.chunks)]
+        if count > len(shown.chunks):
+            lines.append(f"{INDENT}  ... {count - len(shown.chunks)} more")
         return lines
-    if "value" in event:
-        return [f"{INDENT}-> {event['value']}"]
+    if shown.value is not None:
+        return [f"{INDENT}-> {shown.value}"]
     return []
-
-
-def _json_preview(value, limit: int = 160) -> str:
-    """A job's input as the client sent it: JSON, keys in their order, cut at `limit` characters."""
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _expected_error_lines(event: dict) -> list[str]:
-    """A job whose error is what its direct call in a test cell gave: the error path works."""
-    error = event["error"]
-    message = f"{error['type']}: {error['message']}" if error["message"] else error["type"]
-    return [f"{INDENT}expected error, as the direct call in cell {event['expected_error']['cell']} gave: {message}"]
-
-
-def _progress_lines(event: dict) -> list[str]:
-    if not event.get("progress"):
-        return []
-    lines = [f"{INDENT}progress_update: {update}" for update in event["progress"]]
-    if event["progress_count"] > len(event["progress"]):
-        lines.append(f"{INDENT}... {event['progress_count'] - len(event['progress'])} more progress updates")
-    return lines
 
 
 def _seconds(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.1f} ms"
     return f"{seconds:.2f} s"
-
-
-def _size(size: int) -> str:
-    if size >= 1_000_000:
-        return f"{size / 1_000_000:.1f} MB"
-    if size >= 1000:
-        return f"{size / 1000:.1f} KB"
-    return f"{size} B"

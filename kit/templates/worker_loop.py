@@ -147,6 +147,7 @@ def start(config: dict) -> None:
     """`runpod.serverless.start(config)`, on the fast loop when this runpod version allows it."""
     if WHY_STOCK is None:
         rp_scale.JobScaler = FastJobScaler
+        log.info("worker_loop: running the fast worker loop (fetching on room, no 1 s tick)")
         if _CPU_PROBE_RAN:
             log.info("worker_loop: runpod was imported before worker_loop, so its CPU probe already ran")
     elif os.environ.get(LOOP_ENV):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from nbconvert.exporters import Exporter
 
-from kit.errors import KitError
 from kit.build.export import Worker, build_worker
 from kit.build.notebook import notebook_from_dict
+from kit.errors import KitError
 
 # A fixed timestamp makes the zip of an unchanged notebook byte-for-byte the same.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -56,11 +56,8 @@ def zip_worker(worker: Worker) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(worker.files):
             _add(archive, name, worker.files[name].encode("utf-8"))
-        for source in worker.copies:
-            files = [source] if source.is_file() else sorted(source.rglob("*"))
-            for path in files:
-                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    _add(archive, path.relative_to(source.parent).as_posix(), path.read_bytes())
+        for name, source in sorted(worker.copied_files.items()):
+            _add(archive, name, source.read_bytes())
     return buffer.getvalue()
 
 

@@ -15,9 +15,7 @@ The logic the buttons call (`locate_notebook`, `summarise`, `call_handler`,
 
 from __future__ import annotations
 
-import asyncio
 import html
-import inspect
 import json
 import os
 import subprocess
@@ -28,13 +26,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.errors import KitError
+from kit import platform
 from kit.build.notebook import Notebook, read_notebook
-
-# RunPod's payload limits (see RUNPOD.md): the SDK enforces none, the platform
-# rejects a bigger result at job-done and the result is lost.
-RUN_LIMIT = 10 * 1024 * 1024
-RUNSYNC_LIMIT = 20 * 1024 * 1024
+from kit.errors import KitError
+from kit.ui.runner import HandlerRun, call_handler
 
 TAGGING_HELP = (
     "Tag a cell <code>setup</code>, <code>handler</code> or <code>test</code> — "
@@ -104,137 +99,6 @@ def summarise(notebook: Notebook) -> Summary:
     except KitError as error:
         warnings.append(str(error))
     return Summary(counts, warnings, job)
-
-
-# --------------------------------------------------------------------------- calling the handler
-
-
-@dataclass
-class HandlerRun:
-    kind: str  # "function", "async", "generator" or "async_generator"
-    seconds: float
-    output: object = None  # the return value (None for generators)
-    chunks: list = field(default_factory=list)  # what a generator yielded
-    error: str | None = None  # the traceback when the handler raised
-
-    @property
-    def streamed(self) -> bool:
-        return self.kind in ("generator", "async_generator")
-
-    @property
-    def result(self):
-        """What the job's client gets: the output, or the aggregated stream."""
-        return self.chunks if self.streamed else self.output
-
-
-def call_handler(handler, job: dict, on_chunk=None, on_print=None) -> HandlerRun:
-    """Call `handler(job)` as RunPod's worker would, whatever kind of handler it is.
-
-    Coroutines and async generators run on the panel's own event loop (a
-    thread, not the kernel's loop, which is busy running the kernel); each
-    chunk a generator yields is passed to `on_chunk` as it arrives, and what
-    the handler prints to `on_print` (when given).
-    """
-    on_chunk = on_chunk or (lambda chunk: None)
-    run = HandlerRun(kind="function", seconds=0.0)
-    caller = threading.get_ident()
-    saved = sys.stdout, sys.stderr
-    if on_print is not None:
-        def ours():
-            return threading.get_ident() in (caller, _loop_thread_id)
-
-        sys.stdout = _ThreadOutput(saved[0], ours, on_print)
-        sys.stderr = _ThreadOutput(saved[1], ours, on_print)
-    started = time.perf_counter()
-    try:
-        value = handler(job)
-        if inspect.isasyncgen(value):
-            run.kind = "async_generator"
-            _on_handler_loop(_drain_async(value, run.chunks, on_chunk))
-        elif inspect.isgenerator(value):
-            run.kind = "generator"
-            for chunk in value:
-                run.chunks.append(chunk)
-                on_chunk(chunk)
-        elif inspect.isawaitable(value):
-            run.kind = "async"
-            run.output = _on_handler_loop(_await(value))
-        else:
-            run.output = value
-    except Exception:
-        run.error = traceback.format_exc()
-    finally:
-        run.seconds = time.perf_counter() - started
-        sys.stdout, sys.stderr = saved
-    return run
-
-
-async def _await(awaitable):
-    return await awaitable
-
-
-async def _drain_async(agen, chunks: list, on_chunk) -> None:
-    async for chunk in agen:
-        chunks.append(chunk)
-        on_chunk(chunk)
-
-
-_loop_lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_thread_id: int | None = None
-
-
-def _on_handler_loop(coroutine):
-    """Run `coroutine` on one long-lived loop, so that what the handler caches
-    across jobs (clients, locks) stays bound to the same loop, as in a worker."""
-    global _loop, _loop_thread_id
-    with _loop_lock:
-        if _loop is None or _loop.is_closed():
-            _loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=_loop.run_forever, name="kit-panel-handler-loop", daemon=True)
-            thread.start()
-            _loop_thread_id = thread.ident
-    return asyncio.run_coroutine_threadsafe(coroutine, _loop).result()
-
-
-def payload_report(value) -> tuple[int | None, str]:
-    """The size of `value` as the JSON RunPod sends, and how it compares with the limits."""
-    try:
-        size = len(json.dumps(value).encode("utf-8"))
-    except (TypeError, ValueError) as error:
-        return None, f"not JSON ({error}): RunPod cannot send this result; return plain dicts, lists, strings and numbers"
-    text = f"{format_size(size)} as JSON"
-    if size > RUNSYNC_LIMIT:
-        return size, f"{text}: too big for /run ({format_size(RUN_LIMIT)}) and /runsync ({format_size(RUNSYNC_LIMIT)}); RunPod would lose this result — upload it somewhere and return a URL"
-    if size > RUN_LIMIT:
-        return size, f"{text}: too big for /run ({format_size(RUN_LIMIT)}), fits /runsync ({format_size(RUNSYNC_LIMIT)})"
-    return size, f"{text}: within RunPod's limits (/run {format_size(RUN_LIMIT)}, /runsync {format_size(RUNSYNC_LIMIT)})"
-
-
-def format_size(size: int) -> str:
-    for unit, scale in (("MB", 1024 * 1024), ("kB", 1024)):
-        if size >= scale:
-            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{size} B"
-
-
-class _ThreadOutput:
-    """sys.stdout/stderr while the handler runs: what the handler's threads
-    print goes to the panel; every other thread's output is left alone."""
-
-    def __init__(self, original, ours, write):
-        self._original = original
-        self._ours = ours
-        self._write = write
-
-    def write(self, text):
-        if self._ours():
-            self._write(text)
-            return len(text)
-        return self._original.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self._original, name)
 
 
 # --------------------------------------------------------------------------- the widgets
@@ -421,8 +285,9 @@ class Panel:
                 parts.append(_pre(_render(run.output), "kit-result"))
             if isinstance(run.output, dict) and "error" in run.output:
                 parts.append(_note('the result has an "error" key: RunPod marks this job FAILED', "warning"))
-            size, text = payload_report(run.result)
-            level = "error" if size is None or size > RUN_LIMIT else "info"
+            check = platform.check_payload(run.result)
+            level = {"ok": "info", "warn": "warning", "fail": "error"}[check.level]
+            text = check.message + (f" — {check.hint}" if check.hint else "")
             parts.append(_note(("aggregated stream: " if run.streamed else "result: ") + text, level))
         if printed:
             parts.append(_note("printed:"))

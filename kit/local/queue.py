@@ -1,0 +1,495 @@
+"""RunPod's queue as a plain state machine: jobs and workers, no sockets, no threads.
+
+`Queue` holds every job and worker record and changes them only through its
+methods, each a step of RunPod's protocol (submit, take, stream chunk,
+done, cancel, retry, ping). Time comes from an injected clock and passes only
+in `tick()`, which ends what the clock has run out on: execution timeouts,
+TTLs, result retention, workers that stopped pinging or dropped a job
+without a result. The HTTP routes (`kit.local.routes`) and the thread host
+(`kit.local.emulator`) drive it; unit tests drive it directly with a fake
+clock.
+
+What the host must react to (wake a long-poll, post a webhook) is reported
+through `notify(event, subject)`:
+
+- ``"queued"`` (None): jobs are waiting for a worker;
+- ``"changed"`` (the job): its status, output or stream changed;
+- ``"ended"`` (the job): it reached a final status;
+- ``"stop"`` (the worker): it has job ids to stop on its job-stop channel.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class Status(str, enum.Enum):
+    """A job's status, as RunPod spells it."""
+
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
+RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT})
+
+# RunPod's request policy (ms in requests, seconds here).
+EXECUTION_TIMEOUT = 600.0  # policy.executionTimeout default: 10 minutes
+EXECUTION_TIMEOUT_RANGE = (5.0, 7 * 24 * 3600.0)  # allowed: 5 s to 7 days
+TTL = 24 * 3600.0  # policy.ttl default: a job lives at most 24 h from submission, whatever its state
+TTL_RANGE = (10.0, 7 * 24 * 3600.0)  # allowed: 10 s to 7 days
+
+# How long results stay fetchable after a job ends, as on RunPod: 30 minutes
+# for /run, 1 minute for /runsync.
+RETENTION_RUN = 30 * 60.0
+RETENTION_RUNSYNC = 60.0
+
+# A worker that has pinged and then stays silent this long is frozen or hung
+# (the SDK pings every RUNPOD_PING_INTERVAL, 2 s here): its jobs fail.
+PING_TIMEOUT = 12.0
+# A job its worker's pings stop listing, with no result posted, was dropped by
+# the SDK (a result it could not serialise or send): it fails after this many
+# consecutive pings without it.
+DROPPED_AFTER_PINGS = 3
+
+_ABSENT = object()
+
+
+class RequestError(ValueError):
+    """A request the queue refuses; its message is the client's error text."""
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    input: Any
+    extra: dict  # other request fields (webhook, policy, ...): they reach the handler's job dict
+    sync: bool
+    submitted: float
+    execution_timeout: float
+    expires: float  # submitted + policy.ttl; /status?ttl= moves it
+    status: Status = Status.IN_QUEUE
+    output: Any = _ABSENT
+    error: Any = _ABSENT
+    chunks: list = field(default_factory=list)  # every stream chunk, in order
+    read: int = 0  # chunks already handed to /stream
+    worker: str | None = None
+    taken: float | None = None
+    finished: float | None = None
+    done_posts: int = 0
+    unlisted_pings: int = 0  # consecutive pings of its worker that did not list it
+    retries: int = 0
+
+    @property
+    def webhook(self) -> str | None:
+        hook = self.extra.get("webhook")
+        return hook if isinstance(hook, str) and hook else None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def state(self) -> dict:
+        """The job as /status shows it."""
+        state: dict[str, Any] = {"id": self.id, "status": self.status.value}
+        if self.taken is not None:
+            state["delayTime"] = round((self.taken - self.submitted) * 1000)
+            if self.finished is not None:
+                state["executionTime"] = round((self.finished - self.taken) * 1000)
+        if self.worker is not None:
+            state["workerId"] = self.worker
+        if self.output is not _ABSENT:
+            state["output"] = self.output
+        if self.error is not _ABSENT:
+            state["error"] = self.error
+        if self.retries:
+            state["retries"] = self.retries
+        return state
+
+    def webhook_body(self) -> dict:
+        """What RunPod POSTs to the job's webhook: the /status body plus its input and webhook."""
+        body = {**self.state(), "input": self.input, "webhook": self.webhook}
+        body.setdefault("delayTime", 0)
+        body.setdefault("executionTime", 0)
+        return body
+
+
+@dataclass(eq=False)
+class Worker:
+    id: str
+    jobs: set = field(default_factory=set)  # ids of jobs in flight
+    stops: list = field(default_factory=list)  # job ids to send on the stop channel
+    cancelled: set = field(default_factory=set)  # stopped jobs its pings may still list
+    first_request: float | None = None  # first job-take: the worker is up
+    first_job: float | None = None
+    last_ping: float | None = None
+    unresponsive: str | None = None  # why it is no longer handed jobs (missed pings)
+    released: bool = False  # shutting down or gone: no more jobs for it
+    refresh: bool = False  # its last job asked for stopPod (refresh_worker)
+
+
+@dataclass
+class Counters:
+    """What happened to every job since the queue started."""
+
+    submitted: int = 0
+    taken: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    timed_out: int = 0
+    expired: int = 0  # removed by their TTL before they ended
+    retried: int = 0
+    duplicate_results: int = 0  # a second job-done for a finished job: must stay 0
+    unknown_results: int = 0  # job-done for a job id the queue never issued
+    foreign_results: int = 0  # job-done from a worker that does not hold the job
+
+
+_COUNTER = {
+    Status.COMPLETED: "completed",
+    Status.FAILED: "failed",
+    Status.CANCELLED: "cancelled",
+    Status.TIMED_OUT: "timed_out",
+}
+
+
+def _ms_policy(policy: dict, key: str, default: float, bounds: tuple[float, float] | None) -> float:
+    if key not in policy:
+        return default
+    value = policy[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise RequestError(f"policy.{key} must be a number of milliseconds, not {value!r}")
+    seconds = value / 1000
+    low, high = bounds or (0.001, float("inf"))
+    if not low <= seconds <= high:
+        raise RequestError(f"policy.{key} must be between {low * 1000:.0f} and {high * 1000:.0f} ms, not {value}")
+    return seconds
+
+
+class Queue:
+    """Jobs and workers of one local endpoint. Every method is a step; none blocks."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        notify: Callable[[str, Any], None] = lambda event, subject: None,
+        execution_timeout: float = EXECUTION_TIMEOUT,
+        ping_timeout: float = PING_TIMEOUT,
+    ):
+        low, high = EXECUTION_TIMEOUT_RANGE
+        if not low <= execution_timeout <= high:
+            raise ValueError(f"the execution timeout must be between {low:.0f} s and 7 days, not {execution_timeout} s")
+        self.clock = clock
+        self.notify = notify
+        self.execution_timeout = execution_timeout
+        self.ping_timeout = ping_timeout
+        self.counters = Counters()
+        self.jobs: dict[str, Job] = {}
+        self.queue: deque[Job] = deque()
+        self.workers: dict[str, Worker] = {}
+
+    # ------------------------------------------------------------ clients
+    def submit(self, request: dict, *, sync: bool = False) -> Job:
+        """Enqueue a job as `POST /run` (or `/runsync`) does. Raises RequestError for a bad request."""
+        if not isinstance(request, dict) or "input" not in request:
+            raise RequestError('request body must be a JSON object with an "input" key')
+        policy = request.get("policy", {})
+        if not isinstance(policy, dict):
+            raise RequestError("policy must be a JSON object")
+        execution_timeout = _ms_policy(policy, "executionTimeout", self.execution_timeout, EXECUTION_TIMEOUT_RANGE)
+        ttl = _ms_policy(policy, "ttl", TTL, TTL_RANGE)
+        webhook = request.get("webhook")
+        if webhook is not None and not (isinstance(webhook, str) and webhook.startswith(("http://", "https://"))):
+            raise RequestError(f"webhook must be an http(s) URL, not {webhook!r}")
+        now = self.clock()
+        job = Job(
+            id=f"{'sync-' if sync else ''}{uuid.uuid4()}-e1",
+            input=request["input"],
+            extra={k: v for k, v in request.items() if k not in ("id", "input")},
+            sync=sync,
+            submitted=now,
+            execution_timeout=execution_timeout,
+            expires=now + ttl,
+        )
+        self.jobs[job.id] = job
+        self.queue.append(job)
+        self.counters.submitted += 1
+        self.notify("queued", None)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def read_stream(self, job: Job) -> list[dict]:
+        """Stream chunks not yet handed out, each `{"output": chunk}`, as /stream answers."""
+        chunks = job.chunks[job.read :]
+        job.read = len(job.chunks)
+        return [{"output": chunk} for chunk in chunks]
+
+    def set_ttl(self, job: Job, seconds: float) -> None:
+        """`/status/{id}?ttl=ms`: remove this job (queued, running or done) that long from now."""
+        if not 0 < seconds <= TTL_RANGE[1]:
+            raise RequestError(f"ttl must be a positive number of milliseconds up to 7 days, not {seconds * 1000:g}")
+        job.expires = self.clock() + seconds
+
+    def cancel(self, job: Job) -> None:
+        if job.final:
+            return
+        if job.status is Status.IN_QUEUE:
+            self.queue.remove(job)
+        self._finish(job, Status.CANCELLED)
+
+    def purge(self) -> int:
+        queued = list(self.queue)
+        for job in queued:
+            self.cancel(job)
+        return len(queued)
+
+    def retry(self, job: Job) -> None:
+        """`POST /retry/{id}`: a FAILED or TIMED_OUT job goes back in the queue under its id."""
+        if job.status not in RETRYABLE:
+            raise RequestError(f"job {job.id} is {job.status.value}; only FAILED or TIMED_OUT jobs can be retried")
+        job.status, job.output, job.error = Status.IN_QUEUE, _ABSENT, _ABSENT
+        job.chunks, job.read, job.worker, job.taken, job.finished = [], 0, None, None, None
+        job.done_posts, job.unlisted_pings = 0, 0
+        job.retries += 1
+        job.submitted = self.clock()
+        self.queue.append(job)
+        self.counters.retried += 1
+        self.notify("changed", job)
+        self.notify("queued", None)
+
+    def health(self) -> dict:
+        in_progress = sum(1 for job in self.jobs.values() if job.status is Status.IN_PROGRESS)
+        alive = [w for w in self.workers.values() if not w.released]
+        healthy = [w for w in alive if w.unresponsive is None]
+        running = sum(1 for w in healthy if w.jobs)
+        ready = sum(1 for w in healthy if w.first_request is not None)
+        return {
+            "jobs": {
+                "completed": self.counters.completed,
+                "failed": self.counters.failed + self.counters.timed_out,
+                "inProgress": in_progress,
+                "inQueue": len(self.queue),
+                "retried": self.counters.retried,
+            },
+            "workers": {
+                "idle": ready - running,
+                "initializing": len(healthy) - ready,
+                "ready": ready,
+                "running": running,
+                "throttled": 0,
+                "unhealthy": len(alive) - len(healthy),
+            },
+        }
+
+    # ------------------------------------------------------------ workers
+    def worker(self, worker_id: str) -> Worker:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            worker = self.workers[worker_id] = Worker(worker_id)
+        return worker
+
+    def may_take(self, worker: Worker) -> bool:
+        return not worker.released and worker.unresponsive is None
+
+    def take(self, worker: Worker, count: int = 1) -> list[dict]:
+        """Up to `count` queued jobs for the worker, as job-take hands them out."""
+        now = self.clock()
+        if worker.first_request is None:
+            worker.first_request = now
+        taken = []
+        while self.queue and len(taken) < count and self.may_take(worker):
+            job = self.queue.popleft()
+            job.status, job.worker, job.taken = Status.IN_PROGRESS, worker.id, now
+            job.unlisted_pings = 0
+            worker.jobs.add(job.id)
+            self.counters.taken += 1
+            taken.append({"id": job.id, "input": job.input, **job.extra})
+            self.notify("changed", job)
+        if taken and worker.first_job is None:
+            worker.first_job = now
+        return taken
+
+    def take_stops(self, worker: Worker) -> list[str]:
+        stops, worker.stops = worker.stops, []
+        return stops
+
+    def _held(self, worker_id: str, job_id: str) -> Job:
+        """The job a worker posts about; RequestError (counted) when it is unknown or not the worker's."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            self.counters.unknown_results += 1
+            raise LookupError("request does not exist")
+        if job.worker != worker_id:
+            self.counters.foreign_results += 1
+            raise PermissionError(f"worker {worker_id} does not hold job {job_id}")
+        return job
+
+    def done(self, worker_id: str, job_id: str, body: Any) -> None:
+        """A job-done post: a progress update, a result or an error.
+
+        Raises LookupError for an unknown job, PermissionError when another
+        worker holds it, RequestError for a body that is not a JSON object.
+        """
+        if not isinstance(body, dict):
+            raise RequestError("result must be a JSON object")
+        job = self._held(worker_id, job_id)
+        if body.get("stopPod"):
+            self.worker(worker_id).refresh = True
+        if body.get("status") == "IN_PROGRESS":  # runpod.serverless.progress_update
+            if job.status is Status.IN_PROGRESS:
+                job.output = body.get("output")
+                self.notify("changed", job)
+            return
+        job.done_posts += 1
+        if job.done_posts > 1:
+            self.counters.duplicate_results += 1
+        if job.final:  # cancelled, timed out, or the worker was declared dead
+            return
+        output = body.get("output", _ABSENT)
+        if body.get("error"):
+            self._finish(job, Status.FAILED, output=output, error=body["error"])
+        else:
+            self._finish(job, Status.COMPLETED, output=output)
+
+    def stream(self, worker_id: str, job_id: str, body: Any) -> None:
+        """A job-stream post: one chunk a generator handler yielded."""
+        if not isinstance(body, dict):
+            raise RequestError("stream chunk must be a JSON object")
+        job = self._held(worker_id, job_id)
+        if job.status is Status.IN_PROGRESS:
+            job.chunks.append(body.get("output"))
+            self.notify("changed", job)
+
+    def fail_result(self, worker_id: str, job_id: str, reason: str) -> None:
+        """A job-done post the emulator could not accept (too large): the job fails, naming why."""
+        job = self._held(worker_id, job_id)
+        job.done_posts += 1
+        if not job.final:
+            self._finish(job, Status.FAILED, error=reason)
+
+    def ping(self, worker: Worker, running: set[str]) -> None:
+        """A heartbeat listing the job ids the worker's SDK is running."""
+        now = self.clock()
+        worker.last_ping = now
+        if worker.unresponsive is not None:
+            worker.unresponsive = None  # it came back (SIGCONT): it may take jobs again
+            self.notify("queued", None)
+        # A stop that reached the SDK before the job's task existed is dropped
+        # there; while the worker still reports the job, send the stop again.
+        for job_id in list(worker.cancelled):
+            if job_id in running:
+                self._signal_stop(worker, job_id)
+            else:
+                worker.cancelled.discard(job_id)
+        for job_id in list(worker.jobs):
+            job = self.jobs[job_id]
+            if job_id in running:
+                job.unlisted_pings = 0
+                continue
+            job.unlisted_pings += 1
+            if job.unlisted_pings >= DROPPED_AFTER_PINGS:
+                self._finish(
+                    job,
+                    Status.FAILED,
+                    error=f"worker {worker.id} stopped running this job without posting a result "
+                    "(the SDK could not serialise or send it; see the worker log)",
+                )
+
+    def release(self, worker: Worker) -> None:
+        worker.released = True
+        self.notify("stop", worker)
+
+    def worker_exited(self, worker_id: str, reason: str) -> list[str]:
+        """The worker process is gone: fail the jobs it held. Its id may be used again."""
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return []
+        lost = sorted(worker.jobs)
+        for job_id in lost:
+            self._finish(self.jobs[job_id], Status.FAILED, error=f"worker {worker_id} {reason} while running this job")
+        self.notify("queued", None)
+        return lost
+
+    # ------------------------------------------------------------- time
+    def tick(self) -> None:
+        """End what the clock has run out on. The host calls this every fraction of a second."""
+        now = self.clock()
+        for job in list(self.jobs.values()):
+            if now > job.expires:
+                self._expire(job)
+            elif job.final:
+                if now - job.finished > (RETENTION_RUNSYNC if job.sync else RETENTION_RUN):
+                    del self.jobs[job.id]
+            elif job.status is Status.IN_PROGRESS and now - job.taken > job.execution_timeout:
+                self._finish(
+                    job,
+                    Status.TIMED_OUT,
+                    error=f"job timed out after {job.execution_timeout * 1000:.0f} ms (policy.executionTimeout)",
+                )
+        for worker in self.workers.values():
+            if worker.released or worker.unresponsive is not None or worker.last_ping is None:
+                continue
+            silent = now - worker.last_ping
+            if silent > self.ping_timeout:
+                worker.unresponsive = f"no ping for {silent:.0f} s"
+                for job_id in sorted(worker.jobs):
+                    self._finish(
+                        self.jobs[job_id],
+                        Status.FAILED,
+                        error=f"worker {worker.id} stopped sending pings for {silent:.0f} s "
+                        "(frozen or hung) while running this job",
+                    )
+
+    def _expire(self, job: Job) -> None:
+        """Its TTL ran out: the job is gone whatever its state, as on RunPod (/status answers 404)."""
+        if job.final:
+            del self.jobs[job.id]
+            return
+        if job.status is Status.IN_QUEUE:
+            self.queue.remove(job)
+        elif job.worker in self.workers:
+            worker = self.workers[job.worker]
+            worker.jobs.discard(job.id)
+            self._signal_stop(worker, job.id)
+        del self.jobs[job.id]
+        self.counters.expired += 1
+        self.notify("changed", job)
+
+    # ----------------------------------------------------------- endings
+    def _finish(self, job: Job, status: Status, *, output: Any = _ABSENT, error: Any = _ABSENT) -> None:
+        was_running = job.status is Status.IN_PROGRESS
+        job.status, job.finished = status, self.clock()
+        if output is not _ABSENT:
+            job.output = output
+        if error is not _ABSENT:
+            job.error = error
+        worker = self.workers.get(job.worker) if job.worker is not None else None
+        if worker is not None:
+            worker.jobs.discard(job.id)
+            if was_running and status in (Status.CANCELLED, Status.TIMED_OUT):
+                self._signal_stop(worker, job.id)  # the SDK's own job-stop cancels the handler's task
+        counter = _COUNTER[status]
+        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+        self.notify("changed", job)
+        self.notify("ended", job)
+
+    def _signal_stop(self, worker: Worker, job_id: str) -> None:
+        if job_id not in worker.stops:
+            worker.stops.append(job_id)
+        worker.cancelled.add(job_id)
+        self.notify("stop", worker)
