@@ -466,7 +466,7 @@ def test_an_error_path_test_passes_and_its_job_shows_the_expected_error(tmp_path
     code, out, _ = kit_test(capsys, nb)
     assert code == 0, out
     assert line_with(out, "job from cell 3").split()[0] == "PASS"
-    assert "expected error, as the direct call in cell 3 gave: returned error: ['prompt is a required input.']" in out
+    assert "expected error, as the direct call in cell 3 gave: returned error: [\"prompt is a required input.\"]" in out
     assert line_with(out, "job from cell 4").split()[0] == "PASS"
     assert "expected error, as the direct call in cell 4 gave: ValueError: boom!" in out
     assert out.splitlines()[-1] == "OK: 3/3 test cells passed, 3/3 jobs passed (2 with the error its test expects)"
@@ -744,7 +744,7 @@ def test_a_callback_that_raises_is_reported_and_the_harness_still_finishes(tmp_p
 def test_a_line_on_the_report_pipe_that_is_not_an_event_is_reported(tmp_path):
     from kit.prove.testing import run_notebook_tests
 
-    garbage = ("test", "import os, sys\nos.write(int(sys.argv[1]), b'{not an event\\n')")
+    garbage = ("test", "import os, sys\nos.write(int(sys.orig_argv[-1]), b'{not an event\\n')")  # sys.argv is the worker's
     nb = write_notebook(tmp_path / "garbage.ipynb", ECHO_SETUP, ECHO_HANDLER, garbage, ("test", "assert handler({'input': {}})"))
     report = run_notebook_tests(nb, timeout=120)
     assert "not an event of the kit test harness" in report.error

@@ -420,7 +420,8 @@ class DirectCalls:
         except Exception:  # noqa: BLE001 - an uncopyable result cannot be compared
             return
         if isinstance(value, dict) and value.get("error"):
-            self._record(job, {"kind": "error", "type": "returned error", "message": value["error"] if isinstance(value["error"], str) else preview(value["error"])})
+            returned = platform.parse_sdk_error(value["error"])  # as job_error reads the SDK's copy of it
+            self._record(job, {"kind": "error", "type": returned.type, "message": returned.message})
             return
         self._record(job, {"kind": "output", "value": value})
 
