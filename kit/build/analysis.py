@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import ast
 import builtins
+import difflib
 import symtable
 import warnings
 from dataclasses import dataclass, field
 
 from kit.build.ipython import TranslatedCell, translate
 from kit.errors import KitWarning
-from kit.build.notebook import Notebook
+from kit.build.notebook import ROLES, Notebook
+from kit.build.start_options import StartOptions, check_start_options, rewrite_start_calls
 
 MODULE_NAMES = {"__name__", "__file__", "__doc__", "__builtins__", "__spec__", "__loader__", "__package__", "__path__", "__annotations__", "__dict__"}
 NOTEBOOK_ONLY_NAMES = {
@@ -59,6 +61,7 @@ class Analysis:
     future_imports: list[str]
     imports: list[Import]
     warnings: list[KitWarning] = field(default_factory=list)
+    start: StartOptions = field(default_factory=StartOptions)  # RUNPOD_CONFIG, the options of the worker's start
 
 
 def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool = False) -> ast.Module:
@@ -94,6 +97,7 @@ def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool 
 
 def analyse(notebook: Notebook) -> Analysis:
     """Translate, parse and check the exported cells. Raises KitError on the first problem."""
+    check_near_miss_tags(notebook)
     if not notebook.with_role("handler"):
         where = _defined_in(notebook, "handler", roles=(None, "setup", "test"))
         hint = "tag the cell that defines handler(job) with `handler`"
@@ -104,22 +108,55 @@ def analyse(notebook: Notebook) -> Analysis:
     cells = []
     for cell in notebook.exported_cells:
         translated = translate(notebook, cell, "export")
-        cells.append(ParsedCell(translated, parse(notebook, translated)))
+        cells.append(_without_start_calls(notebook, ParsedCell(translated, parse(notebook, translated))))
 
     handler_def = _check_handler(notebook, cells)
+    start = check_start_options(notebook, cells)
     future = _hoist_future_imports(cells)
     _check_names(notebook, cells, lazy_annotations="annotations" in future)
 
     analysis = Analysis(
         cells=cells,
-        handler_kind=_handler_kind(handler_def),
+        handler_kind=_handler_kind(_resolve_handler(notebook, cells, handler_def, start)),
         has_concurrency_modifier=any("concurrency_modifier" in _module_bindings(c.tree) for c in cells),
         future_imports=future,
         imports=_imports(cells),
+        warnings=[KitWarning(message, notebook.name, cell, line) for cell, line, message in start.warnings],
+        start=start,
     )
     for parsed in cells:
         analysis.warnings += parsed.translated.warnings
     return analysis
+
+
+def check_near_miss_tags(notebook: Notebook) -> None:
+    """A tag a letter or a case away from a role (`tests`, `Setup`) is a mistake, not scratch.
+
+    Ignored, it would drop a setup cell or skip every test in silence (a green CI
+    with nothing tested), so it is an export error naming the tag.
+    """
+    for cell in notebook.cells:
+        if cell.kind != "code":
+            continue
+        for tag in cell.tags:
+            if tag in ROLES:
+                continue
+            close = [tag.lower()] if tag.lower() in ROLES else difflib.get_close_matches(tag.lower(), ROLES, n=1, cutoff=0.8)
+            if close and close[0] != cell.role:
+                raise notebook.error(
+                    f"tag `{tag}` is not a kit role, so the cell would be ignored",
+                    f"did you mean `{close[0]}`? (the roles are `setup`, `handler` and `test`, in lower case)",
+                    cell=cell.index,
+                )
+
+
+def _role_name(cell) -> str:
+    """How a message names a cell's role: its role, or what its tags are when it has none."""
+    if cell.role:
+        return cell.role
+    if cell.tags:
+        return "tagged " + ", ".join(f"`{t}`" for t in cell.tags) + ", not a kit role"
+    return "untagged"
 
 
 # --------------------------------------------------------------------------- handler
@@ -147,6 +184,13 @@ def _check_handler(notebook: Notebook, cells: list[ParsedCell]):
                 cell=where,
             )
         first = notebook.with_role("handler")[0]
+        found = [n.name for c in cells if c.role == "handler" for n in c.tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        if found:
+            raise notebook.error(
+                f"no function named `handler` in the cells tagged `handler` (found `{'`, `'.join(found)}`)",
+                f"rename it `def handler(job):`, or add `handler = {found[-1]}`",
+                cell=first.index,
+            )
         raise notebook.error(
             "no handler function is defined in the cells tagged `handler`",
             "define `def handler(job):` in a cell tagged `handler`",
@@ -157,6 +201,41 @@ def _check_handler(notebook: Notebook, cells: list[ParsedCell]):
         _check_signature(notebook, parsed, node)
         return node
     return None  # `handler = something`: its kind cannot be known statically
+
+
+def _without_start_calls(notebook: Notebook, parsed: ParsedCell) -> ParsedCell:
+    """The cell with a pasted runpod.serverless.start(...) turned into RUNPOD_CONFIG (see start_options)."""
+    source, notes = rewrite_start_calls(notebook, parsed.index, parsed.translated.source, parsed.tree)
+    if not notes:
+        return parsed
+    parsed.translated.source = source
+    for line, message in notes:
+        parsed.translated.warn(line, message)
+    parsed.tree = parse(notebook, parsed.translated)
+    return parsed
+
+
+def _resolve_handler(notebook: Notebook, cells: list[ParsedCell], definition, start: StartOptions):
+    """The function the worker starts with: `handler`, through aliases (`handler = async_generator_handler`)
+    and RUNPOD_CONFIG's "handler", so its kind (a generator?) is known. None when it cannot be known."""
+    functions = {}
+    for parsed in cells:
+        for node in parsed.tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions[node.name] = (parsed, node)
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Name):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        functions[target.id] = (parsed, node)
+    name = start.handler_name or "handler"
+    node = functions.get(name, (None, definition))[1]
+    for _ in range(10):  # alias chains are short; a cycle is not followed forever
+        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in functions):
+            break
+        parsed, node = functions[node.value.id]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            _check_signature(notebook, parsed, node)
+    return node if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
 
 
 def _defines(node: ast.stmt, name: str) -> bool:
@@ -246,7 +325,7 @@ def _check_names(notebook: Notebook, cells: list[ParsedCell], lazy_annotations: 
                 raise notebook.error(f"`{name}` is not defined in a worker", NOTEBOOK_ONLY_NAMES[name], cell=parsed.index, line=line)
             where = _defined_in(notebook, name, roles=(None, "test"))
             if where:
-                role = notebook.cells[where - 1].role or "untagged"
+                role = _role_name(notebook.cells[where - 1])
                 raise notebook.error(
                     f"`{name}` is defined only in cell {where} ({role}), which is not exported",
                     f"tag cell {where} `setup`, or move the definition into a `setup` or `handler` cell",
@@ -404,6 +483,50 @@ def parse_test_cells(notebook: Notebook) -> list[TestCell]:
         translated = translate(notebook, cell, "test")
         cells.append(TestCell(translated, parse(notebook, translated, top_level_await=True)))
     return cells
+
+
+def test_name_warnings(notebook: Notebook, analysis: Analysis, test_cells: list[TestCell]) -> list[tuple[int, int, str]]:
+    """(cell, line, message) for names a test cell reads that only an untagged cell defines.
+
+    kit test runs the test cells in the worker's namespace, without the untagged
+    cells, so such a name is a NameError there: say where it is defined.
+    """
+    known = set(dir(builtins)) | MODULE_NAMES
+    for parsed in analysis.cells:
+        known |= {n.id for n in ast.walk(parsed.tree) if isinstance(n, ast.Name)} | _module_bindings(parsed.tree)
+    for test in test_cells:
+        known |= _all_bindings(test.tree)
+    found = []
+    for test in test_cells:
+        for name in sorted({n.id for n in ast.walk(test.tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - known):
+            where = _defined_in(notebook, name, roles=(None,))
+            if where:
+                found.append(
+                    (
+                        test.translated.cell.index,
+                        _first_use(test.tree, name),
+                        f"`{name}` is defined only in cell {where} ({_role_name(notebook.cells[where - 1])}), which kit test does not run: "
+                        f"tag cell {where} `setup` (or `test`), or define it in this cell",
+                    )
+                )
+    return found
+
+
+def _all_bindings(tree: ast.Module) -> set[str]:
+    """Every name a piece of code binds anywhere (assignments, imports, defs, arguments, loop targets)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
 
 
 def find_jobs(trees: list[tuple[int, ast.Module]]) -> list[dict]:

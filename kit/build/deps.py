@@ -151,7 +151,10 @@ def infer_requirements(
         for requirement in parsed.translated.pip:
             name = project_name(requirement.spec)
             unnamed_pip |= name is None
-            add(name or requirement.spec, requirement.spec, f"%pip (cell {requirement.cell})")
+            spec, reason = requirement.spec, f"%pip (cell {requirement.cell})"
+            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec) and _installed(spec):  # `%pip install numpy`: pin what the notebook ran with
+                spec, reason = pinned(name), f"%pip (cell {requirement.cell}), pinned to the installed version"
+            add(name or spec, spec, reason)
     for spec in extra:
         if not spec.strip() or any(not c.isprintable() for c in spec):
             raise KitError(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.build import runtime
-from kit.build.analysis import Analysis, analyse, find_jobs, parse_test_cells
+from kit.build.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
 from kit.build.deps import Requirements, infer_requirements
 from kit.errors import KitEnvironmentError, KitError, KitWarning
 
@@ -73,6 +73,7 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
     warnings = list(analysis.warnings)
     for test in test_cells:
         warnings += test.translated.warnings
+    warnings += [KitWarning(message, notebook.name, cell, line) for cell, line, message in test_name_warnings(notebook, analysis, test_cells)]
     warnings += requirements.warnings
 
     jobs = []
@@ -164,7 +165,7 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
     # worker_loop.py). Importing handler.py (kit test, the notebook) runs neither.
     header.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)\n')
     cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
-    return percent.render("".join(header), cells, runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier))
+    return percent.render("".join(header), cells, runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier, analysis.start.config_name))
 
 
 def _render_tests(notebook: Notebook, test_cells, command: str) -> str:

@@ -19,7 +19,8 @@ from kit.workerdir import GENERATOR_KINDS
 
 
 
-def main_block(handler_kind: str, has_concurrency_modifier: bool) -> str:
+def main_block(handler_kind: str, has_concurrency_modifier: bool, config_name: str | None = None) -> str:
+    """`config_name`: the notebook's RUNPOD_CONFIG (start options), spread last so each of its keys wins."""
     if has_concurrency_modifier:
         modifier_def = ""
         modifier = "concurrency_modifier"
@@ -47,9 +48,16 @@ def main_block(handler_kind: str, has_concurrency_modifier: bool) -> str:
         '            "handler": handler,\n'
         f'            "concurrency_modifier": {modifier},\n'
         f"{stream}"
+        f"{_notebook_options(config_name)}"
         "        }\n"
         "    )\n"
     )
+
+
+def _notebook_options(config_name: str | None) -> str:
+    if not config_name:
+        return ""
+    return f"            **{config_name},  # the notebook's options for runpod.serverless.start\n"
 
 
 def support_files() -> dict[str, str]:

@@ -36,6 +36,8 @@ class _Process:
     log_path: Path
     log_offset: int = 0  # where this process's output starts in the (appended) log
 
+    refreshing: bool = False  # asked to stop by a refresh_worker job; restarted when it exits
+
 
 class WorkerPool:
     """N worker processes running `handler.py` against an emulator, kept alive."""
@@ -88,6 +90,7 @@ class WorkerPool:
         for worker_id, process in list(self.processes.items()):
             code = process.popen.poll()
             if code is None:
+                self._refresh_if_asked(worker_id, process)
                 continue
             kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
             asked_to_refresh = self.emulator.expected_exit(worker_id)
@@ -99,7 +102,9 @@ class WorkerPool:
             # A refresh is a clean exit with nothing in flight: a worker that took more jobs
             # after its refresh job and then died is reported like any other death.
             refreshed = asked_to_refresh and code == 0 and not lost
-            if not refreshed:
+            if refreshed:
+                self.say(f"{worker_id} restarted: its job returned refresh_worker: true (RunPod restarts the worker then)")
+            else:
                 message = f"{worker_id} exited with code {code} (log: {process.log_path})"
                 if setup_error:
                     message = f"{worker_id}'s setup failed: {setup_error}; it exited with code {code} (log: {process.log_path})"
@@ -120,6 +125,16 @@ class WorkerPool:
                         f"see {process.log_path}",
                     )
             self._spawn(worker_id)
+
+    def _refresh_if_asked(self, worker_id: str, process: _Process) -> None:
+        """A job returned `refresh_worker: true`: the SDK posts stopPod and RunPod stops the worker,
+        so module state starts over. Here: no more jobs for it, SIGTERM (it drains), and check()
+        starts a fresh process when it has exited."""
+        if process.refreshing or not self.emulator.expected_exit(worker_id):
+            return
+        process.refreshing = True
+        self.emulator.release_worker(worker_id)
+        process.popen.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """SIGTERM every worker, let the SDK drain jobs in flight, SIGKILL what is left."""

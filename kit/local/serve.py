@@ -81,6 +81,7 @@ def serve(
 
 def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Path) -> None:
     example = workerdir.example_job(path) or {"input": {}}
+    example = {k: v for k, v in example.items() if k != "id"}  # a client sends only the body: RunPod gives the job its id
     auth = f" -H 'Authorization: Bearer {emulator.api_key}'" if emulator.api_key else ""
     print(
         f"kit serve: {path}/handler.py on {workers} worker(s) (logs: {log_dir})\n"

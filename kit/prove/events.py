@@ -92,7 +92,7 @@ class ColdStart(Event):
 @dataclass
 class Phase(Event):
     kind: ClassVar[str] = "phase"
-    name: str  # "tests" or "jobs"
+    name: str  # "runpod_import", "tests" or "jobs"
     streaming: bool = False
 
 
@@ -116,6 +116,8 @@ class TestCell(Event):
     output: str = ""
     error: Failure | None = None
     shown: Shown = field(default_factory=Shown)
+    progress: list[str] = field(default_factory=list)  # runpod.serverless.progress_update values, previewed
+    progress_count: int = 0
 
 
 @dataclass
@@ -134,6 +136,9 @@ class Job(Event):
     problems: list[Problem] = field(default_factory=list)
     output: str = ""  # what the handler printed
     shown: Shown = field(default_factory=Shown)
+    progress: list[str] = field(default_factory=list)  # runpod.serverless.progress_update values, previewed
+    progress_count: int = 0
+    expected_error: int | None = None  # the test cell whose direct call gave this job's error: a pass
 
 
 @dataclass

@@ -17,9 +17,15 @@ What it does, in order:
    iterated and its chunks shown);
 3. runs each job literal of kit.json through the SDK's own job runners
    (``rp_job.run_job``, what ``python handler.py --test_input`` calls, and
-   ``rp_job.run_job_generator``, the streaming path of a real worker), then
+   ``rp_job.run_job_generator``, the streaming path of a real worker), judges
+   it against what the test cell's direct call of ``handler(job)`` gave (the
+   same output, or the same error: an error the test expects passes), then
    checks the result as RunPod carries it: JSON, and its size against the
    platform's limits.
+
+Exported cells run as ``__main__`` with ``sys.argv == ["handler.py"]``, as in
+the worker and in Jupyter; ``progress_update`` calls are recorded and shown,
+not posted (there is no queue).
 
 The worker code never sees the kit: only this harness imports it.
 """
@@ -30,6 +36,8 @@ import __future__
 import ast
 import asyncio
 import copy
+import functools
+import json
 import inspect
 import io
 import os
@@ -202,7 +210,11 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
     with captured():
         exec(header_code, module.__dict__)
     header_seconds = time.perf_counter() - started
-    module.__name__ = "handler"
+    if cells[0].tag != "module":  # exported: the start call is the footer, which is not run here
+        run_as_main(module, path)
+    else:  # by hand: its start call may run at import, so runpod comes first, its start recorded
+        module.__name__ = "handler"
+        header_seconds += record_start_calls()
 
     total = 0.0
     for cell in cells:
@@ -220,16 +232,18 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
         if error:
             report.emit(events.ColdStart(ok=False, seconds=total))
             return None
-    if not callable(getattr(module, "handler", None)):
+    if not callable(getattr(module, "handler", None)) and not START_CALLS:
         report.emit(events.ColdStart(ok=False, seconds=total, error=Failure("NameError", "handler.py defines no callable `handler`")))
         return None
 
     # A real worker imports the SDK after the setup, the way handler.py's start block does: through
     # the exported worker_loop.py (runpod without its CPU probe), or runpod itself when there is none.
+    report.emit(events.Phase(name="runpod_import"))
     started = time.perf_counter()
     with captured():
         imported = import_sdk_as_the_worker_does(worker)
     runpod_seconds = header_seconds + time.perf_counter() - started
+    progress.install()
     report.emit(
         events.ColdStart(
             ok=True,
@@ -240,6 +254,43 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
         )
     )
     return module
+
+
+START_CALLS: list[dict] = []  # configs a hand-written handler.py passed to runpod.serverless.start
+
+
+def record_start_calls() -> float:
+    """Import runpod with its `serverless.start` replaced by a recorder; returns the import's seconds.
+
+    A handler.py written by hand often calls `runpod.serverless.start({...})` at
+    module level (RunPod's worker-template does): run for real, it would run
+    test_input.json and exit. kit test runs the jobs itself, with the handler
+    that call names.
+    """
+    started = time.perf_counter()
+    with captured():
+        import runpod.serverless
+    seconds = time.perf_counter() - started
+
+    def start(config):
+        START_CALLS.append(config if isinstance(config, dict) else {})
+
+    runpod.serverless.start = start
+    return seconds
+
+
+def run_as_main(module, path: Path) -> None:
+    """Make the cells see what `python handler.py` (and Jupyter) gives them.
+
+    The worker runs handler.py as `__main__` with `sys.argv == ["handler.py"]`, and a
+    notebook's cells see `__name__ == "__main__"` too, so a setup cell that loads its
+    model under `if __name__ == "__main__":` (as worker-gpt does) or parses
+    `sys.argv` must run here as it does there. A handler.py written by hand is
+    imported as a module: its `__main__` block is where it starts the worker loop.
+    """
+    module.__name__ = "__main__"
+    sys.modules["__main__"] = module  # pickle and friends find the worker's functions where the worker has them
+    sys.argv = [path.name]
 
 
 def import_sdk_as_the_worker_does(worker: Path) -> str:
@@ -265,9 +316,13 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
     namespace = module.__dict__
     if cells:
         report.emit(events.Phase(name="tests"))
+    handler = namespace.get("handler")
+    if callable(handler):
+        namespace["handler"] = direct_calls.wrap(handler)
     for cell in cells:
         shown = Shown()
-        with captured() as output:
+        direct_calls.cell = cell.cell
+        with captured() as output, progress.capturing() as updates:
             started = time.perf_counter()
             try:
                 value = run_cell(path, cell, namespace, loop)
@@ -276,7 +331,13 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
             except BaseException as raised:  # noqa: BLE001 - a test calling sys.exit() fails that test
                 error = failure(raised, sources)
             seconds = time.perf_counter() - started
-        report.emit(events.TestCell(cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error, shown=shown))
+        report.emit(events.TestCell(cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error, shown=shown, **updates.fields()))
+        if error:
+            direct_calls.forget(cell.cell)  # a failed test expects nothing of its calls
+        elif not _asserts(cell.source):
+            direct_calls.forget(cell.cell, returned_errors_only=True)  # nothing checked the {"error": ...} it got
+    if callable(handler) and getattr(namespace.get("handler"), "__wrapped__", None) is handler:
+        namespace["handler"] = handler  # unless a test rebound it
 
 
 VALUE_NAME = "__kit_cell_value__"
@@ -320,13 +381,224 @@ async def _collect(agen) -> list:
     return [chunk async for chunk in agen]
 
 
+# --------------------------------------------------------------------------- direct calls
+
+
+class DirectCalls:
+    """What the test cells' own calls of `handler(job)` gave, by job.
+
+    The SDK run of a job literal must give what calling the handler directly
+    gave in the notebook: the same output, or the same error. A test that sends
+    a bad job and asserts the error is an error path working as intended, not a
+    failure of the worker.
+    """
+
+    def __init__(self):
+        self.by_job: dict[str, dict] = {}
+        self.cell: int | None = None
+
+    def expected(self, job) -> dict | None:
+        key = _job_key(job)
+        return self.by_job.get(key) if key else None
+
+    def forget(self, cell: int, returned_errors_only: bool = False) -> None:
+        def kept(outcome: dict) -> bool:
+            if outcome["cell"] != cell:
+                return True
+            return returned_errors_only and outcome.get("type") != "returned error"
+
+        self.by_job = {key: outcome for key, outcome in self.by_job.items() if kept(outcome)}
+
+    def _record(self, job, outcome: dict) -> None:
+        key = _job_key(job)
+        if key and key not in self.by_job:
+            self.by_job[key] = {"cell": self.cell, **outcome}
+
+    def _returned(self, job, value) -> None:
+        try:
+            value = copy.deepcopy(value)  # the test may change the result after the call
+        except Exception:  # noqa: BLE001 - an uncopyable result cannot be compared
+            return
+        if isinstance(value, dict) and value.get("error"):
+            returned = platform.parse_sdk_error(value["error"])  # as job_error reads the SDK's copy of it
+            self._record(job, {"kind": "error", "type": returned.type, "message": returned.message})
+            return
+        self._record(job, {"kind": "output", "value": value})
+
+    def _raised(self, job, error: BaseException) -> None:
+        if isinstance(error, Exception):  # what the SDK turns into a failed job
+            self._record(job, {"kind": "error", "type": type(error).__name__, "message": str(error)})
+
+    def wrap(self, handler):
+        """`handler`, recording each call's outcome; of the same kind (sync, async, generator...)."""
+        if inspect.isasyncgenfunction(handler):
+
+            async def recorded(job, *args, **kwargs):
+                chunks = []
+                try:
+                    async for chunk in handler(job, *args, **kwargs):
+                        chunks.append(chunk)
+                        yield chunk
+                except Exception as error:
+                    self._raised(job, error)
+                    raise
+                self._returned(job, chunks)
+
+        elif inspect.isgeneratorfunction(handler):
+
+            def recorded(job, *args, **kwargs):
+                chunks = []
+                try:
+                    for chunk in handler(job, *args, **kwargs):
+                        chunks.append(chunk)
+                        yield chunk
+                except Exception as error:
+                    self._raised(job, error)
+                    raise
+                self._returned(job, chunks)
+
+        elif inspect.iscoroutinefunction(handler):
+
+            async def recorded(job, *args, **kwargs):
+                try:
+                    value = await handler(job, *args, **kwargs)
+                except Exception as error:
+                    self._raised(job, error)
+                    raise
+                self._returned(job, value)
+                return value
+
+        else:
+
+            def recorded(job, *args, **kwargs):
+                try:
+                    value = handler(job, *args, **kwargs)
+                except Exception as error:
+                    self._raised(job, error)
+                    raise
+                if not inspect.isawaitable(value):
+                    self._returned(job, value)
+                return value
+
+        return functools.wraps(handler)(recorded)
+
+
+def _asserts(source: str) -> bool:
+    """Whether a test cell checks anything: a returned {"error": ...} is expected only then.
+
+    (A raised exception is expected when the cell passed: something caught it.)
+    """
+    try:
+        tree = compile(source, "<test>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.Assert) for node in ast.walk(tree))
+
+
+def _job_key(job) -> str | None:
+    if not isinstance(job, dict):
+        return None
+    try:
+        return json.dumps(job, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
+def as_the_sdk_returns(value):
+    """A handler's return value as the SDK's run_job passes it on (`error` and `refresh_worker` taken out)."""
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in ("error", "refresh_worker")}
+        return value or None
+    return value
+
+
+def compare_with_direct(expected: dict | None, body: dict, error: Failure | None) -> tuple[Failure | None, list[Problem], bool]:
+    """(error, problems, expected_error) for a job, judged against what its direct call gave.
+
+    Without a direct call (the job literal's call did not run), a job must succeed.
+    """
+    if expected is None:
+        return error, [], False
+    where = f"the direct call in cell {expected['cell']}"
+    if expected["kind"] == "error":
+        said = f"{expected['type']}: {expected['message']}" if expected["type"] != "returned error" else f"returned error: {expected['message']}"
+        if error is None:
+            return Failure("not the expected error", f"{where} gave {said}, but through the SDK the job succeeded"), [], False
+        same_type = expected["type"] == error.type.rsplit(".", 1)[-1]
+        if same_type and str(expected["message"]).strip() == str(error.message).strip():
+            return error, [], True
+        return error, [Problem("fail", f"{where} gave {said}: the SDK run gave another error")], False
+    if error is not None:
+        return error, [Problem("fail", f"{where} returned a result: the job fails only through the SDK")], False
+    direct = as_the_sdk_returns(expected["value"])
+    try:
+        same = bool(direct == body.get("output"))
+    except Exception:  # noqa: BLE001 - arrays and the like do not compare to a bool
+        return None, [], False
+    if same:
+        return None, [], False
+    return None, [Problem("warn", f"the result differs from what {where} returned ({preview(direct, 80)}); a handler that samples or reads the clock differs on every call")], False
+
+
+# --------------------------------------------------------------------------- progress updates
+
+
+class ProgressUpdates:
+    """`runpod.serverless.progress_update(job, progress)` during kit test: recorded, not posted.
+
+    With no queue there is nowhere to post them (the SDK would log "Failed to
+    return job results"); the report shows them under the cell or job instead.
+    """
+
+    def __init__(self):
+        self.current: list | None = None
+
+    def install(self) -> None:
+        from runpod.serverless.modules import rp_progress
+
+        updates = self
+
+        class InlineThread:  # progress_update posts from a thread: record at once, in order
+            def __init__(self, target=None, args=(), kwargs=None, daemon=None):
+                self._args = args
+
+            def start(self):
+                job, progress = self._args
+                if updates.current is not None:
+                    updates.current.append(preview(progress))
+
+        rp_progress.threading = types.SimpleNamespace(Thread=InlineThread)
+
+    @contextmanager
+    def capturing(self):
+        captured = _Updates()
+        self.current = captured.items
+        try:
+            yield captured
+        finally:
+            self.current = None
+
+
+class _Updates:
+    def __init__(self):
+        self.items: list[str] = []
+
+    def fields(self) -> dict:
+        return {"progress": self.items[:MAX_CHUNKS_SHOWN], "progress_count": len(self.items)} if self.items else {}
+
+
+direct_calls = DirectCalls()
+progress = ProgressUpdates()
+
+
 # --------------------------------------------------------------------------- 3. jobs
 
 
-def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) -> None:
+def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap, aggregation: dict | None = None) -> None:
     from runpod.serverless.modules.rp_handler import is_generator
 
     streaming = is_generator(handler)
+    unaggregated = aggregation_problem(aggregation) if streaming else None
     jobs = workerdir.jobs_to_test(worker)
     if jobs:
         report.emit(events.Phase(name="jobs", streaming=streaming))
@@ -337,7 +609,8 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) ->
         if job.get("input") is None:  # what the SDK's local mode refuses too
             report.emit(events.Job(**where, ok=False, seconds=0.0, problems=[Problem("fail", "the job has no `input`")]))
             continue
-        with captured() as output:
+        expected = direct_calls.expected(entry["job"])
+        with captured() as output, progress.capturing() as updates:
             started = time.perf_counter()
             try:
                 body, chunks = loop.run_until_complete(run_streaming(handler, job) if streaming else run_plain(handler, job))
@@ -347,7 +620,12 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) ->
             seconds = time.perf_counter() - started
         if error is None:
             error = job_error(body, sources)
+        error, compared, expected_error = compare_with_direct(expected, body if chunks is None else {"output": chunks}, error)
+        if unaggregated and error is None:
+            body = {"output": []}  # what handle_job posts as the final output without return_aggregate_stream
+            compared.append(unaggregated)
         size, problems = (None, []) if error else check_result(body)
+        problems = compared + problems
         shown = Shown()
         if chunks is not None:
             shown = shown_chunks(chunks)
@@ -356,13 +634,15 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap) ->
         report.emit(
             events.Job(
                 **where,
-                ok=error is None and not any(p.level == "fail" for p in problems),
+                ok=(error is None or expected_error) and not any(p.level == "fail" for p in problems),
                 seconds=seconds,
                 size=size,
                 error=error,
                 problems=problems,
                 output=output.getvalue(),
                 shown=shown,
+                expected_error=expected["cell"] if expected_error else None,
+                **updates.fields(),
             )
         )
 
@@ -409,6 +689,40 @@ def check_result(body: dict) -> tuple[int | None, list[Problem]]:
 # --------------------------------------------------------------------------- main
 
 
+def aggregation(worker: Path, module) -> dict:
+    """Whether handler.py's start passes return_aggregate_stream, and who decided it."""
+    for config, source in ((getattr(module, "RUNPOD_CONFIG", None), "RUNPOD_CONFIG"), (START_CALLS[-1] if START_CALLS else None, "start call")):
+        if isinstance(config, dict) and "return_aggregate_stream" in config:
+            return {"on": bool(config["return_aggregate_stream"]), "set_by": source}
+    manifest = workerdir.Manifest.read(worker)
+    if manifest is None:
+        return {"on": not START_CALLS, "set_by": "start call" if START_CALLS else None}  # by hand, under __main__: not known
+    return {"on": manifest.streaming, "set_by": "export"}
+
+
+def aggregation_problem(setting: dict | None) -> Problem | None:
+    """What a generator handler's job gives through /runsync when its chunks are not aggregated."""
+    if setting is None or setting["on"]:
+        return None
+    if setting["set_by"] == "export":
+        return Problem(
+            "fail",
+            "handler.py does not aggregate this generator's chunks (the export could not tell `handler` is a generator), so /runsync and /status give the output []",
+            'set RUNPOD_CONFIG = {"return_aggregate_stream": True} in a handler cell',
+        )
+    return Problem("warn", f"return_aggregate_stream is off ({setting['set_by']}): /runsync and /status give the output []; clients read the chunks from /stream")
+
+
+def started_handler(module):
+    """The function handler.py's start block passes to the SDK: RUNPOD_CONFIG's "handler" (or, by hand,
+    the start call's) wins over `handler`."""
+    for config in (getattr(module, "RUNPOD_CONFIG", None), *START_CALLS[-1:]):
+        if isinstance(config, dict) and callable(config.get("handler")):
+            return config["handler"]
+    return module.handler
+
+
+
 def main(argv: list[str]) -> int:
     report = Report(int(argv[1]))
     worker = Path.cwd()
@@ -418,11 +732,11 @@ def main(argv: list[str]) -> int:
     if module is None:
         report.emit(events.End())
         return 0
-    handler = module.handler  # what the worker loop gets, whatever the tests rebind later
+    handler = started_handler(module)  # what the worker loop gets, whatever the tests rebind later
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     run_test_cells(worker, module, loop, report, sources)
-    run_jobs(worker, handler, loop, report, sources)
+    run_jobs(worker, handler, loop, report, sources, aggregation(worker, module))
     report.emit(events.End())
     return 0
 

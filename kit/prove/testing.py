@@ -174,19 +174,27 @@ def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_e
         report.log = log.read().decode("utf-8", "replace")[-4000:]
 
     if timed_out:
-        report.error = f"timed out after {timeout:g} s {_during(phase['last'])}"
+        report.error = f"timed out after {timeout:g} s {_during(phase['last'], manifest)}"
     elif not phase["finished"]:
-        report.error = f"the worker process exited with code {process.returncode} {_during(phase['last'])}"
+        report.error = f"the worker process exited with code {process.returncode} {_during(phase['last'], manifest)}"
     if phase["problems"]:
         report.error = "; ".join(([report.error] if report.error else []) + phase["problems"])
     return report
 
 
-def _during(last: Event | None) -> str:
-    if last is None or isinstance(last, events.Start):
-        return "while importing handler.py"
-    if isinstance(last, (events.SetupCell, events.ColdStart)):
-        return "after the import, before or during the first test cell"
+def _during(last: Event | None, manifest: workerdir.Manifest | None = None) -> str:
+    """Where the harness was when it stopped reporting: the phase a timeout or crash hit."""
+    exported = sorted(manifest.setup_cells + manifest.handler_cells) if manifest else []
+    if last is None or isinstance(last, (events.Start, events.SetupCell)):
+        done = last.cell if isinstance(last, events.SetupCell) else None
+        following = [c for c in exported if done is None or c > done]
+        if following:
+            return f"while running cell {following[0]} of handler.py (the worker's cold start)"
+        return "while importing handler.py (the worker's cold start)"
+    if isinstance(last, events.Phase) and last.name == "runpod_import":
+        return "during `import runpod` (the worker's cold start)"
+    if isinstance(last, events.ColdStart) or (isinstance(last, events.Phase) and last.name == "tests"):
+        return "during the first test cell"
     if isinstance(last, events.TestCell):
         return f"after test cell {last.cell}"
     return "while running the jobs"
@@ -260,7 +268,7 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
         return [f"jobs through the runpod SDK ({runner}):"]
     if isinstance(event, events.TestCell):
         lines = [_row("PASS" if event.ok else "FAIL", _cell_name(event), event.seconds)]
-        lines += _output_lines(event.output) + _value_lines(event.shown)
+        lines += _output_lines(event.output) + _value_lines(event.shown) + _progress_lines(event)
         if not event.ok and event.error:
             lines += _failure_lines(event.error, report)
         return lines
@@ -271,8 +279,10 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
         where = f"cell {event.cell}, line {event.line}" if event.cell else "test_input.json"
         size = f"result {platform.format_size(event.size)}" if event.size is not None else ""
         lines = [_row(status, f"job from {where}", event.seconds, size), f"{INDENT}input {_json_preview(event.input)}"]
-        lines += _value_lines(event.shown)
-        if event.error:
+        lines += _value_lines(event.shown) + _progress_lines(event)
+        if event.expected_error is not None and event.error:
+            lines += _expected_error_lines(event)
+        elif event.error:
             lines += _failure_lines(event.error, report)
         for problem in event.problems:
             lines.append(f"{INDENT}{problem.level}: {problem.message}")
@@ -292,6 +302,20 @@ def _json_preview(value, limit: int = 160) -> str:
 
 
 INDENT = " " * 7
+
+
+def _expected_error_lines(event: events.Job) -> list[str]:
+    """A job whose error is what its direct call in a test cell gave: the error path works."""
+    error = event.error
+    message = f"{error.type}: {error.message}" if error.message else error.type
+    return [f"{INDENT}expected error, as the direct call in cell {event.expected_error} gave: {message}"]
+
+
+def _progress_lines(event: events.TestCell | events.Job) -> list[str]:
+    lines = [f"{INDENT}progress_update: {update}" for update in event.progress]
+    if event.progress_count > len(event.progress):
+        lines.append(f"{INDENT}... {event.progress_count - len(event.progress)} more progress updates")
+    return lines
 
 
 def _row(status: str, label: str, seconds: float, extra: str = "") -> str:
@@ -314,6 +338,9 @@ def summary_lines(report: TestReport) -> list[str]:
         if items:
             failed = sum(not item.ok for item in items)
             counts.append(f"{len(items) - failed}/{len(items)} {name}s passed")
+    expected_errors = sum(job.expected_error is not None for job in report.jobs)
+    if expected_errors:
+        counts[-1] += f" ({expected_errors} with the error its test expects)"
     verdict = "OK" if report.ok else "FAILED"
     lines.append(f"{verdict}: " + (", ".join(counts) if counts else ("only the import was checked" if report.ok else "nothing ran")))
     return lines
