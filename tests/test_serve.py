@@ -300,3 +300,53 @@ def test_a_worker_that_cannot_start_is_a_one_line_error(tmp_path, loop):
     )
     assert result.returncode == 2
     assert "model file missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def process_gone(pid: int, timeout: float = 30) -> bool:
+    """True once `pid` is gone (a zombie waiting for whoever adopted it counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _serve_for_signal_test(tmp_path, served):
+    pid_file = tmp_path / "pid"
+    served.endpoint().run({"pid_file": str(pid_file), "sleep": 300, "cancelled_file": str(tmp_path / "c")})
+    worker_pid = int(wait_for_file(pid_file))
+    log_dir = Path(re.search(r"\(logs: (\S+)\)", served.wait_for_line(r"\(logs: ")).group(1))
+    assert log_dir.is_dir()
+    return worker_pid, log_dir
+
+
+@pytest.mark.process
+def test_workers_die_with_a_kit_serve_killed_by_sigkill_and_leave_no_logs(tmp_path):
+    notebook = build_notebook(tmp_path / "worker.ipynb", SERVE_CELLS)
+    with kit_serve(notebook, "--workers", "2") as served:
+        worker_pid, log_dir = _serve_for_signal_test(tmp_path, served)
+        served.process.kill()  # kit serve alone, as the OOM killer or `kill -9` would
+        assert served.process.wait(30) == -signal.SIGKILL
+        assert process_gone(worker_pid), "the busy worker outlived kit serve"
+        deadline = time.monotonic() + 30
+        while log_dir.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not log_dir.exists()
+
+
+@pytest.mark.process
+def test_sighup_shuts_kit_serve_down_like_sigterm(tmp_path):
+    notebook = build_notebook(tmp_path / "worker.ipynb", SERVE_CELLS)
+    with kit_serve(notebook, "--workers", "2") as served:
+        worker_pid, log_dir = _serve_for_signal_test(tmp_path, served)
+        served.process.send_signal(signal.SIGHUP)  # the terminal closed, the SSH session dropped
+        assert served.process.wait(60) == 0
+        served.wait_for_line(r"^stopping \(SIGHUP\): draining jobs in flight", timeout=5)
+        assert served.lines[-1] == "stopped"
+        assert process_gone(worker_pid, timeout=5)
+        assert not log_dir.exists()

@@ -3,11 +3,17 @@
 A `WorkerPool` runs N unmodified ``python handler.py`` processes pointed at a
 `QueueEmulator` through the ``RUNPOD_WEBHOOK_*`` env vars, restarts the ones
 that die (their jobs are marked FAILED, never lost) and drains them on stop.
+
+Nothing outlives the pool: each worker runs under `launch.py`, which holds
+the read end of a pipe whose write end only the pool holds, and kills the
+worker's whole process group and removes its log when that pipe closes (the
+kit exited, or was killed with SIGKILL or SIGHUP). `stop` closes it last.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,12 +31,16 @@ STARTUP_FAILURES = 3
 DRAIN_TIMEOUT = 30.0
 
 
+LAUNCHER = Path(__file__).resolve().with_name("launch.py")
+
+
 @dataclass
 class _Process:
     worker_id: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen  # launch.py, the worker's process group leader
     spawned: float  # time.monotonic() just before the spawn
     log_path: Path
+    lifeline: int  # the write end of the pipe launch.py watches
 
 
 class WorkerPool:
@@ -56,6 +66,7 @@ class WorkerPool:
         self.say = say
         self.processes: dict[str, _Process] = {}
         self._startup_failures: dict[str, int] = {}
+        self.unexpected_exits = 0  # workers that died; their logs are worth keeping
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -67,18 +78,26 @@ class WorkerPool:
         env.update(self.env)
         env.update(self.emulator.worker_env(worker_id))
         log_path = self.log_dir / f"{worker_id}.log"
-        with open(log_path, "ab") as log:
-            spawned = time.monotonic()
-            popen = subprocess.Popen(
-                [sys.executable, "handler.py"],
-                cwd=self.worker_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: Ctrl-C reaches only us, we stop it
-            )
-        self.processes[worker_id] = _Process(worker_id, popen, spawned, log_path)
+        watched, lifeline = os.pipe()
+        try:
+            with open(log_path, "ab") as log:
+                spawned = time.monotonic()
+                popen = subprocess.Popen(
+                    [sys.executable, str(LAUNCHER), str(watched), str(log_path), "--", sys.executable, "handler.py"],
+                    cwd=self.worker_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(watched,),
+                    start_new_session=True,  # its own process group: Ctrl-C reaches only us, we stop it
+                )
+        except BaseException:
+            os.close(lifeline)
+            raise
+        finally:
+            os.close(watched)
+        self.processes[worker_id] = _Process(worker_id, popen, spawned, log_path, lifeline)
 
     def check(self) -> None:
         """Restart workers that exited; report the jobs they took down with them."""
@@ -86,7 +105,7 @@ class WorkerPool:
             code = process.popen.poll()
             if code is None:
                 continue
-            _kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
+            _kill_group(process)  # the SDK's heartbeat process outlives a killed worker
             asked_to_refresh = self.emulator.expected_exit(worker_id)
             started = self.emulator.worker_times(worker_id)["first_request"] is not None
             lost = self.emulator.worker_exited(worker_id, f"exited with code {code}")
@@ -94,6 +113,7 @@ class WorkerPool:
             # after its refresh job and then died is reported like any other death.
             refreshed = asked_to_refresh and code == 0 and not lost
             if not refreshed:
+                self.unexpected_exits += 1
                 message = f"{worker_id} exited with code {code} (log: {process.log_path})"
                 if lost:
                     message += f"; FAILED its job(s) {', '.join(lost)}"
@@ -126,16 +146,23 @@ class WorkerPool:
                     self.say(f"{process.worker_id} did not stop within {timeout:.0f} s; killing it")
         finally:  # also when a second Ctrl-C cuts the drain short: never leave a worker behind
             for process in self.processes.values():
-                _kill_group(process.popen)
+                _kill_group(process)
             self.processes.clear()
 
+    def remove_logs(self) -> None:
+        """Remove the log folder (after `stop`), when nothing in it is worth keeping."""
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
-def _kill_group(popen: subprocess.Popen) -> None:
+
+def _kill_group(process: _Process) -> None:
     try:
-        os.killpg(popen.pid, signal.SIGKILL)
+        os.killpg(process.popen.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    popen.wait()
+    process.popen.wait()
+    if process.lifeline >= 0:
+        os.close(process.lifeline)
+        process.lifeline = -1  # never close a number the process may have reused
 
 
 def _last_line(path: Path) -> str:
