@@ -72,6 +72,7 @@ def _cmd_bench(args) -> int:
         workers=args.workers,
         json_out=args.json,
         loop=args.loop,
+        job_timeout=args.job_timeout,
     )
 
 
@@ -179,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, metavar="JSON", help="job input (default: the notebook's test job)")
     p.add_argument("--workers", type=_count, default=1, help="worker processes (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument(
+        "--job-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="a job not finished this long after it was sent is cancelled and counted lost (default 300)",
+    )
     p.add_argument(
         "--loop",
         choices=("fast", "stock", "both"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import runpod
-from conftest import build_notebook
+from conftest import build_notebook, process_gone
 
 # An async handler: cancellation interrupts its awaits, as it would on RunPod.
 SERVE_CELLS = [
@@ -300,20 +300,6 @@ def test_a_worker_that_cannot_start_is_a_one_line_error(tmp_path, loop):
     )
     assert result.returncode == 2
     assert "model file missing" in result.stderr and "Traceback" not in result.stderr
-
-
-def process_gone(pid: int, timeout: float = 30) -> bool:
-    """True once `pid` is gone (a zombie waiting for whoever adopted it counts as gone)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _serve_for_signal_test(tmp_path, served):

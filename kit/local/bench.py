@@ -10,8 +10,8 @@ completed, failed, lost and duplicated jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -23,6 +23,7 @@ from kit.errors import KitError
 from kit.local.pool import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
+JOB_TIMEOUT = 300.0  # a job not finished this long after it was sent is reported lost, and cancelled
 LOOP_ENV = "KIT_WORKER_LOOP"  # read by the exported worker_loop.py
 
 
@@ -35,6 +36,7 @@ def bench(
     workers: int = 1,
     json_out: bool = False,
     loop: str = "fast",
+    job_timeout: float = JOB_TIMEOUT,
 ) -> int:
     """Benchmark `target` (a notebook or a worker directory); 0 when every job completed once.
 
@@ -54,7 +56,7 @@ def bench(
         for name in loops:
             run = measure(
                 path, request, jobs=jobs, concurrency=concurrency, workers=workers,
-                env={LOOP_ENV: name}, progress=not json_out,
+                env={LOOP_ENV: name}, progress=not json_out, job_timeout=job_timeout,
             )
             runs.append({"loop": name, **run})
     report = {"target": str(target), "jobs": jobs, "concurrency": concurrency, "workers": workers, "runs": runs}
@@ -89,8 +91,13 @@ def measure(
     workers: int,
     env: dict[str, str] | None = None,
     progress: bool = False,
+    job_timeout: float = JOB_TIMEOUT,
 ) -> dict:
-    """Serve the worker directory at `path`, run the load, stop everything; return the figures."""
+    """Serve the worker directory at `path`, run the load, stop everything; return the figures.
+
+    Every wait is bounded: the workers' start (STARTUP_TIMEOUT), each job
+    (`job_timeout`, then it is cancelled and counted lost), the drain.
+    """
     with QueueEmulator() as emulator:
         log_dir = Path(tempfile.mkdtemp(prefix="kit-bench-logs-"))
         pool = WorkerPool(path, emulator, workers, log_dir=log_dir, env=env, say=lambda line: print(line, file=sys.stderr))
@@ -98,7 +105,7 @@ def measure(
             pool.start()
             cold_starts = _wait_until_ready(pool, emulator)
             cpu_before = emulator.cpu_time()
-            results, elapsed = asyncio.run(_load(emulator, pool, request, jobs, concurrency, progress))
+            results, elapsed = asyncio.run(_load(emulator, pool, request, jobs, concurrency, progress, job_timeout))
             emulator_cpu = emulator.cpu_time() - cpu_before
         finally:
             pool.stop()
@@ -106,7 +113,7 @@ def measure(
     finished = [r for r in results if r["status"] in FINAL_STATUSES]
     clean = len(finished) == jobs and all(r["status"] == "COMPLETED" for r in results) and not counters.duplicate_results
     if clean:  # the worker logs matter only when something went wrong
-        shutil.rmtree(log_dir, ignore_errors=True)
+        pool.remove_logs()
     return {
         "log_dir": None if clean else str(log_dir),
         "cold_start_s": [round(s, 3) for s in cold_starts],
@@ -121,9 +128,14 @@ def measure(
         "completed": sum(r["status"] == "COMPLETED" for r in results),
         "failed": sum(r["status"] == "FAILED" for r in results),
         "lost": jobs - len(finished),
-        "duplicated": counters.duplicate_results + (len(results) - len({r["id"] for r in results})),
+        "duplicated": counters.duplicate_results + _repeated_ids(results),
         "first_error": next((r["error"] for r in results if "error" in r), None),
     }
+
+
+def _repeated_ids(results: list[dict]) -> int:
+    ids = [r["id"] for r in results if r.get("id") is not None]  # a job never queued has none
+    return len(ids) - len(set(ids))
 
 
 def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
@@ -141,7 +153,7 @@ def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
     raise KitError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
 
 
-async def _load(emulator, pool, request, jobs, concurrency, progress) -> tuple[list[dict], float]:
+async def _load(emulator, pool, request, jobs, concurrency, progress, job_timeout=JOB_TIMEOUT) -> tuple[list[dict], float]:
     import aiohttp
 
     bar = _progress_bar(jobs, progress)
@@ -152,19 +164,31 @@ async def _load(emulator, pool, request, jobs, concurrency, progress) -> tuple[l
     async def client(session):
         for _ in remaining:
             sent = time.monotonic()
-            async with session.post(f"{base}/runsync", json=request) as response:
-                state = await response.json()
-            while state["status"] not in FINAL_STATUSES:  # outlasted the sync wait: poll as a client would
-                await asyncio.sleep(0.5)
-                async with session.get(f"{base}/status/{state['id']}") as response:
+            deadline = sent + job_timeout
+            state = {"id": None, "status": "IN_QUEUE"}
+            try:
+                async with session.post(f"{base}/runsync", json=request, timeout=aiohttp.ClientTimeout(total=job_timeout)) as response:
                     state = await response.json()
+                while state["status"] not in FINAL_STATUSES and time.monotonic() < deadline:
+                    # Outlasted the sync wait: poll as a client would.
+                    await asyncio.sleep(0.5)
+                    async with session.get(f"{base}/status/{state['id']}", timeout=aiohttp.ClientTimeout(total=30)) as response:
+                        state = await response.json()
+            except asyncio.TimeoutError:
+                pass  # no answer in time: reported below
+            if state["status"] not in FINAL_STATUSES:
+                state["error"] = f"job {state['id'] or '(not queued)'} still {state['status']} after {job_timeout:g} s; cancelled"
+                if state["id"] is not None:
+                    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                        async with session.post(f"{base}/cancel/{state['id']}", timeout=aiohttp.ClientTimeout(total=10)):
+                            pass
             state["client_ms"] = (time.monotonic() - sent) * 1000
             results.append(state)
             bar.update(1)
 
     async def supervise():
         while True:
-            pool.check()
+            await asyncio.to_thread(pool.check)  # blocking calls into the emulator: off this loop
             await asyncio.sleep(0.2)
 
     started = time.monotonic()
