@@ -8,6 +8,7 @@ stock loop (KIT_WORKER_LOOP=stock).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -336,3 +337,17 @@ def test_sighup_shuts_kit_serve_down_like_sigterm(tmp_path):
         assert served.lines[-1] == "stopped"
         assert process_gone(worker_pid, timeout=5)
         assert not log_dir.exists()
+
+
+@pytest.mark.process
+def test_the_kill_test_loses_and_duplicates_nothing():
+    """bench/kill_test.py, small: SIGKILLed workers fail only the jobs they held; nothing lost or run twice."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "bench/kill_test.py", "--jobs", "120", "--kills", "2", "--timeout", "150"],
+        cwd=root, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert (report["submitted"], report["lost"], report["duplicated"], report["kills"]) == (120, 0, 0, 2)
+    assert report["completed"] + report["failed"] == 120 and report["failed"] == report["failed_because_a_worker_died"]
