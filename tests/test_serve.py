@@ -351,3 +351,15 @@ def test_the_kill_test_loses_and_duplicates_nothing():
     report = json.loads(result.stdout)
     assert (report["submitted"], report["lost"], report["duplicated"], report["kills"]) == (120, 0, 0, 2)
     assert report["completed"] + report["failed"] == 120 and report["failed"] == report["failed_because_a_worker_died"]
+
+
+@pytest.mark.process
+def test_a_bare_fork_in_the_handler_does_not_stall_the_worker(tmp_path, loop):
+    notebook = build_notebook(
+        tmp_path / "fork.ipynb",
+        [("setup", "import os"), ("handler", "def handler(job):\n    os.fork()  # no exec, no branch: both copies return\n    return job['input']['i']")],
+    )
+    with kit_serve(notebook, env={"KIT_WORKER_LOOP": loop}) as served:
+        endpoint = served.endpoint()
+        assert [endpoint.run_sync({"i": i}, timeout=30) for i in range(4)] == [0, 1, 2, 3]
+        assert endpoint.health()["jobs"]["completed"] == 4

@@ -167,7 +167,11 @@ async def _load(emulator, pool, request, jobs, concurrency, progress, job_timeou
             deadline = sent + job_timeout
             state = {"id": None, "status": "IN_QUEUE"}
             try:
-                async with session.post(f"{base}/runsync", json=request, timeout=aiohttp.ClientTimeout(total=job_timeout)) as response:
+                wait = min(emulator.runsync_wait, job_timeout)  # the emulator answers by then
+                async with session.post(
+                    f"{base}/runsync", params={"wait": str(int(wait * 1000))}, json=request,
+                    timeout=aiohttp.ClientTimeout(total=wait + 30),
+                ) as response:
                     state = await response.json()
                 while state["status"] not in FINAL_STATUSES and time.monotonic() < deadline:
                     # Outlasted the sync wait: poll as a client would.
