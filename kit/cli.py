@@ -74,6 +74,7 @@ def _cmd_bench(args) -> int:
         json_out=args.json,
         loop=args.loop,
         openai=args.openai,
+        job_timeout=args.job_timeout,
     )
 
 
@@ -185,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, metavar="JSON", help="job input (default: the notebook's test job)")
     p.add_argument("--workers", type=_count, default=1, help="worker processes (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument(
+        "--job-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="a job not finished this long after it was sent is cancelled and counted lost (default 300)",
+    )
     p.add_argument(
         "--loop",
         choices=("fast", "stock", "both"),

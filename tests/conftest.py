@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -62,3 +63,17 @@ HELLO_CELLS = [
     ("handler", "def handler(job):\n    return {'greeting': GREETING, **job['input']}"),
     ("test", "result = handler({'input': {'name': 'ada'}})\nassert result['name'] == 'ada'"),
 ]
+
+
+def process_gone(pid: int, timeout: float = 30) -> bool:
+    """True once `pid` is gone (a zombie waiting for whoever adopted it counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False

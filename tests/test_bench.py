@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
+import subprocess
+import sys
+import time
 
-
-from conftest import NOTEBOOKS, run_kit
+import pytest
+from conftest import NOTEBOOKS, process_gone, run_kit
 
 pytestmark = pytest.mark.process  # every test here starts worker or server processes
 
@@ -109,3 +110,30 @@ def test_bench_openai_needs_an_openai_request(make_notebook):
     notebook = make_notebook([("handler", "def handler(job):\n    return 1"), ("test", "handler({'input': {'x': 1}})")])
     result = run_kit("bench", notebook, "--openai")
     assert result.returncode == 2 and "not an OpenAI request" in result.stderr
+
+def test_a_job_that_never_finishes_is_reported_and_bench_terminates(make_notebook):
+    """The SDK cannot serialise a set, so it never posts the result: bench must still end and say so."""
+    notebook = make_notebook([("handler", "def handler(job):\n    return {1, 2}")])
+    result = run_kit("bench", notebook, "--jobs", "2", "--concurrency", "2", "--input", "{}", "--json", "--job-timeout", "8", env=FAST, timeout=240)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (run,) = json.loads(result.stdout)["runs"]
+    assert run["completed"] == 0 and run["failed"] + run["lost"] == 2 and run["duplicated"] == 0
+    assert run["first_error"]
+
+
+@pytest.mark.process
+def test_a_killed_bench_leaves_no_worker_behind(make_notebook, tmp_path):
+    pid_file = tmp_path / "pid"
+    notebook = make_notebook([("setup", "import os, time"), ("handler", f"def handler(job):\n    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n    time.sleep(600)")])
+    bench = subprocess.Popen([sys.executable, "-m", "kit", "bench", str(notebook), "--jobs", "1", "--input", "{}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        bench.kill()
+        bench.wait(30)
+        assert process_gone(worker), "the worker outlived kit bench"
+    finally:
+        bench.kill()
+        bench.wait()

@@ -345,6 +345,16 @@ def test_a_hostile_manifest_cannot_make_a_reexport_delete_other_files(make_noteb
     (out / "kit.json").write_text(json.dumps(manifest))
     export_notebook(nb, out)
     assert victim.read_text() == "keep"
+    # A folder the manifest lists files in, replaced by a symlink out of the worker directory.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "handler.py").write_text("not the kit's")
+    (out / "sub").symlink_to(elsewhere)
+    manifest = json.loads((out / "kit.json").read_text())
+    manifest["files"].append("sub/handler.py")
+    (out / "kit.json").write_text(json.dumps(manifest))
+    export_notebook(nb, out)
+    assert (elsewhere / "handler.py").read_text() == "not the kit's"
 
 
 @pytest.mark.process

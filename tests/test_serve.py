@@ -8,6 +8,7 @@ stock loop (KIT_WORKER_LOOP=stock).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import runpod
-from conftest import build_notebook
+from conftest import build_notebook, process_gone
 
 pytestmark = pytest.mark.process  # every test here starts worker or server processes
 
@@ -367,3 +368,64 @@ def test_the_banner_curl_line_sends_the_test_job_without_its_made_up_id(tmp_path
     with kit_serve(nb, env={"KIT_WORKER_LOOP": loop}) as served:
         curl = served.wait_for_line(r"^  curl ")
     assert curl.endswith(""" -d '{"input": {"name": "ada"}}'""")
+
+def _serve_for_signal_test(tmp_path, served):
+    pid_file = tmp_path / "pid"
+    served.endpoint().run({"pid_file": str(pid_file), "sleep": 300, "cancelled_file": str(tmp_path / "c")})
+    worker_pid = int(wait_for_file(pid_file))
+    log_dir = Path(re.search(r"\(logs: (\S+)\)", served.wait_for_line(r"\(logs: ")).group(1))
+    assert log_dir.is_dir()
+    return worker_pid, log_dir
+
+
+@pytest.mark.process
+def test_workers_die_with_a_kit_serve_killed_by_sigkill_and_leave_no_logs(tmp_path):
+    notebook = build_notebook(tmp_path / "worker.ipynb", SERVE_CELLS)
+    with kit_serve(notebook, "--workers", "2") as served:
+        worker_pid, log_dir = _serve_for_signal_test(tmp_path, served)
+        served.process.kill()  # kit serve alone, as the OOM killer or `kill -9` would
+        assert served.process.wait(30) == -signal.SIGKILL
+        assert process_gone(worker_pid), "the busy worker outlived kit serve"
+        deadline = time.monotonic() + 30
+        while log_dir.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not log_dir.exists()
+
+
+@pytest.mark.process
+def test_sighup_shuts_kit_serve_down_like_sigterm(tmp_path):
+    notebook = build_notebook(tmp_path / "worker.ipynb", SERVE_CELLS)
+    with kit_serve(notebook, "--workers", "2") as served:
+        worker_pid, log_dir = _serve_for_signal_test(tmp_path, served)
+        served.process.send_signal(signal.SIGHUP)  # the terminal closed, the SSH session dropped
+        assert served.process.wait(60) == 0
+        served.wait_for_line(r"^stopping \(SIGHUP\): draining jobs in flight", timeout=5)
+        assert served.lines[-1] == "stopped"
+        assert process_gone(worker_pid, timeout=5)
+        assert not log_dir.exists()
+
+
+@pytest.mark.process
+def test_the_kill_test_loses_and_duplicates_nothing():
+    """bench/kill_test.py, small: SIGKILLed workers fail only the jobs they held; nothing lost or run twice."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "bench/kill_test.py", "--jobs", "120", "--kills", "2", "--timeout", "150"],
+        cwd=root, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert (report["submitted"], report["lost"], report["duplicated"], report["kills"]) == (120, 0, 0, 2)
+    assert report["completed"] + report["failed"] == 120 and report["failed"] == report["failed_because_a_worker_died"]
+
+
+@pytest.mark.process
+def test_a_bare_fork_in_the_handler_does_not_stall_the_worker(tmp_path, loop):
+    notebook = build_notebook(
+        tmp_path / "fork.ipynb",
+        [("setup", "import os"), ("handler", "def handler(job):\n    os.fork()  # no exec, no branch: both copies return\n    return job['input']['i']")],
+    )
+    with kit_serve(notebook, env={"KIT_WORKER_LOOP": loop}) as served:
+        endpoint = served.endpoint()
+        assert [endpoint.run_sync({"i": i}, timeout=30) for i in range(4)] == [0, 1, 2, 3]
+        assert endpoint.health()["jobs"]["completed"] == 4

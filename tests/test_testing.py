@@ -767,3 +767,39 @@ def test_a_hand_written_worker_without_worker_loop_imports_runpod_itself(tmp_pat
     code, out, _ = kit_test(capsys, tmp_path)
     assert code == 0, out
     assert "import runpod (runpod.serverless)" in out
+
+@pytest.mark.process
+def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
+    """A forked daemon that leaves the process group must not keep kit test's event pipe open."""
+    import os
+    import signal
+    import threading
+
+    from kit.prove.testing import run_notebook_tests
+
+    pid_file = tmp_path / "daemon.pid"
+    notebook = build_notebook(
+        tmp_path / "daemon.ipynb",
+        [
+            ("setup", "import os\nimport time"),
+            (
+                "handler",
+                "def handler(job):\n"
+                "    if os.fork() == 0:\n"
+                "        os.setsid()\n"
+                f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                "        time.sleep(120)\n"
+                "        os._exit(0)\n"
+                "    return 1",
+            ),
+            ("test", "assert handler({'input': {}}) == 1"),
+        ],
+    )
+    try:
+        report = run_notebook_tests(notebook)
+        assert report.error is None and report.events[-1]["event"] == "end"
+        # kit test returned because the harness ended, not because a wait for the daemon gave up.
+        assert not [t for t in threading.enumerate() if t.name == "kit-test-events"]
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

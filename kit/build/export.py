@@ -256,7 +256,9 @@ def _previous_files(worker: Worker, out_dir: Path) -> list[str] | None:
             )
     if not os.path.lexists(out_dir):
         return None
-    if out_dir.is_symlink() or not out_dir.is_dir():
+    if out_dir.is_symlink():
+        raise KitError(f"{out_dir} is a symlink; the kit writes only into a real directory", "give the directory it points to with -o")
+    if not out_dir.is_dir():
         raise KitError(f"{out_dir} exists and is not a directory", "choose another output directory with -o")
     if not any(out_dir.iterdir()):
         return []  # empty: the new files are moved in
@@ -275,7 +277,7 @@ def _previous_files(worker: Worker, out_dir: Path) -> list[str] | None:
         listed = list(workerdir.GENERATED)
     previous = []
     for name in listed:
-        if isinstance(name, str) and _is_inside(name) and os.path.lexists(out_dir / name) and not (out_dir / name).is_dir():
+        if isinstance(name, str) and _is_inside(name) and _within(out_dir, name) and os.path.lexists(out_dir / name) and not (out_dir / name).is_dir():
             previous.append(name)
     ours = set(previous)
     for name in [*worker.files, *worker.copied_files]:
@@ -292,6 +294,12 @@ def _previous_files(worker: Worker, out_dir: Path) -> list[str] | None:
                     f"move it out of {out_dir}, or choose another output directory with -o",
                 )
     return previous
+
+
+def _within(out_dir: Path, name: str) -> bool:
+    """No folder on the way from out_dir to `name` is a symlink (which could lead out of out_dir)."""
+    parts = Path(name).parts[:-1]
+    return not any((out_dir.joinpath(*parts[: depth + 1])).is_symlink() for depth in range(len(parts)))
 
 
 def _is_inside(name: str) -> bool:

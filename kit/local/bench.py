@@ -10,8 +10,8 @@ completed, failed, lost and duplicated jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -26,6 +26,7 @@ from kit.local.pool import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
 STOCK_LOOP_LOG = "running the SDK's stock worker loop: "  # what worker_loop.py logs when it falls back
+JOB_TIMEOUT = 300.0  # a job not finished this long after it was sent is reported lost, and cancelled
 
 
 def bench(
@@ -38,6 +39,7 @@ def bench(
     json_out: bool = False,
     loop: str = "fast",
     openai: bool = False,
+    job_timeout: float = JOB_TIMEOUT,
 ) -> int:
     """Benchmark `target` (a notebook or a worker directory); 0 when every job completed once.
 
@@ -59,7 +61,7 @@ def bench(
         for name in loops:
             run = measure(
                 path, request, jobs=jobs, concurrency=concurrency, workers=workers,
-                env={platform.LOOP_ENV: name}, progress=not json_out, openai=openai,
+                env={platform.LOOP_ENV: name}, progress=not json_out, openai=openai, job_timeout=job_timeout,
             )
             runs.append({"loop": name, **run})
     report = {"target": str(target), "runpod": _runpod_version(), "jobs": jobs, "concurrency": concurrency, "workers": workers, "runs": runs}
@@ -115,8 +117,13 @@ def measure(
     env: dict[str, str] | None = None,
     progress: bool = False,
     openai: bool = False,
+    job_timeout: float = JOB_TIMEOUT,
 ) -> dict:
-    """Serve the worker directory at `path`, run the load, stop everything; return the figures."""
+    """Serve the worker directory at `path`, run the load, stop everything; return the figures.
+
+    Every wait is bounded: the workers' start (STARTUP_TIMEOUT), each job
+    (`job_timeout`, then it is cancelled and counted lost), the drain.
+    """
     with QueueEmulator() as emulator:
         log_dir = Path(tempfile.mkdtemp(prefix="kit-bench-logs-"))
         pool = WorkerPool(path, emulator, workers, log_dir=log_dir, env=env, say=lambda line: print(line, file=sys.stderr))
@@ -124,7 +131,7 @@ def measure(
             pool.start()
             cold_starts = _wait_until_ready(pool, emulator)
             cpu_before = emulator.cpu_time()
-            results, elapsed = asyncio.run(_load(emulator, pool, request, jobs, concurrency, progress, openai))
+            results, elapsed = asyncio.run(_load(emulator, pool, request, jobs, concurrency, progress, openai, job_timeout))
             emulator_cpu = emulator.cpu_time() - cpu_before
         finally:
             pool.stop()
@@ -133,7 +140,7 @@ def measure(
     finished = [r for r in results if r["status"] in FINAL_STATUSES]
     clean = len(finished) == jobs and all(r["status"] == "COMPLETED" for r in results) and not counters.duplicate_results
     if clean:  # the worker logs matter only when something went wrong
-        shutil.rmtree(log_dir, ignore_errors=True)
+        pool.remove_logs()
     figures = {
         "log_dir": None if clean else str(log_dir),
         "stock_loop": stock_loop,  # why the workers ran the SDK's stock loop (None: the fast one, or asked for stock)
@@ -149,7 +156,7 @@ def measure(
         "completed": sum(r["status"] == "COMPLETED" for r in results),
         "failed": sum(r["status"] == "FAILED" for r in results),
         "lost": jobs - len(finished),
-        "duplicated": counters.duplicate_results + (len(results) - len({r["id"] for r in results})),
+        "duplicated": counters.duplicate_results + _repeated_ids(results),
         "first_error": next((r["error"] for r in results if "error" in r), None),
     }
     if openai:
@@ -162,6 +169,11 @@ def measure(
             "first_chunk_ms": _percentiles([r["first_chunk_ms"] for r in finished if "first_chunk_ms" in r]),
         }
     return figures
+
+
+def _repeated_ids(results: list[dict]) -> int:
+    ids = [r["id"] for r in results if r.get("id") is not None]  # a job never queued has none
+    return len(ids) - len(set(ids))
 
 
 def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
@@ -179,11 +191,22 @@ def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
     raise KitEnvironmentError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
 
 
-async def _openai_call(session, url: str, body: dict) -> dict:
+async def _openai_call(session, url: str, body: dict, timeout: float = JOB_TIMEOUT) -> dict:
     """One OpenAI request; its outcome as a result row (status, tokens, time to first chunk)."""
+    import aiohttp
+
     sent = time.monotonic()
     row: dict = {"id": f"openai-{id(body)}-{sent}", "status": "FAILED"}
-    async with session.post(url, json=body) as response:
+    try:
+        return await _openai_exchange(session, url, body, row, sent, aiohttp.ClientTimeout(total=timeout))
+    except asyncio.TimeoutError:
+        row["status"] = "IN_PROGRESS"  # never finished: counted lost, with the reason
+        row["error"] = f"no complete answer within {timeout:g} s"
+        return row
+
+
+async def _openai_exchange(session, url: str, body: dict, row: dict, sent: float, timeout) -> dict:
+    async with session.post(url, json=body, timeout=timeout) as response:
         if not body.get("stream"):
             answer = await response.json(content_type=None)
             if response.status == 200:
@@ -224,7 +247,7 @@ def _completion_tokens(answer) -> int:
     return sum(len(_choice_text(c).split()) or len(((c.get("message") or {}).get("content") or "").split()) for c in answer.get("choices", []))
 
 
-async def _load(emulator, pool, request, jobs, concurrency, progress, openai=False) -> tuple[list[dict], float]:
+async def _load(emulator, pool, request, jobs, concurrency, progress, openai=False, job_timeout=JOB_TIMEOUT) -> tuple[list[dict], float]:
     import aiohttp
 
     bar = _progress_bar(jobs, progress)
@@ -236,25 +259,41 @@ async def _load(emulator, pool, request, jobs, concurrency, progress, openai=Fal
         for _ in remaining:
             if openai:
                 sent = time.monotonic()
-                row = await _openai_call(session, f"{base}/openai{request['route']}", request["body"])
+                row = await _openai_call(session, f"{base}/openai{request['route']}", request["body"], job_timeout)
                 row["client_ms"] = (time.monotonic() - sent) * 1000
                 results.append(row)
                 bar.update(1)
                 continue
             sent = time.monotonic()
-            async with session.post(f"{base}/runsync", json=request) as response:
-                state = await response.json()
-            while state["status"] not in FINAL_STATUSES:  # outlasted the sync wait: poll as a client would
-                await asyncio.sleep(0.5)
-                async with session.get(f"{base}/status/{state['id']}") as response:
+            deadline = sent + job_timeout
+            state = {"id": None, "status": "IN_QUEUE"}
+            try:
+                wait = min(emulator.runsync_wait, job_timeout)  # the emulator answers by then
+                async with session.post(
+                    f"{base}/runsync", params={"wait": str(int(wait * 1000))}, json=request,
+                    timeout=aiohttp.ClientTimeout(total=wait + 30),
+                ) as response:
                     state = await response.json()
+                while state["status"] not in FINAL_STATUSES and time.monotonic() < deadline:
+                    # Outlasted the sync wait: poll as a client would.
+                    await asyncio.sleep(0.5)
+                    async with session.get(f"{base}/status/{state['id']}", timeout=aiohttp.ClientTimeout(total=30)) as response:
+                        state = await response.json()
+            except asyncio.TimeoutError:
+                pass  # no answer in time: reported below
+            if state["status"] not in FINAL_STATUSES:
+                state["error"] = f"job {state['id'] or '(not queued)'} still {state['status']} after {job_timeout:g} s; cancelled"
+                if state["id"] is not None:
+                    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                        async with session.post(f"{base}/cancel/{state['id']}", timeout=aiohttp.ClientTimeout(total=10)):
+                            pass
             state["client_ms"] = (time.monotonic() - sent) * 1000
             results.append(state)
             bar.update(1)
 
     async def supervise():
         while True:
-            pool.check()
+            await asyncio.to_thread(pool.check)  # blocking calls into the emulator: off this loop
             await asyncio.sleep(0.2)
 
     started = time.monotonic()

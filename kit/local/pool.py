@@ -3,11 +3,18 @@
 A `WorkerPool` runs N unmodified ``python handler.py`` processes pointed at a
 `QueueEmulator` through the ``RUNPOD_WEBHOOK_*`` env vars, restarts the ones
 that die (their jobs are marked FAILED, never lost) and drains them on stop.
+
+Nothing outlives the pool: each worker runs under `launch.py`, which holds
+the read end of a pipe whose write end only the pool holds, and kills the
+worker's whole process group and removes its log when that pipe closes (the
+kit exited, or was killed with SIGKILL or SIGHUP). `stop` closes it last.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,14 +35,17 @@ STARTUP_FAILURES = 3
 DRAIN_TIMEOUT = 30.0
 
 
+LAUNCHER = Path(__file__).resolve().with_name("launch.py")
+
+
 @dataclass
 class _Process:
     worker_id: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen  # launch.py, the worker's process group leader
     spawned: float  # time.monotonic() just before the spawn
     log_path: Path
+    lifeline: int  # the write end of the pipe launch.py watches
     log_offset: int = 0  # where this process's output starts in the (appended) log
-
     refreshing: bool = False  # asked to stop by a refresh_worker job; restarted when it exits
 
 
@@ -62,6 +72,7 @@ class WorkerPool:
         self.say = say
         self.processes: dict[str, _Process] = {}
         self._startup_failures: dict[str, int] = {}
+        self.unexpected_exits = 0  # workers that died; their logs are worth keeping
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -71,19 +82,27 @@ class WorkerPool:
     def _spawn(self, worker_id: str) -> None:
         env = platform.worker_env({**self.env, **self.emulator.worker_env(worker_id)})
         log_path = self.log_dir / f"{worker_id}.log"
-        with open(log_path, "ab") as log:
-            offset = log.tell()
-            spawned = time.monotonic()
-            popen = subprocess.Popen(
-                [sys.executable, "handler.py"],
-                cwd=self.worker_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: Ctrl-C reaches only us, we stop it
-            )
-        self.processes[worker_id] = _Process(worker_id, popen, spawned, log_path, offset)
+        watched, lifeline = os.pipe()
+        try:
+            with open(log_path, "ab") as log:
+                offset = log.tell()
+                spawned = time.monotonic()
+                popen = subprocess.Popen(
+                    [sys.executable, str(LAUNCHER), str(watched), str(log_path), "--", sys.executable, "handler.py"],
+                    cwd=self.worker_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(watched,),
+                    start_new_session=True,  # its own process group: Ctrl-C reaches only us, we stop it
+                )
+        except BaseException:
+            os.close(lifeline)
+            raise
+        finally:
+            os.close(watched)
+        self.processes[worker_id] = _Process(worker_id, popen, spawned, log_path, lifeline, offset)
 
     def check(self) -> None:
         """Restart workers that exited; report the jobs they took down with them."""
@@ -92,7 +111,7 @@ class WorkerPool:
             if code is None:
                 self._refresh_if_asked(worker_id, process)
                 continue
-            kill_group(process.popen)  # the SDK's heartbeat process outlives a killed worker
+            _kill_group(process)  # the SDK's heartbeat process outlives a killed worker
             asked_to_refresh = self.emulator.expected_exit(worker_id)
             # runpod 2.0 reports a failed setup through a job (or only in its log when none was queued).
             setup_error = self.emulator.setup_failure(worker_id) or _setup_failure_in_log(process)
@@ -105,6 +124,7 @@ class WorkerPool:
             if refreshed:
                 self.say(f"{worker_id} restarted: its job returned refresh_worker: true (RunPod restarts the worker then)")
             else:
+                self.unexpected_exits += 1
                 message = f"{worker_id} exited with code {code} (log: {process.log_path})"
                 if setup_error:
                     message = f"{worker_id}'s setup failed: {setup_error}; it exited with code {code} (log: {process.log_path})"
@@ -151,9 +171,12 @@ class WorkerPool:
                     self.say(f"{process.worker_id} did not stop within {timeout:.0f} s; killing it")
         finally:  # also when a second Ctrl-C cuts the drain short: never leave a worker behind
             for process in self.processes.values():
-                kill_group(process.popen)
+                _kill_group(process)
             self.processes.clear()
 
+    def remove_logs(self) -> None:
+        """Remove the log folder (after `stop`), when nothing in it is worth keeping."""
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
 def _setup_failure_in_log(process: _Process) -> str | None:
     """The prestart failure runpod 2.0 logged (`prestart_failed | {json}`) since this process started, if any."""
@@ -178,6 +201,13 @@ def _setup_failure_in_log(process: _Process) -> str | None:
             continue
         return prestart_failure(json.dumps(info))
     return None
+
+
+def _kill_group(process: _Process) -> None:
+    kill_group(process.popen)
+    if process.lifeline >= 0:
+        os.close(process.lifeline)
+        process.lifeline = -1  # never close a number the process may have reused
 
 
 def _last_line(path: Path) -> str:

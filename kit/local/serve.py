@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,12 +32,7 @@ def job_line(state: dict) -> str:
     return time.strftime("%H:%M:%S ") + "  ".join(parts)
 
 
-class _Stopped(Exception):
-    """SIGTERM arrived: leave the supervision loop and drain."""
-
-
-def _raise_stopped(signum, frame):
-    raise _Stopped
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def serve(
@@ -48,13 +44,24 @@ def serve(
     api_key: str | None = None,
     execution_timeout: float | None = None,
 ) -> int:
-    """Serve `target` (a notebook or a worker directory) until Ctrl-C or SIGTERM.
+    """Serve `target` (a notebook or a worker directory) until Ctrl-C, SIGTERM or SIGHUP.
+
+    The signal handlers only set an event; the supervision loop notices it and
+    shuts down from one place, so a signal never interrupts the pool halfway
+    through starting a worker.
 
     `execution_timeout` (seconds) is the endpoint's default policy.executionTimeout.
     """
     from kit.build.export import worker_dir
 
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    stopping = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        stopping.set()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
         options = {} if execution_timeout is None else {"execution_timeout": execution_timeout}
         with worker_dir(target) as path, QueueEmulator(
@@ -63,20 +70,27 @@ def serve(
         ) as emulator:
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
             pool = WorkerPool(path, emulator, workers, log_dir=log_dir)
+            clean = False
             try:
                 pool.start()
                 _print_banner(path, emulator, workers, log_dir)
-                while True:
+                while not stopping.wait(0.2):
                     pool.check()
-                    time.sleep(0.2)
-            except (KeyboardInterrupt, _Stopped):
-                print("stopping: draining jobs in flight", flush=True)
+                print(f"stopping ({signal.Signals(received[0]).name}): draining jobs in flight", flush=True)
+                # A second Ctrl-C cuts the drain short (the finally below still stops every worker).
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                clean = True
             finally:
                 pool.stop()
+                if clean and not pool.unexpected_exits:
+                    pool.remove_logs()
+                else:
+                    print(f"worker logs kept in {log_dir}", flush=True)
         print("stopped", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Path) -> None:

@@ -79,10 +79,21 @@ def preview(value, limit: int = 160) -> str:
 class Report:
     def __init__(self, fd: int):
         self._stream = os.fdopen(fd, "w", encoding="utf-8")
+        # Only this process writes events. A process the handler starts must not hold the pipe
+        # open, or `kit test` would wait for it: exec'd ones do not inherit it, forked ones
+        # (a daemon that calls setsid() escapes the process group we kill) get /dev/null instead.
+        os.set_inheritable(fd, False)
+        os.register_at_fork(after_in_child=lambda: _detach(fd))
 
     def emit(self, event: events.Event) -> None:
         self._stream.write(events.encode(event))
         self._stream.flush()
+
+
+def _detach(fd: int) -> None:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd, inheritable=False)
+    os.close(null)
 
 
 class BoundedText(io.TextIOBase):

@@ -30,6 +30,8 @@ This file does not need the kit to run.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 import platform
 import sys
@@ -237,10 +239,51 @@ if WHY_STOCK is None:
             return task
 
 
+def _fork_safe(handler):
+    """`handler`, such that a process it forks without exec (a bare `os.fork()`) stops when
+    its copy of the handler call ends, instead of running a second copy of this worker
+    loop on the same connections (which stalls the worker)."""
+    owner = os.getpid()
+
+    def leave_if_forked():
+        if os.getpid() != owner:
+            os._exit(0)
+
+    if inspect.isasyncgenfunction(handler):
+        async def wrapped(job):
+            try:
+                async for chunk in handler(job):
+                    yield chunk
+            finally:
+                leave_if_forked()
+    elif inspect.isgeneratorfunction(handler):
+        def wrapped(job):
+            try:
+                yield from handler(job)
+            finally:
+                leave_if_forked()
+    elif inspect.iscoroutinefunction(handler):
+        async def wrapped(job):
+            try:
+                return await handler(job)
+            finally:
+                leave_if_forked()
+    else:
+        def wrapped(job):
+            try:
+                return handler(job)
+            finally:
+                leave_if_forked()
+    return functools.update_wrapper(wrapped, handler)
+
+
 def start(config: dict) -> None:
     """`runpod.serverless.start(config)`, on the fast loop when this runpod version allows it."""
     if sys.excepthook is _report_setup_failure:
         sys.excepthook = sys.__excepthook__  # setup is over
+
+    if callable(config.get("handler")):
+        config = {**config, "handler": _fork_safe(config["handler"])}
     if WHY_STOCK is None:
         rp_scale.JobScaler = FastJobScaler
         log.info("worker_loop: running the fast worker loop (fetching on room, no 1 s tick)")
