@@ -101,14 +101,18 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
                 "handler_cells": [c.index for c in analysis.cells if c.role == "handler"],
                 "test_cells": [t.translated.cell.index for t in test_cells],
                 "jobs": jobs,
-            },
+            }
+            | ({"batch_handler_kind": analysis.batch_handler_kind} if analysis.batch_handler_kind else {}),
             indent=2,
         )
         + "\n",
     }
     if jobs:
         files["test_input.json"] = json.dumps(jobs[0]["job"], indent=2) + "\n"
-    files.update(runtime.support_files())
+    files.update(runtime.support_files(batched=analysis.batch_handler_kind is not None))
+    for copied in requirements.local_modules:
+        if copied.name in files or copied.stem + ".py" in files:
+            raise notebook.error(f"the local module {copied.name} has the name of a file the kit writes beside handler.py", "rename the module")
     return Worker(notebook, analysis, requirements, jobs, files, warnings)
 
 
@@ -128,8 +132,11 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
     for parsed in analysis.cells:
         parts.append(f"\n{marker(parsed.translated.cell)}\n")
         parts.append(_with_newline(parsed.translated.source))
+    batched = analysis.batch_handler_kind is not None
+    if not analysis.defines_handler:  # after the last cell, so `kit test` and tests.py see it too
+        parts.append("\n\n" + runtime.provided_handler())
     parts.append("\n\n")
-    parts.append(runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier))
+    parts.append(runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier, batched=batched))
     return "".join(parts)
 
 
