@@ -73,12 +73,18 @@ class TestReport:
         return self._of("job")
 
     @property
+    def batch_jobs(self) -> list[dict]:
+        """The test jobs run again all together as one batch (a worker with batch_handler)."""
+        return self._of("batch_job")
+
+    @property
     def ok(self) -> bool:
         return (
             self.error is None
             and bool(self.cold_start and self.cold_start["ok"])
             and all(t["ok"] for t in self.tests)
             and all(j["ok"] for j in self.jobs)
+            and all(j["ok"] for j in self.batch_jobs)
         )
 
     def to_json(self) -> dict:
@@ -91,6 +97,7 @@ class TestReport:
             "setup_cells": self.setup_cells,
             "tests": self.tests,
             "jobs": self.jobs,
+            "batch_jobs": self.batch_jobs,
             "error": self.error,
         }
 
@@ -257,6 +264,10 @@ def event_lines(event: dict, report: TestReport) -> list[str]:
     if kind == "phase" and event["name"] == "jobs":
         runner = "rp_job.run_job_generator, streamed as a real worker does" if event["streaming"] else "rp_job.run_job, as `python handler.py --test_input` runs it"
         return [f"jobs through the runpod SDK ({runner}):"]
+    if kind == "phase" and event["name"] == "batch":
+        return [f"the same jobs all together, as one batch of {event['size']} (batch_handler called once, each job through rp_job.run_job):"]
+    if kind == "batch_job":
+        return event_lines({**event, "event": "job"}, report)
     if kind == "test":
         lines = [_row("PASS" if event["ok"] else "FAIL", _cell_name(event), event["seconds"])]
         lines += _output_lines(event["output"]) + _value_lines(event)
@@ -300,7 +311,7 @@ def summary_lines(report: TestReport) -> list[str]:
     if report.cold_start and report.cold_start["ok"] and not report.jobs:
         lines.append("note: no job literal such as handler({\"input\": {...}}) in a test cell, so no job ran through the SDK")
     counts = []
-    for name, items in (("test cell", report.tests), ("job", report.jobs)):
+    for name, items in (("test cell", report.tests), ("job", report.jobs), ("batched job", report.batch_jobs)):
         if items:
             failed = sum(not item["ok"] for item in items)
             counts.append(f"{len(items) - failed}/{len(items)} {name}s passed")
