@@ -15,7 +15,7 @@ alike. Goals checked at the end: batched >= 250 jobs/s and >= 70% of its
 in-process rate; its p99 latency no worse than the unbatched worker's; the
 trivial one >= 1,000 jobs/s.
 
-    .venv/bin/python bench/batching_throughput.py [--jobs 1000] [--rounds 2]
+    .venv/bin/python bench/batching_throughput.py [--jobs 1000] [--rounds 2] [--threads N]
 
 Uses the same code as `kit bench` (kit.local.bench.measure). Machine-dependent:
 quote the numbers with the machine (and how busy it was).
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -67,17 +68,17 @@ print(json.dumps({"jobs_per_s": done / (time.perf_counter() - started), "batch_s
 """
 
 
-def in_process_rate(worker: Path, request: dict, seconds: float = 5.0) -> dict:
+def in_process_rate(worker: Path, request: dict, env: dict, seconds: float = 5.0) -> dict:
     """Jobs/s of batch_handler on full batches, in a fresh interpreter in the worker directory."""
     out = subprocess.run(
         [sys.executable, "-c", IN_PROCESS, json.dumps(request), str(seconds)],
-        cwd=worker, capture_output=True, text=True, check=True,
+        cwd=worker, capture_output=True, text=True, check=True, env={**os.environ, **env},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def serve_run(worker: Path, request: dict, jobs: int, in_flight: int) -> dict:
-    run = measure(worker, request, jobs=jobs, concurrency=in_flight, workers=1, env={"RUNPOD_LOG_LEVEL": "WARN"})
+def serve_run(worker: Path, request: dict, jobs: int, in_flight: int, env: dict) -> dict:
+    run = measure(worker, request, jobs=jobs, concurrency=in_flight, workers=1, env={"RUNPOD_LOG_LEVEL": "WARN", **env})
     if run["completed"] != jobs or run["lost"] or run["duplicated"]:
         raise SystemExit(f"{worker.name}: not every job completed exactly once: {json.dumps(run)}")
     return run
@@ -87,7 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs per embeddings measurement (default 1000; trivial: 3x)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every worker and the in-process run (default: torch's own choice)")
     args = parser.parse_args()
+    env = {} if args.threads is None else {"OMP_NUM_THREADS": str(args.threads)}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -97,10 +100,10 @@ def main() -> None:
         rounds = []
         for number in range(1, args.rounds + 1):
             row = {
-                "in_process": in_process_rate(batched, SENTENCE),
-                "batched": serve_run(batched, SENTENCE, args.jobs, 32),
-                "unbatched": serve_run(unbatched, SENTENCE, args.jobs, 32),
-                "trivial": serve_run(trivial, ECHO, 3 * args.jobs, 64),
+                "in_process": in_process_rate(batched, SENTENCE, env),
+                "batched": serve_run(batched, SENTENCE, args.jobs, 32, env),
+                "unbatched": serve_run(unbatched, SENTENCE, args.jobs, 32, env),
+                "trivial": serve_run(trivial, ECHO, 3 * args.jobs, 64, env),
             }
             rounds.append(row)
             print(f"round {number}: " + json.dumps({
@@ -123,7 +126,8 @@ def main() -> None:
     latency = {name: {p: median((name, "latency_ms", "total", p)) for p in ("p50", "p99")} for name in rate}
     mean_batch = {name: median((name, "batches", "mean_size")) if "batches" in rounds[0][name] else None for name in rate}
     print()
-    print(f"median of {args.rounds} interleaved round(s), 1 worker each, one sentence per embeddings job")
+    threads = f"OMP_NUM_THREADS={args.threads}" if args.threads else "torch's default threads"
+    print(f"median of {args.rounds} interleaved round(s), 1 worker each, one sentence per embeddings job, {threads}")
     print("| worker | in flight | jobs/s through kit serve | batch_handler in-process, jobs/s | serve / in-process | mean batch | total p50 / p99, ms |")
     print("|---|---|---|---|---|---|---|")
     for name, label, flight in (("batched", "embeddings_batched (MAX_BATCH_SIZE 16)", 32), ("unbatched", "embeddings (handler)", 32), ("trivial", "echo batch_handler (MAX_BATCH_SIZE 32)", 64)):
