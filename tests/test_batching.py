@@ -348,3 +348,34 @@ def test_a_load_of_1000_jobs_over_2_workers_loses_and_duplicates_nothing(batch_w
     assert len({states[job_id]["workerId"] for job_id in ids}) == 2
     assert counters.duplicate_results == 0 and counters.unknown_results == 0
     assert read_batches(tmp_path / "batches")["mean_size"] > 1
+
+
+@pytest.mark.process
+def test_sigterm_lets_the_running_batch_finish_and_post_its_results(batch_worker, tmp_path):
+    hold = tmp_path / "go"
+    with serving(batch_worker, tmp_path, MAX_BATCH_SIZE="2", MAX_BATCH_WAIT_MS="10000") as served:
+        ids = [served.emulator.submit({"input": {"i": 1, "hold": str(hold)}}), served.emulator.submit({"input": {"i": 2}})]
+        started = hold.with_suffix(".started")
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process = served.pool.processes["worker-1"].popen
+        process.terminate()  # what RunPod sends a worker it scales down
+        time.sleep(0.5)
+        assert process.poll() is None  # draining: the batch is still running
+        hold.write_text("go")
+        assert process.wait(60) == 0
+        states = [served.emulator.status(job_id) for job_id in ids]
+    assert [(s["status"], s["output"]) for s in states] == [("COMPLETED", {"i": 1, "batch": 2}), ("COMPLETED", {"i": 2, "batch": 2})]
+
+
+@pytest.mark.process
+def test_a_bad_batch_setting_in_the_environment_stops_the_worker_with_its_message(batch_worker, tmp_path):
+    from kit.errors import KitError
+
+    with pytest.raises(KitError, match="ValueError: the env var MAX_BATCH_SIZE must be a whole number of at least 1, not 'lots'"):
+        with serving(batch_worker, tmp_path, MAX_BATCH_SIZE="lots") as served:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                served.pool.check()
+                time.sleep(0.1)

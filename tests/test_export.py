@@ -336,7 +336,7 @@ def test_a_local_module_named_like_a_kit_file_is_refused(make_notebook, tmp_path
         export_notebook(nb, tmp_path / "out")
 
 
-@pytest.mark.parametrize("name", ["hello", "embeddings"])
+@pytest.mark.parametrize("name", ["hello", "embeddings", "embeddings_batched"])
 def test_examples_export_and_pass_their_own_test_job(tmp_path, name):
     result = export_notebook(NOTEBOOKS / f"{name}.ipynb", tmp_path / name)
     assert not [w for w in result.warnings], result.warnings
