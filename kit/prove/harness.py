@@ -367,10 +367,9 @@ async def run_streaming(handler, job):
     return {"output": chunks}, chunks
 
 
-def run_batch(worker: Path, module, loop, report: Report, sources: SourceMap) -> None:
+def run_batch(worker: Path, batch_handler, loop, report: Report, sources: SourceMap) -> None:
     """The test jobs all together, as ONE batch: the worker's own batching (its batching.py) calling
     `batch_handler` once, each job through the SDK's run_job as the worker loop runs it."""
-    batch_handler = getattr(module, "batch_handler", None)
     entries = [entry for entry in job_list(worker) if isinstance(entry["job"], dict) and entry["job"].get("input") is not None]
     if not callable(batch_handler) or not entries:
         return
@@ -529,11 +528,12 @@ def main(argv: list[str]) -> int:
         report.emit("end")
         return 0
     handler = module.handler  # what the worker loop gets, whatever the tests rebind later
+    batch_handler = getattr(module, "batch_handler", None)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     run_test_cells(worker, module, loop, report, sources)
     run_jobs(worker, handler, loop, report, sources)
-    run_batch(worker, module, loop, report, sources)
+    run_batch(worker, batch_handler, loop, report, sources)
     report.emit("end")
     return 0
 
