@@ -141,7 +141,7 @@ def main() -> None:
         ratio = f"{rate[name] / ceiling:.0%}" if name == "batched" else "-"
         size = f"{mean_batch[name]:.1f}" if mean_batch[name] else "-"
         print(f"| {label} | {flight} | {rate[name]:,.1f} | {own} | {ratio} | {size} | {latency[name]['p50']:.0f} / {latency[name]['p99']:.0f} |")
-    print(f"\nwhere the time goes: one batch_handler call on {rounds[0]["in_process"]["batch_size"]} jobs takes {calls[0]:.0f} ms (p50) in-process and "
+    print(f"\nwhere the time goes: one batch_handler call on {rounds[0]['in_process']['batch_size']} jobs takes {calls[0]:.0f} ms (p50) in-process and "
           f"{calls[1]:.0f} ms inside the served worker, which shares the cores with the queue emulator and the client")
     goals = [
         (f"batched embeddings >= 250 jobs/s: {rate['batched']:,.1f}", rate["batched"] >= 250),
