@@ -144,6 +144,7 @@ class Batcher:
         self._thread: ThreadPoolExecutor | None = None  # created on the first sync call
         self._full: asyncio.Event | None = None
         self._dispatching = False
+        self._dispatcher: asyncio.Task | None = None  # a strong reference: the loop keeps only weak ones
         self._report = None
         if report_dir:
             os.makedirs(report_dir, exist_ok=True)
@@ -175,7 +176,7 @@ class Batcher:
             self._full.set()
         if not self._dispatching:
             self._dispatching = True
-            loop.create_task(self._dispatch())
+            self._dispatcher = loop.create_task(self._dispatch())
         try:
             return await entry[1]
         except asyncio.CancelledError:  # job-stop: a job not yet in a batch stays out of it
