@@ -17,9 +17,10 @@ TESTS = "tests.py"
 TEST_INPUT = "test_input.json"
 MANIFEST = "kit.json"
 WORKER_LOOP = "worker_loop.py"
+BATCHING = "batching.py"  # only beside a handler.py whose notebook defines batch_handler(jobs)
 
 # Every name the kit itself generates; a local module of the notebook may not take one.
-GENERATED = (HANDLER, REQUIREMENTS, TESTS, TEST_INPUT, MANIFEST, WORKER_LOOP)
+GENERATED = (HANDLER, REQUIREMENTS, TESTS, TEST_INPUT, MANIFEST, WORKER_LOOP, BATCHING)
 
 HANDLER_KINDS = ("function", "async", "generator", "async_generator")
 GENERATOR_KINDS = ("generator", "async_generator")
@@ -35,6 +36,7 @@ class Manifest:
     handler_cells: list[int] = field(default_factory=list)
     test_cells: list[int] = field(default_factory=list)
     jobs: list[dict] = field(default_factory=list)
+    batch_handler_kind: str | None = None  # "function" or "async" when a handler cell defines batch_handler(jobs)
     command: str | None = None  # the command that wrote the directory, as run
     files: list[str] = field(default_factory=list)  # what the export wrote, local module copies included
 

@@ -137,3 +137,28 @@ def test_a_killed_bench_leaves_no_worker_behind(make_notebook, tmp_path):
     finally:
         bench.kill()
         bench.wait()
+
+BATCHED = [
+    ("setup", "MAX_BATCH_SIZE = 4\nMAX_BATCH_WAIT_MS = 50"),
+    ("handler", "def batch_handler(jobs):\n    return [{'echo': job['input'], 'batch': len(jobs)} for job in jobs]"),
+    ("test", "batch_handler([{'input': {'prompt': 'hi'}}])"),
+]
+
+
+@pytest.mark.process
+def test_bench_of_a_batch_handler_reports_the_batch_sizes_it_saw(make_notebook):
+    nb = make_notebook(BATCHED)
+    result = run_kit("bench", nb, "--jobs", "40", "--concurrency", "8", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    batches = json.loads(result.stdout)["runs"][0]["batches"]
+    sizes = {int(size): count for size, count in batches["sizes"].items()}
+    assert sum(size * count for size, count in sizes.items()) == 40  # every job was in exactly one batch
+    assert max(sizes) == 4 and batches["count"] == sum(sizes.values()) < 40
+    for part in ("wait_ms", "call_ms"):
+        assert 0 <= batches[part]["p50"] <= batches[part]["p99"]
+
+    table = run_kit("bench", nb, "--jobs", "40", "--concurrency", "8")
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert "batch wait p50/p95/p99, ms" in table.stdout and "batch call p50/p95/p99, ms" in table.stdout
+    histogram = table.stdout.split("batch sizes (fast):")[1].splitlines()[1:]
+    assert histogram[0].split()[:1] == ["4"] and "#" in histogram[0]  # largest size first, with its bar

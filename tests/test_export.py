@@ -459,6 +459,70 @@ def test_worker_dir_accepts_notebooks_and_worker_directories(make_notebook, tmp_
             pass
 
 
+BATCH_ONLY = [
+    ("setup", "MAX_BATCH_SIZE = 4\nMAX_BATCH_WAIT_MS = 5"),
+    ("handler", "def batch_handler(jobs):\n    return [{'n': job['input']['n'], 'batch': len(jobs)} for job in jobs]"),
+    ("test", "assert batch_handler([{'input': {'n': 1}}, {'input': {'n': 2}}])[1] == {'n': 2, 'batch': 2}"),
+]
+
+
+def test_a_batch_handler_exports_batching_and_a_handler_for_one_job(make_notebook, tmp_path):
+    result = export_notebook(make_notebook(BATCH_ONLY), tmp_path / "out")
+    out = result.out_dir
+    assert "batching.py" in result.files and "import kit" not in (out / "batching.py").read_text()
+    manifest = json.loads((out / "kit.json").read_text())
+    assert manifest["batch_handler_kind"] == "function" and manifest["handler_kind"] == "function"
+    # The jobs of the list passed to batch_handler are the worker's test jobs.
+    assert [job["job"] for job in manifest["jobs"]] == [{"input": {"n": 1}}, {"input": {"n": 2}}]
+    assert json.loads((out / "test_input.json").read_text()) == {"input": {"n": 1}}
+    # handler(job) is a batch of one, for test cells, `kit test` and the SDK's local test mode.
+    check = subprocess.run(
+        [sys.executable, "-c", "import handler; print(handler.handler({'id': 'a', 'input': {'n': 7}}))"],
+        cwd=out, capture_output=True, text=True, timeout=60,
+    )
+    assert check.stdout.strip() == "{'n': 7, 'batch': 1}", check.stderr
+    run = run_worker(out)
+    assert run.returncode == 0 and "completed successfully" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def test_a_notebook_with_handler_and_batch_handler_keeps_its_own_handler(make_notebook, tmp_path):
+    cells = BATCH_ONLY[:2] + [("handler", "async def handler(job):\n    return {'own': True}"), ("test", "handler({'input': {'n': 1}})")]
+    out = export_notebook(make_notebook(cells), tmp_path / "out").out_dir
+    text = (out / "handler.py").read_text()
+    assert "single_job_handler" not in text and '"handler": batcher.handle' in text
+    assert json.loads((out / "kit.json").read_text())["handler_kind"] == "async"
+
+
+def test_a_notebook_without_batch_handler_gets_no_batching(make_notebook, tmp_path):
+    out = export_notebook(make_notebook(HELLO_CELLS), tmp_path / "out").out_dir
+    assert not (out / "batching.py").exists() and "batching" not in (out / "handler.py").read_text()
+    assert "batch_handler_kind" not in json.loads((out / "kit.json").read_text())
+
+
+BAD_BATCH_NOTEBOOKS = [
+    ([("handler", "def batch_handler():\n    return []")], "cell 1, line 1: batch_handler must accept exactly one positional argument, the list of jobs — define it as `def batch_handler(jobs):`"),
+    ([("handler", "def batch_handler(jobs):\n    yield from jobs")], "cell 1, line 1: batch_handler cannot be a generator: it returns a list with one result per job"),
+    ([("setup", "def batch_handler(jobs):\n    return jobs"), ("handler", "x = 1")], "cell 1, line 1: batch_handler is defined in a cell tagged `setup` — tag that cell `handler` instead"),
+    ([("handler", "MAX_BATCH_SIZE = 0\ndef batch_handler(jobs):\n    return jobs")], "cell 1, line 1: MAX_BATCH_SIZE must be a whole number of at least 1, not 0"),
+    ([("handler", "MAX_BATCH_WAIT_MS = 'soon'\ndef batch_handler(jobs):\n    return jobs")], "cell 1, line 1: MAX_BATCH_WAIT_MS must be a number of milliseconds, 0 or more, not 'soon'"),
+    ([("handler", "def batch_handler(jobs):\n    return jobs\ndef handler():\n    pass")], "cell 1, line 3: handler must accept exactly one positional argument, the job"),
+]
+
+
+@pytest.mark.parametrize("cells, message", BAD_BATCH_NOTEBOOKS)
+def test_batch_handler_mistakes_exit_2_with_one_line(make_notebook, tmp_path, cells, message):
+    test_user_mistakes_exit_2_with_one_line(make_notebook, tmp_path, cells, message)
+
+
+def test_a_local_module_named_like_a_kit_file_is_refused(make_notebook, tmp_path):
+    nb = make_notebook([("setup", "import batching"), BATCH_ONLY[1]])
+    (nb.parent / "batching.py").write_text("X = 1\n")
+    with pytest.raises(KitError, match="the local module batching.py has the name of a file the kit writes beside handler.py"):
+        export_notebook(nb, tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["hello", "embeddings", "embeddings_batched"])
+
 @pytest.mark.process
 @pytest.mark.parametrize("name", ["hello", "embeddings"])
 def test_examples_export_and_pass_their_own_test_job(tmp_path, name):

@@ -179,6 +179,42 @@ def test_run_explains_bad_json_and_a_missing_handler(echo):
     assert "the job is not JSON" in panel.status.value and "line 1" in panel.status.value
 
 
+BATCH_HANDLER = "def batch_handler(jobs):\n    return [{'error': 'empty'} if not job['input'] else {'n': job['input']['n'], 'batch': len(jobs)} for job in jobs]"
+
+
+def test_run_takes_a_list_of_jobs_as_one_batch(echo):
+    panel = make_panel(echo, BATCH_HANDLER)
+    panel.job.value = json.dumps([{"input": {"n": 1}}, {"input": {}}, {"input": {"n": 3}}])
+    click(panel, panel.run_button)
+    assert "one batch_handler call, 3 job(s)" in panel.status.value
+    out = panel.output.value
+    assert out.index("job 1:") < out.index("&quot;batch&quot;: 3") < out.index("job 2:") < out.index("job 3:")
+    assert out.count("RunPod marks this job FAILED") == 1  # the empty job, alone
+
+
+def test_a_batch_of_the_wrong_length_fails_every_job(echo):
+    panel = make_panel(echo, "def batch_handler(jobs):\n    return jobs[:1]")
+    panel.job.value = json.dumps([{"input": {}}, {"input": {}}])
+    click(panel, panel.run_button)
+    assert "batch_handler returned 1 result(s) for a batch of 2 job(s)" in panel.status.value
+    assert "every job of the batch FAILS on RunPod" in panel.status.value
+
+
+def test_one_job_with_only_a_batch_handler_runs_as_a_batch_of_one(echo):
+    panel = make_panel(echo, BATCH_HANDLER)
+    panel.job.value = json.dumps({"input": {"n": 7}})
+    click(panel, panel.run_button)
+    assert "done in" in panel.status.value
+    assert "&quot;batch&quot;: 1" in panel.output.value and "&quot;n&quot;: 7" in panel.output.value
+
+
+def test_a_list_of_jobs_without_a_batch_handler_says_what_to_define(echo):
+    panel = make_panel(echo, "def handler(job):\n    return 1")
+    panel.job.value = json.dumps([{"input": {}}])
+    click(panel, panel.run_button)
+    assert "runs as one batch through batch_handler(jobs): define it in a `handler` cell" in panel.status.value
+
+
 def test_the_kernel_stays_free_while_a_slow_handler_runs(echo):
     release = threading.Event()
     panel = make_panel(echo, "")

@@ -803,3 +803,41 @@ def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+# --------------------------------------------------------------------------- batch_handler
+
+
+BATCH_HANDLER = (
+    "handler",
+    "def batch_handler(jobs):\n"
+    "    results = [{'n': job['input']['n'], 'batch': len(jobs)} for job in jobs]\n"
+    "    return results[:1] if BROKEN else results",
+)
+BATCH_TEST = ("test", "assert batch_handler([{'input': {'n': 1}}])[0]['n'] == 1\nhandler({'input': {'n': 2}})\nhandler({'input': {'n': 3}})")
+
+
+def test_a_batch_handler_runs_the_jobs_one_by_one_then_together_as_one_batch(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "batched.ipynb", ("setup", "BROKEN = False"), BATCH_HANDLER, BATCH_TEST)
+    code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "report.json")
+    assert code == 0, out
+    # The jobs: the one in the list passed to batch_handler, then the two passed to handler.
+    assert "the same jobs all together, as one batch of 3" in out
+    assert "OK: 1/1 test cells passed, 3/3 jobs passed, 3/3 batched jobs passed" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [job["value"] for job in report["jobs"]] == [f"{{'batch': 1, 'n': {n}}}" for n in (1, 2, 3)]
+    assert [job["value"] for job in report["batch_jobs"]] == [f"{{'batch': 3, 'n': {n}}}" for n in (1, 2, 3)]
+
+
+def test_a_batch_handler_that_only_works_one_job_at_a_time_fails_the_batch(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "batched.ipynb", ("setup", "BROKEN = True"), BATCH_HANDLER, BATCH_TEST)
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert "returned error: batch_handler returned 1 result(s) for a batch of 3 job(s)" in out
+    assert "FAILED: 1/1 test cells passed, 3/3 jobs passed, 0/3 batched jobs passed" in out
+
+
+def test_the_batched_embeddings_example_passes_with_batch_results_equal_to_single_ones(tmp_path, capsys):
+    code, out, _ = kit_test(capsys, NOTEBOOKS / "embeddings_batched.ipynb")
+    assert code == 0, out
+    assert "batch vs single jobs: largest difference" in out
+    assert "2/2 batched jobs passed" in out

@@ -62,6 +62,8 @@ class Analysis:
     imports: list[Import]
     warnings: list[KitWarning] = field(default_factory=list)
     start: StartOptions = field(default_factory=StartOptions)  # RUNPOD_CONFIG, the options of the worker's start
+    batch_handler_kind: str | None = None  # "function" or "async" when a handler cell defines batch_handler(jobs)
+    defines_handler: bool = True  # False: only batch_handler, and the export provides handler(job)
 
 
 def parse(notebook: Notebook, translated: TranslatedCell, top_level_await: bool = False) -> ast.Module:
@@ -110,7 +112,9 @@ def analyse(notebook: Notebook) -> Analysis:
         translated = translate(notebook, cell, "export")
         cells.append(_without_start_calls(notebook, ParsedCell(translated, parse(notebook, translated))))
 
-    handler_def = _check_handler(notebook, cells)
+    batch_def = _check_batch_handler(notebook, cells)
+    defines_handler = batch_def is None or any(_defines(n, "handler") for c in cells for n in c.tree.body)
+    handler_def = _check_handler(notebook, cells) if defines_handler else batch_def[1]
     start = check_start_options(notebook, cells)
     future = _hoist_future_imports(cells)
     _check_names(notebook, cells, lazy_annotations="annotations" in future)
@@ -123,6 +127,8 @@ def analyse(notebook: Notebook) -> Analysis:
         imports=_imports(cells),
         warnings=[KitWarning(message, notebook.name, cell, line) for cell, line, message in start.warnings],
         start=start,
+        batch_handler_kind=None if batch_def is None else _handler_kind(batch_def[1]),
+        defines_handler=defines_handler,
     )
     for parsed in cells:
         analysis.warnings += parsed.translated.warnings
@@ -247,19 +253,77 @@ def _defines(node: ast.stmt, name: str) -> bool:
     return False
 
 
-def _check_signature(notebook: Notebook, parsed: ParsedCell, node) -> None:
+def _takes_one_argument(node) -> bool:
     args = node.args
     positional = args.posonlyargs + args.args
     required = len(positional) - len(args.defaults)
     required_keyword = [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
-    ok = (positional or args.vararg) and required <= 1 and not required_keyword
-    if not ok:
+    return bool(positional or args.vararg) and required <= 1 and not required_keyword
+
+
+def _check_signature(notebook: Notebook, parsed: ParsedCell, node) -> None:
+    if not _takes_one_argument(node):
         raise notebook.error(
             "handler must accept exactly one positional argument, the job",
             "define it as `def handler(job):`",
             cell=parsed.index,
             line=node.lineno,
         )
+
+
+BATCH_SETTINGS = ("MAX_BATCH_SIZE", "MAX_BATCH_WAIT_MS")
+
+
+def _check_batch_handler(notebook: Notebook, cells: list[ParsedCell]):
+    """(cell, node) of the `batch_handler(jobs)` a handler cell defines, or None; its settings checked."""
+    definition = None
+    settings = []
+    for parsed in cells:
+        for node in parsed.tree.body:
+            if _defines(node, "batch_handler"):
+                if parsed.role != "handler":
+                    raise notebook.error(
+                        f"batch_handler is defined in a cell tagged `{parsed.role}`",
+                        "tag that cell `handler` instead",
+                        cell=parsed.index,
+                        line=node.lineno,
+                    )
+                definition = (parsed, node)
+            settings += [(parsed, node, name) for name in BATCH_SETTINGS if isinstance(node, ast.Assign) and _defines(node, name)]
+    if definition is None:
+        return None
+    for parsed_setting, node, name in settings:
+        _check_batch_setting(notebook, parsed_setting, node, name)
+    parsed, node = definition
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return parsed, None  # `batch_handler = something`: the worker finds out at run time
+    if not _takes_one_argument(node):
+        raise notebook.error(
+            "batch_handler must accept exactly one positional argument, the list of jobs",
+            "define it as `def batch_handler(jobs):`, returning one result per job in the same order",
+            cell=parsed.index,
+            line=node.lineno,
+        )
+    if _handler_kind(node) in ("generator", "async_generator"):
+        raise notebook.error(
+            "batch_handler cannot be a generator: it returns a list with one result per job",
+            "return the list; for streaming, write a generator `handler(job)` instead",
+            cell=parsed.index,
+            line=node.lineno,
+        )
+    return parsed, node
+
+
+def _check_batch_setting(notebook: Notebook, parsed: ParsedCell, node: ast.Assign, name: str) -> None:
+    value = _literal(node.value)
+    if value is None and not isinstance(node.value, ast.Constant):
+        return  # computed (e.g. from os.environ): checked when the worker starts
+    if name == "MAX_BATCH_SIZE":
+        ok, needed = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a whole number of at least 1"
+    else:
+        ok, needed = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"), "a number of milliseconds, 0 or more"
+    if not ok:
+        raise notebook.error(f"{name} must be {needed}, not {value!r}", f"set e.g. `{name} = {16 if name == 'MAX_BATCH_SIZE' else 10}`", cell=parsed.index, line=node.lineno)
 
 
 def _handler_kind(node) -> str:
@@ -549,6 +613,8 @@ def find_jobs(trees: list[tuple[int, ast.Module]]) -> list[dict]:
                 job = names.get(arg.id) if isinstance(arg, ast.Name) else _literal(arg)
                 if isinstance(job, dict) and "input" in job:
                     jobs.append({"cell": cell, "line": node.lineno, "job": job})
+            elif isinstance(node, ast.Call) and _calls_named(node, "batch_handler") and node.args:
+                jobs += [{"cell": cell, "line": node.lineno, "job": job} for job in _batch_jobs(node.args[0], names)]
     return jobs
 
 
@@ -559,6 +625,22 @@ def _assignments_and_calls(tree):
 def _calls_handler(node: ast.Call) -> bool:
     func = node.func
     return (isinstance(func, ast.Name) and func.id == "handler") or (isinstance(func, ast.Attribute) and func.attr == "handler")
+
+
+def _calls_named(node: ast.Call, name: str) -> bool:
+    func = node.func
+    return (isinstance(func, ast.Name) and func.id == name) or (isinstance(func, ast.Attribute) and func.attr == name)
+
+
+def _batch_jobs(arg: ast.expr, names: dict) -> list[dict]:
+    """The jobs of a list passed to batch_handler: a list literal, or a name assigned one, of job literals."""
+    if isinstance(arg, ast.Name):
+        value = names.get(arg.id)
+    elif isinstance(arg, ast.List):
+        value = [names.get(e.id) if isinstance(e, ast.Name) else _literal(e) for e in arg.elts]
+    else:
+        value = None
+    return [job for job in value if isinstance(job, dict) and "input" in job] if isinstance(value, list) else []
 
 
 def _literal(node):

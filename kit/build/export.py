@@ -104,7 +104,7 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
     }
     if jobs:
         files[workerdir.TEST_INPUT] = json.dumps(jobs[0]["job"], indent=2) + "\n"
-    files.update(runtime.support_files())
+    files.update(runtime.support_files(batched=analysis.batch_handler_kind is not None))
     _check_no_clash(notebook, files, requirements)
     manifest = workerdir.Manifest(
         notebook=notebook.name,
@@ -113,6 +113,7 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
         handler_cells=[c.index for c in analysis.cells if c.role == "handler"],
         test_cells=[t.translated.cell.index for t in test_cells],
         jobs=jobs,
+        batch_handler_kind=analysis.batch_handler_kind,
         command=command,
         # Every file the kit writes, so that a re-export replaces these and nothing else.
         files=sorted([*files, workerdir.MANIFEST, *requirements.local_files]),
@@ -165,7 +166,18 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
     # worker_loop.py). Importing handler.py (kit test, the notebook) runs neither.
     header.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)\n')
     cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
-    return percent.render("".join(header), cells, runtime.main_block(analysis.handler_kind, analysis.has_concurrency_modifier, analysis.start.config_name))
+    if not analysis.defines_handler:
+        # Only batch_handler: the handler(job) the export provides goes after the last cell, so
+        # importing handler.py (kit test, tests.py, the SDK's local test mode) sees it too.
+        index, role, source = cells[-1]
+        cells[-1] = (index, role, source.rstrip("\n") + "\n\n\n" + runtime.provided_handler())
+    main = runtime.main_block(
+        analysis.handler_kind,
+        analysis.has_concurrency_modifier,
+        analysis.start.config_name,
+        batched=analysis.batch_handler_kind is not None,
+    )
+    return percent.render("".join(header), cells, main)
 
 
 def _render_tests(notebook: Notebook, test_cells, command: str) -> str:

@@ -27,6 +27,7 @@ from kit.local.pool import WorkerPool
 STARTUP_TIMEOUT = 600.0
 STOCK_LOOP_LOG = "running the SDK's stock worker loop: "  # what worker_loop.py logs when it falls back
 JOB_TIMEOUT = 300.0  # a job not finished this long after it was sent is reported lost, and cancelled
+BATCH_REPORT_ENV = platform.template_constant("REPORT_ENV", platform.TEMPLATES / "batching.py")  # where batching.py logs each batch
 
 
 def bench(
@@ -126,6 +127,8 @@ def measure(
     """
     with QueueEmulator() as emulator:
         log_dir = Path(tempfile.mkdtemp(prefix="kit-bench-logs-"))
+        batch_dir = log_dir / "batches"
+        env = {**(env or {}), BATCH_REPORT_ENV: str(batch_dir)}
         pool = WorkerPool(path, emulator, workers, log_dir=log_dir, env=env, say=lambda line: print(line, file=sys.stderr))
         try:
             pool.start()
@@ -138,6 +141,7 @@ def measure(
         counters = emulator.counters
     stock_loop = _stock_loop_reason(log_dir)
     finished = [r for r in results if r["status"] in FINAL_STATUSES]
+    batches = read_batches(batch_dir)
     clean = len(finished) == jobs and all(r["status"] == "COMPLETED" for r in results) and not counters.duplicate_results
     if clean:  # the worker logs matter only when something went wrong
         pool.remove_logs()
@@ -153,6 +157,7 @@ def measure(
             "execution": _percentiles([r["executionTime"] for r in finished if "executionTime" in r]),
             "total": _percentiles([r["client_ms"] for r in finished]),
         },
+        **({"batches": batches} if batches else {}),
         "completed": sum(r["status"] == "COMPLETED" for r in results),
         "failed": sum(r["status"] == "FAILED" for r in results),
         "lost": jobs - len(finished),
@@ -174,6 +179,31 @@ def measure(
 def _repeated_ids(results: list[dict]) -> int:
     ids = [r["id"] for r in results if r.get("id") is not None]  # a job never queued has none
     return len(ids) - len(set(ids))
+
+
+def read_batches(batch_dir: Path) -> dict | None:
+    """What batching.py logged, one "size wait_ms call_ms" line per batch_handler call: sizes seen
+    (a histogram) and the split of a batched job's execution into waiting for its batch and the call."""
+    sizes: dict[int, int] = {}
+    waits, calls = [], []
+    for path in sorted(batch_dir.glob("batches-*.txt")) if batch_dir.is_dir() else ():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                size, wait_ms, call_ms = int(line.split()[0]), float(line.split()[1]), float(line.split()[2])
+            except (ValueError, IndexError):
+                continue  # a line cut short by a killed worker
+            sizes[size] = sizes.get(size, 0) + 1
+            waits.append(wait_ms)
+            calls.append(call_ms)
+    if not sizes:
+        return None
+    return {
+        "count": sum(sizes.values()),
+        "sizes": {str(size): sizes[size] for size in sorted(sizes)},
+        "mean_size": round(sum(size * n for size, n in sizes.items()) / sum(sizes.values()), 2),
+        "wait_ms": _percentiles(waits),
+        "call_ms": _percentiles(calls),
+    }
 
 
 def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
@@ -371,6 +401,14 @@ def format_report(report: dict) -> str:
         rows.append(
             (f"{part} p50/p95/p99, ms", ["/".join(_ms(run["latency_ms"][part][p]) for p in ("p50", "p95", "p99")) for run in runs])
         )
+    if any("batches" in run for run in runs):
+        def batch(run, part):
+            b = run.get("batches")
+            return "/".join(_ms(b[part][p]) for p in ("p50", "p95", "p99")) if b else "-"
+
+        rows.append(("batches (mean size)", [f"{run['batches']['count']} ({run['batches']['mean_size']:.1f})" if "batches" in run else "-" for run in runs]))
+        rows.append(("  batch wait p50/p95/p99, ms", [batch(run, "wait_ms") for run in runs]))
+        rows.append(("  batch call p50/p95/p99, ms", [batch(run, "call_ms") for run in runs]))
     rows.append(("emulator CPU per job, ms", [f"{run['emulator_cpu_ms_per_job']:.2f}" for run in runs]))
     if all("openai" in run for run in runs):
         rows.append(("tokens/s", [f"{run['openai']['tokens_per_s']:.1f}" for run in runs]))
@@ -391,6 +429,8 @@ def format_report(report: dict) -> str:
     for run in runs:
         if run.get("stock_loop"):
             lines.append(f"  note ({run.get('loop', 'result')}): the workers ran the SDK's stock loop: {run['stock_loop']}")
+        if "batches" in run:
+            lines.append(f"  batch sizes ({run.get('loop', 'result')}): " + histogram(run["batches"]["sizes"]))
     for run in runs:
         if run["first_error"] is not None:
             lines.append(f"  first error ({run.get('loop', 'result')}): {str(run['first_error'])[:300]}")
@@ -398,6 +438,13 @@ def format_report(report: dict) -> str:
         if run["log_dir"] is not None:
             lines.append(f"  worker logs ({run.get('loop', 'result')}): {run['log_dir']}")
     return "\n".join(lines)
+
+
+def histogram(sizes: dict[str, int], width: int = 30) -> str:
+    """Batch sizes seen, one bar per size: `size count bar`, largest size first."""
+    most = max(sizes.values())
+    bars = [f"{size:>4} x{count:<6}{'#' * max(1, round(count / most * width))}" for size, count in sorted(sizes.items(), key=lambda kv: -int(kv[0]))]
+    return "\n" + "\n".join("    " + bar for bar in bars)
 
 
 def _ms(value) -> str:

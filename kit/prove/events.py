@@ -142,11 +142,18 @@ class Job(Event):
 
 
 @dataclass
+class BatchJob(Job):
+    """One test job run again inside a single batch of all of them (batch_handler called once)."""
+
+    kind: ClassVar[str] = "batch_job"
+
+
+@dataclass
 class End(Event):
     kind: ClassVar[str] = "end"
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (Start, SetupCell, ColdStart, Phase, TestCell, Job, End)}
+EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (Start, SetupCell, ColdStart, Phase, TestCell, Job, BatchJob, End)}
 
 
 class BadEvent(ValueError):

@@ -21,7 +21,10 @@ What it does, in order:
    it against what the test cell's direct call of ``handler(job)`` gave (the
    same output, or the same error: an error the test expects passes), then
    checks the result as RunPod carries it: JSON, and its size against the
-   platform's limits.
+   platform's limits;
+4. when handler.py defines ``batch_handler(jobs)``, runs those jobs again all
+   together as one batch, through the worker's own batching and ``run_job``,
+   and checks each job's result the same way.
 
 Exported cells run as ``__main__`` with ``sys.argv == ["handler.py"]``, as in
 the worker and in Jupyter; ``progress_update`` calls are recorded and shown,
@@ -678,6 +681,54 @@ async def run_streaming(handler, job):
     return {"output": chunks}, chunks
 
 
+def run_batch(worker: Path, batch_handler, loop, report: Report, sources: SourceMap) -> None:
+    """The test jobs all together, as ONE batch: the worker's own batching (its batching.py) calling
+    `batch_handler` once, each job through the SDK's run_job as the worker loop runs it."""
+    entries = [entry for entry in workerdir.jobs_to_test(worker) if isinstance(entry["job"], dict) and entry["job"].get("input") is not None]
+    if not callable(batch_handler) or not entries:
+        return
+    try:
+        import batching  # the copy exported beside handler.py (sys.path[0] is the worker directory)
+    except ImportError:
+        from kit.templates import batching
+    from runpod.serverless.modules.rp_job import run_job
+
+    jobs = []
+    for number, entry in enumerate(entries, start=1):
+        job = copy.deepcopy(entry["job"])
+        job["id"] = f"{job.get('id', 'local_test')}-{number}"  # distinct ids, as a real batch has
+        jobs.append(job)
+    batcher = batching.Batcher(batch_handler, max_size=len(jobs), max_wait_ms=1000.0)  # full at once: no wait
+    report.emit(events.Phase(name="batch", size=len(jobs)))
+
+    async def together():
+        return await asyncio.gather(*(run_job(batcher.handle, job) for job in jobs), return_exceptions=True)
+
+    with captured() as output:
+        started = time.perf_counter()
+        bodies = loop.run_until_complete(together())
+        seconds = time.perf_counter() - started
+    for entry, job, body in zip(entries, jobs, bodies):
+        error = failure(body, sources) if isinstance(body, BaseException) else job_error(body, sources)
+        size, problems = (None, []) if error else check_result(body)
+        shown = Shown(value=preview(body["output"])) if isinstance(body, dict) and "output" in body else Shown()
+        report.emit(
+            events.BatchJob(
+                cell=entry.get("cell"),
+                line=entry.get("line"),
+                streaming=False,
+                input=job.get("input"),
+                ok=error is None and not any(p.level == "fail" for p in problems),
+                seconds=seconds,
+                size=size,
+                error=error,
+                problems=problems,
+                output=output.getvalue(),
+                shown=shown,
+            )
+        )
+
+
 def job_error(body: dict, sources: SourceMap) -> Failure | None:
     """The failure the SDK recorded in a job's result, located in the notebook."""
     if "error" not in body:
@@ -748,6 +799,7 @@ def main(argv: list[str]) -> int:
     asyncio.set_event_loop(loop)
     run_test_cells(worker, module, loop, report, sources)
     run_jobs(worker, handler, loop, report, sources, aggregation(worker, module))
+    run_batch(worker, getattr(module, "batch_handler", None), loop, report, sources)
     report.emit(events.End())
     return 0
 

@@ -43,7 +43,7 @@ class TestReport:
     log: str = ""  # the worker process's own stdout/stderr, kept for `error`
 
     def _of(self, kind: type[Event]) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
+        return [e for e in self.events if type(e) is kind]  # exactly: a BatchJob is not one of .jobs
 
     @property
     def python(self) -> str | None:
@@ -66,12 +66,18 @@ class TestReport:
         return self._of(events.Job)
 
     @property
+    def batch_jobs(self) -> list[events.BatchJob]:
+        """The test jobs run again all together as one batch (a worker with batch_handler)."""
+        return self._of(events.BatchJob)
+
+    @property
     def ok(self) -> bool:
         return (
             self.error is None
             and bool(self.cold_start and self.cold_start.ok)
             and all(t.ok for t in self.tests)
             and all(j.ok for j in self.jobs)
+            and all(j.ok for j in self.batch_jobs)
         )
 
     def to_json(self) -> dict:
@@ -92,6 +98,7 @@ class TestReport:
             "setup_cells": [plain(e) for e in self.setup_cells],
             "tests": [plain(e) for e in self.tests],
             "jobs": [plain(e) for e in self.jobs],
+            "batch_jobs": [plain(e) for e in self.batch_jobs],
             "error": self.error,
         }
 
@@ -266,6 +273,8 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
     if isinstance(event, events.Phase) and event.name == "jobs":
         runner = "rp_job.run_job_generator, streamed as a real worker does" if event.streaming else "rp_job.run_job, as `python handler.py --test_input` runs it"
         return [f"jobs through the runpod SDK ({runner}):"]
+    if isinstance(event, events.Phase) and event.name == "batch":
+        return [f"the same jobs all together, as one batch of {event.size} (batch_handler called once, each job through rp_job.run_job):"]
     if isinstance(event, events.TestCell):
         lines = [_row("PASS" if event.ok else "FAIL", _cell_name(event), event.seconds)]
         lines += _output_lines(event.output) + _value_lines(event.shown) + _progress_lines(event)
@@ -334,7 +343,7 @@ def summary_lines(report: TestReport) -> list[str]:
     if report.cold_start and report.cold_start.ok and not report.jobs:
         lines.append("note: no job literal such as handler({\"input\": {...}}) in a test cell, so no job ran through the SDK")
     counts = []
-    for name, items in (("test cell", report.tests), ("job", report.jobs)):
+    for name, items in (("test cell", report.tests), ("job", report.jobs), ("batched job", report.batch_jobs)):
         if items:
             failed = sum(not item.ok for item in items)
             counts.append(f"{len(items) - failed}/{len(items)} {name}s passed")

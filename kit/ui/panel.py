@@ -3,14 +3,16 @@ without leaving the notebook.
 
 `kit.panel()` in an untagged cell shows an ipywidgets panel bound to the
 notebook it runs in and to the kernel's namespace: **Run** calls the
-`handler` the kernel defined (plain, async or generator), **Export** calls
+`handler` the kernel defined (plain, async or generator; a list of jobs is one
+`batch_handler(jobs)` call, and with only `batch_handler` a job runs as a batch
+of one, as in the exported worker), **Export** calls
 `kit.build.export.export_notebook` in the kernel (so requirements are inferred from
 the kernel's own environment) and **Test** runs `python -m kit test` in a
 subprocess. Each runs in a thread and updates the widgets from there, so the
 kernel keeps answering while a handler, an export or a test is under way.
 
 The logic the buttons call (`locate_notebook`, `summarise`, `call_handler`,
-`payload_report`) is plain functions, usable and testable without widgets.
+`kit.platform.check_payload`) is plain functions, usable and testable without widgets.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from kit import platform
 from kit.build.notebook import Notebook, read_notebook
 from kit.errors import KitError
+from kit.templates.batching import result_problem, single_job_handler
 from kit.ui.runner import HandlerRun, call_handler
 
 TAGGING_HELP = (
@@ -166,7 +169,7 @@ class Panel:
         self.widget = w.VBox(
             [
                 self.header,
-                w.HTML("<b>Job</b> (the JSON RunPod passes to <code>handler(job)</code>)"),
+                w.HTML("<b>Job</b> (the JSON RunPod passes to <code>handler(job)</code>; a list of jobs runs <code>batch_handler(jobs)</code>)"),
                 self.job,
                 w.HBox([self.run_button, self.export_button, self.test_button]),
                 self.status,
@@ -241,12 +244,17 @@ class Panel:
         except json.JSONDecodeError as error:
             self.status.value = _note(f"the job is not JSON: {error.msg} at line {error.lineno}, column {error.colno}", "error")
             return
+        if isinstance(job, list):
+            self._run_batch(job)
+            return
         notes = []
         if not isinstance(job, dict) or "input" not in job:
             notes.append(_note('RunPod jobs are objects with an "input" key: the worker fails this job before calling the handler', "warning"))
         elif "id" not in job:
             job = {"id": "panel-test", **job}
         handler = self.namespace.get("handler")
+        if not callable(handler) and callable(self.namespace.get("batch_handler")):
+            handler = single_job_handler(self.namespace["batch_handler"])  # what the exported worker provides
         if not callable(handler):
             self.status.value = _note("no handler(job) in this kernel yet: run the `handler` cell (and the `setup` cells) first", "error")
             return
@@ -272,6 +280,42 @@ class Panel:
             else _note(f"done in {run.seconds:.3f} s ({run.kind} handler)", "ok")
         )
 
+    def _run_batch(self, jobs: list) -> None:
+        """A list of jobs: one batch_handler(jobs) call, as the worker makes for a batch."""
+        batch_handler = self.namespace.get("batch_handler")
+        if not callable(batch_handler):
+            self.status.value = _note("a list of jobs runs as one batch through batch_handler(jobs): define it in a `handler` cell and run that cell", "error")
+            return
+        notes = []
+        if not all(isinstance(job, dict) and "input" in job for job in jobs):
+            notes.append(_note('RunPod jobs are objects with an "input" key: the worker fails such a job before calling the handler', "warning"))
+        jobs = [{"id": f"panel-test-{n}", **job} if isinstance(job, dict) and "id" not in job else job for n, job in enumerate(jobs, 1)]
+        self.status.value = _note(f"running batch_handler on {len(jobs)} job(s)…")
+        printed: list[str] = []
+        run = call_handler(batch_handler, jobs, on_print=printed.append)
+        parts = list(notes)
+        problem = None if run.error else result_problem(run.output, len(jobs))
+        if run.error:
+            parts.append(_pre(run.error, "kit-error"))
+        elif problem:
+            parts.append(_pre(_render(run.output), "kit-result"))
+            parts.append(_note(f"{problem}: every job of the batch FAILS on RunPod", "error"))
+        else:
+            for number, result in enumerate(run.output, 1):
+                parts.append(_note(f"job {number}:") + _pre(_render(result), "kit-result"))
+                if isinstance(result, dict) and "error" in result:
+                    parts.append(_note('the result has an "error" key: RunPod marks this job FAILED', "warning"))
+                parts.append(_payload_note(result, "result: "))
+        if printed:
+            parts.append(_note("printed:") + _pre("".join(printed), "kit-printed"))
+        self.output.value = "".join(parts)
+        failed = "batch_handler raised" if run.error else problem
+        self.status.value = (
+            _note(f"{failed} after {run.seconds:.3f} s: every job of the batch FAILS on RunPod", "error")
+            if failed
+            else _note(f"done in {run.seconds:.3f} s (one batch_handler call, {len(jobs)} job(s))", "ok")
+        )
+
     @staticmethod
     def _render_run(run: HandlerRun, notes: list[str], printed: str) -> str:
         parts = list(notes)
@@ -285,10 +329,7 @@ class Panel:
                 parts.append(_pre(_render(run.output), "kit-result"))
             if isinstance(run.output, dict) and "error" in run.output:
                 parts.append(_note('the result has an "error" key: RunPod marks this job FAILED', "warning"))
-            check = platform.check_payload(run.result)
-            level = {"ok": "info", "warn": "warning", "fail": "error"}[check.level]
-            text = check.message + (f" — {check.hint}" if check.hint else "")
-            parts.append(_note(("aggregated stream: " if run.streamed else "result: ") + text, level))
+            parts.append(_payload_note(run.result, "aggregated stream: " if run.streamed else "result: "))
         if printed:
             parts.append(_note("printed:"))
             parts.append(_pre(printed, "kit-printed"))
@@ -359,6 +400,13 @@ class Panel:
         text, level = verdict.get(process.returncode, (f"kit test failed (exit {process.returncode})", "error"))
         self.status.value = _note(text, level)
         self.output.value = saved + _pre("".join(lines), "kit-test-log")
+
+
+def _payload_note(value, label: str) -> str:
+    """How a result fares against RunPod's payload limits (the check kit test makes too)."""
+    check = platform.check_payload(value)
+    level = {"ok": "info", "warn": "warning", "fail": "error"}[check.level]
+    return _note(label + check.message + (f" — {check.hint}" if check.hint else ""), level)
 
 
 def _render(value) -> str:
