@@ -4,7 +4,9 @@ N jobs go through the endpoint API (`/runsync`, `/status` when a job outlasts
 the sync wait) keeping C in flight. The report: cold start (worker process
 start to its first job-take), throughput, latency percentiles split into queue
 delay and execution time (RunPod's `delayTime`/`executionTime`), and counts of
-completed, failed, lost and duplicated jobs.
+completed, failed, lost and duplicated jobs. For a worker with `batch_handler`,
+the batches its batching.py logged: sizes seen (a histogram), how long jobs
+waited for their batch and how long each call took.
 """
 
 from __future__ import annotations
