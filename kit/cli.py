@@ -58,6 +58,7 @@ def _cmd_serve(args) -> int:
         port=args.port,
         workers=args.workers,
         api_key=args.api_key,
+        watch=args.watch,
     )
 
 
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' from clients")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="re-export on every save of the notebook: handler-only changes reload warm (setup kept), others restart",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="serve the worker and measure cold start, throughput and latency")

@@ -49,6 +49,7 @@ class WorkerPool:
         log_dir: Path,
         env: dict[str, str] | None = None,
         say: Callable[[str], None] = print,
+        command: list[str] | None = None,
     ):
         if count < 1:
             raise KitError(f"--workers must be at least 1, not {count}")
@@ -58,6 +59,9 @@ class WorkerPool:
         self.log_dir = Path(log_dir)
         self.env = env or {}
         self.say = say
+        # What each worker process runs in the worker directory: the exported handler.py, or
+        # (kit serve --watch) kit.local.launcher, which runs it with warm reload.
+        self.command = command or [sys.executable, "handler.py"]
         self.processes: dict[str, _Process] = {}
         self._startup_failures: dict[str, int] = {}
 
@@ -72,7 +76,7 @@ class WorkerPool:
         with open(log_path, "ab") as log:
             spawned = time.monotonic()
             popen = subprocess.Popen(
-                [sys.executable, "handler.py"],
+                self.command,
                 cwd=self.worker_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -112,6 +116,26 @@ class WorkerPool:
                         f"see {process.log_path}",
                     )
             self._spawn(worker_id)
+
+    def reload(self) -> None:
+        """Ask every worker run by kit.local.launcher to swap in the handler code it is told of."""
+        from kit.local.launcher import RELOAD_SIGNAL
+
+        for process in self.processes.values():
+            if process.popen.poll() is None:
+                process.popen.send_signal(RELOAD_SIGNAL)
+
+    def restart(self, worker_dir: Path) -> None:
+        """Drain and stop every worker, then start them again on `worker_dir`."""
+        worker_ids = list(self.processes) or [f"worker-{n}" for n in range(1, self.count + 1)]
+        self.stop()
+        for worker_id in worker_ids:
+            lost = self.emulator.worker_exited(worker_id, "was restarted")  # its record starts over
+            if lost:
+                self.say(f"{worker_id} was restarted with job(s) in flight: FAILED {', '.join(lost)}")
+        self._startup_failures.clear()
+        self.worker_dir = Path(worker_dir)
+        self.start()
 
     def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """SIGTERM every worker, let the SDK drain jobs in flight, SIGKILL what is left."""
@@ -164,23 +188,34 @@ def serve(
     port: int = 8000,
     workers: int = 1,
     api_key: str | None = None,
+    watch: bool = False,
 ) -> int:
-    """Serve `target` (a notebook or a worker directory) until Ctrl-C or SIGTERM."""
+    """Serve `target` (a notebook or a worker directory) until Ctrl-C or SIGTERM.
+
+    `watch`: re-export the notebook on every save and reload the workers (kit.local.watch).
+    """
     from kit.build.export import worker_dir
+    from kit.local.watch import Watcher
 
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
-        with worker_dir(target) as path, QueueEmulator(
+        watcher = Watcher(target, say=lambda line: print(line, flush=True)) if watch else None
+        with (watcher.serving() if watcher else worker_dir(target)) as path, QueueEmulator(
             host, port, api_key, on_job_end=lambda state: print(job_line(state), flush=True)
         ) as emulator:
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
-            pool = WorkerPool(path, emulator, workers, log_dir=log_dir)
+            pool = WorkerPool(path, emulator, workers, log_dir=log_dir, **(watcher.pool_options() if watcher else {}))
             try:
                 pool.start()
                 _print_banner(path, emulator, workers, log_dir)
+                if watcher:
+                    print(f"watching {target}: every save reloads the workers", flush=True)
                 while True:
-                    pool.check()
-                    time.sleep(0.2)
+                    if watcher:
+                        watcher.poll(pool)
+                    else:
+                        pool.check()
+                    time.sleep(watcher.tick if watcher else 0.2)
             except (KeyboardInterrupt, _Stopped):
                 print("stopping: draining jobs in flight", flush=True)
             finally:
