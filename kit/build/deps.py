@@ -11,6 +11,7 @@ an unchanged notebook gives the same bytes.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -137,7 +138,7 @@ def infer_requirements(
         add(project_name(spec) or spec, spec, "--extra")
     pip_projects = set(lines)
 
-    distributions = importlib.metadata.packages_distributions()
+    distributions = packages_distributions()
     local: dict[str, Path] = {}
     for item in analysis.imports:
         module = item.module
@@ -188,6 +189,28 @@ def infer_requirements(
 
     ordered = sorted(lines.values(), key=lambda l: (normalise(l.name), l.spec))
     return Requirements(ordered, warnings, sorted(excluded), [local[m] for m in sorted(local)])
+
+
+_distributions: tuple[tuple, dict] | None = None
+
+
+def packages_distributions() -> dict[str, list[str]]:
+    """`importlib.metadata.packages_distributions()` (a third of a second), cached while no
+    site-packages directory on sys.path changes (installing or removing a package changes it).
+    `kit serve --watch` exports on every save; the notebook's own folder, which every save
+    changes, is not part of the key."""
+    global _distributions
+    key = tuple((entry, _mtime_ns(entry)) for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages"))
+    if _distributions is None or _distributions[0] != key:
+        _distributions = (key, importlib.metadata.packages_distributions())
+    return _distributions[1]
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _installed(distribution: str) -> bool:

@@ -18,6 +18,7 @@ which cells changed, warm or cold (and why), and the time from the save.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import os
 import shutil
@@ -93,8 +94,8 @@ def compare(old: Version, new: Version) -> Change:
         removed += max(0, (i2 - i1) - (j2 - j1))
     if removed:
         change.cells.append(f"{removed} cell(s) removed")
-    setup_old = [c.source for c in old.cells if c.tag != "handler"]
-    setup_new = [c.source for c in new.cells if c.tag != "handler"]
+    setup_old = [_meaning(c.source) for c in old.cells if c.tag != "handler"]
+    setup_new = [_meaning(c.source) for c in new.cells if c.tag != "handler"]
     if setup_old != setup_new:
         change.cold.append("a setup cell changed, so setup runs again")
     if old.kind != new.kind:
@@ -245,6 +246,14 @@ class Watcher:
                 self.say(f"{self.pending.line}; first job on the new code {seconds:.2f} s after the save")
                 self.pending = None
                 return
+
+
+def _meaning(source: str) -> str:
+    """A cell's code without its comments and layout: a comment edit in a setup cell keeps the workers warm."""
+    try:
+        return ast.dump(ast.parse(source))
+    except SyntaxError:
+        return source
 
 
 def _code(text: str) -> str:
