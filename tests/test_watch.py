@@ -259,3 +259,57 @@ def test_compare_tells_warm_from_cold(tmp_path):
     kind = compare(base, export("d", "PREFIX = 1", "def handler(job):\n    yield 1"))
     assert "the handler went from function to generator" in kind.cold
     assert compare(base, export("e", "PREFIX = 1", plain_handler(1))).empty
+
+
+KERNEL = """
+import sys, time
+from pathlib import Path
+from kit.ui.serving import LocalEndpoint
+endpoint = LocalEndpoint(Path(sys.argv[1]))
+assert endpoint.start(), endpoint.lines
+print(endpoint.url, endpoint.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie nobody reaped (the kernel that would reap it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_the_panels_endpoint_stops_when_the_kernel_dies(tmp_path, setup_log):
+    """The Serve button's `kit serve` is the kernel's child: killing the kernel ends it and its workers."""
+    import signal
+    import subprocess
+    import sys
+
+    notebook = build_notebook(tmp_path / "worker.ipynb", cells(COUNTING_SETUP, plain_handler(1)))
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL, str(notebook)],
+        env={**os.environ, "SETUP_LOG": str(setup_log)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        url, pid = kernel.stdout.readline().split()
+        answer = requests.post(f"{url}/v2/local/runsync", json={"input": {"x": 1}}, timeout=60).json()
+        assert answer["output"]["version"] == 1
+        kernel.kill()  # as a dead kernel: no atexit, no clean shutdown
+        kernel.wait()
+        deadline = time.monotonic() + 60
+        while True:
+            if not alive(int(pid)):
+                break
+            assert time.monotonic() < deadline, "kit serve outlived the kernel that started it"
+            time.sleep(0.1)
+        with pytest.raises(requests.ConnectionError):
+            requests.post(f"{url}/v2/local/runsync", json={"input": {}}, timeout=10)
+    finally:
+        try:
+            os.killpg(kernel.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,16 @@ def job_line(state: dict) -> str:
     return time.strftime("%H:%M:%S ") + "  ".join(parts)
 
 
+_output = threading.Lock()
+
+
+def say_line(text: str) -> None:
+    """One whole line on stdout: job lines come from the emulator's thread, reload lines from the main one."""
+    with _output:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
 class _Stopped(Exception):
     """SIGTERM arrived: leave the supervision loop and drain."""
 
@@ -207,9 +218,9 @@ def serve(
 
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
-        watcher = Watcher(target, say=lambda line: print(line, flush=True)) if watch else None
+        watcher = Watcher(target, say=say_line) if watch else None
         with (watcher.serving() if watcher else worker_dir(target)) as path, QueueEmulator(
-            host, port, api_key, on_job_end=lambda state: print(job_line(state), flush=True)
+            host, port, api_key, on_job_end=lambda state: say_line(job_line(state))
         ) as emulator:
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
             pool = WorkerPool(path, emulator, workers, log_dir=log_dir, **(watcher.pool_options() if watcher else {}))
