@@ -91,9 +91,10 @@ def setup_log(tmp_path):
     return tmp_path / "setup.log"
 
 
-def test_handler_only_saves_reload_warm_without_running_setup_again(tmp_path, setup_log):
+@pytest.mark.parametrize("loop", ["fast", "stock"])
+def test_handler_only_saves_reload_warm_without_running_setup_again(tmp_path, setup_log, loop):
     notebook = build_notebook(tmp_path / "worker.ipynb", cells(COUNTING_SETUP, plain_handler(1)))
-    with kit_serve(notebook, "--watch", env={"SETUP_LOG": str(setup_log)}) as served:
+    with kit_serve(notebook, "--watch", env={"SETUP_LOG": str(setup_log), "KIT_WORKER_LOOP": loop}) as served:
         assert runsync(served, {"x": 0}) == {"version": 1, "text": "setup-1 v1 x=0 helper-1"}
         for version in (2, 3, 4):
             save(notebook, [None, plain_handler(version)])
@@ -313,3 +314,16 @@ def test_the_panels_endpoint_stops_when_the_kernel_dies(tmp_path, setup_log):
             os.killpg(kernel.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_setup_that_fails_when_it_runs_is_reported_and_the_next_good_save_serves_again(tmp_path, setup_log):
+    notebook = build_notebook(tmp_path / "worker.ipynb", cells(COUNTING_SETUP, plain_handler(1)))
+    head = "import asyncio, os, time\nfrom pathlib import Path\n"
+    with kit_serve(notebook, "--watch", env={"SETUP_LOG": str(setup_log)}) as served:
+        assert runsync(served, {})["version"] == 1
+        save(notebook, [head + COUNTING_SETUP + "\nraise RuntimeError('no GPU here')", None])  # exports fine, fails in the worker
+        line = served.wait_for_line(r"^error: the worker exited", timeout=120)
+        assert "RuntimeError: no GPU here" in line and "the workers start on the next good save" in line, line
+        assert served.process.poll() is None, "kit serve --watch must wait for the next save"
+        save(notebook, [head + COUNTING_SETUP.replace("setup-1", "setup-2"), None])
+        answer_until(served, {}, lambda out: out["text"].startswith("setup-2 "))
