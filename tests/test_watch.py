@@ -327,3 +327,13 @@ def test_a_setup_that_fails_when_it_runs_is_reported_and_the_next_good_save_serv
         assert served.process.poll() is None, "kit serve --watch must wait for the next save"
         save(notebook, [head + COUNTING_SETUP.replace("setup-1", "setup-2"), None])
         answer_until(served, {}, lambda out: out["text"].startswith("setup-2 "))
+
+
+def test_watch_needs_a_notebook(tmp_path):
+    from conftest import run_kit
+
+    notebook = build_notebook(tmp_path / "worker.ipynb", cells("X = 1", "def handler(job):\n    return X"))
+    assert run_kit("export", notebook, "-o", tmp_path / "out").returncode == 0
+    result = run_kit("serve", tmp_path / "out", "--watch", "--port", "0", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'out'}: --watch needs a notebook, not a worker directory — give the .ipynb file"]

@@ -30,6 +30,7 @@ from kit import platform
 from kit.build.notebook import Notebook, read_notebook
 from kit.errors import KitError
 from kit.ui.runner import HandlerRun, call_handler
+from kit.ui import serving
 from kit.ui.serving import LocalEndpoint
 
 TAGGING_HELP = (
@@ -193,6 +194,12 @@ class Panel:
         )
         self.widget.add_class("kit-panel")
         self.refresh(prefill=True)
+        running = serving.RUNNING.get(self.path)
+        if running is not None and running.running:  # the panel's cell ran again: keep the endpoint
+            self.endpoint = running
+            running.on_line = lambda line: self._show_endpoint_log()
+            self._show_serving("")
+            self._show_endpoint_log()
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -354,6 +361,10 @@ class Panel:
             self.endpoint.stop()
             self.endpoint = None
             return
+        self._show_serving(saved)
+        self.status.value = _note("serving: Run sends the job to the local endpoint (untick to call the kernel's handler)", "ok")
+
+    def _show_serving(self, saved: str) -> None:
         self.serve_button.description, self.serve_button.icon = "Stop serving", "stop"
         self.use_endpoint.disabled, self.use_endpoint.value = False, True
         self.endpoint_info.value = (
@@ -361,7 +372,6 @@ class Panel:
             + _note(f"serving this notebook at {self.endpoint.url}/v2/local — every save reloads it", "ok")
             + _pre(self.endpoint.curl or "", "kit-curl")
         )
-        self.status.value = _note("serving: Run sends the job to the local endpoint (untick to call the kernel's handler)", "ok")
 
     def _show_endpoint_log(self) -> None:
         lines = [line for line in self.endpoint.lines if not line.startswith(("kit serve:", "endpoint:", "  ", "Ctrl-C"))]

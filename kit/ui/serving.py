@@ -67,6 +67,9 @@ class _Spawner:
 
 _SPAWNER = _Spawner()
 
+# The endpoint serving each notebook in this kernel: a panel made again (its cell re-run) takes it over.
+RUNNING: dict[Path, "LocalEndpoint"] = {}
+
 
 class LocalEndpoint:
     """One watched `kit serve` of a notebook."""
@@ -98,6 +101,7 @@ class LocalEndpoint:
             start_new_session=True,  # Ctrl-C in the kernel (an interrupt) does not reach it
         )
         atexit.register(self.stop)
+        RUNNING[self.notebook] = self
         self._reader = threading.Thread(target=self._read, name="kit-endpoint-log", daemon=True)
         self._reader.start()
         self.ready.wait(timeout)
@@ -130,6 +134,8 @@ class LocalEndpoint:
         if self._reader is not None:
             self._reader.join(5)
         atexit.unregister(self.stop)
+        if RUNNING.get(self.notebook) is self:
+            del RUNNING[self.notebook]
 
     def run_sync(self, job: dict, timeout: float = 90.0) -> dict:
         """POST the job to /runsync; the job's status dict as RunPod's API answers it."""
