@@ -243,7 +243,9 @@ class Watcher:
                 return
             if isinstance(status.get("served"), (int, float)):
                 seconds = max(0.0, status["served"] - self.pending.saved)
-                self.say(f"{self.pending.line}; first job on the new code {seconds:.2f} s after the save")
+                loaded = status.get("loaded")
+                in_place = f"new code in place {max(0.0, loaded - self.pending.saved):.2f} s, " if isinstance(loaded, (int, float)) else ""
+                self.say(f"{self.pending.line}; {in_place}first job on the new code {seconds:.2f} s after the save")
                 self.pending = None
                 return
 
