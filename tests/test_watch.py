@@ -154,7 +154,7 @@ def test_a_setup_change_restarts_the_workers_and_says_why(tmp_path, setup_log):
         save(notebook, [new_setup, None])
         answer_until(served, {"x": 1}, lambda out: out["text"].startswith("setup-2 "))
         line = served.wait_for_line(r"^reload 2: ")
-        assert re.search(r"cell 2 \[setup\] changed — cold restart: a setup cell changed, so setup runs again; first job on the new code", line), line
+        assert re.search(r"cell 2 \[setup\] changed — cold restart: a setup cell changed, so setup runs again; new code in place \d+\.\d\d s, first job on the new code", line), line
         assert setup_runs(setup_log) == 2
 
 
