@@ -19,7 +19,6 @@ Machine-dependent: quote the numbers with the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -35,7 +34,6 @@ import nbformat
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-LABEL = '"model": "all-MiniLM-L6-v2"'
 
 
 def save(path: Path, round_: int, cold: bool) -> float:
@@ -61,7 +59,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="kit-reload-bench-"))
     notebook = work / "embeddings.ipynb"
     shutil.copy(ROOT / "notebooks" / "embeddings.ipynb", notebook)
-    job = json.loads(json.dumps({"input": {"sentences": ["A man is eating food."]}}))
+    job = {"input": {"sentences": ["A man is eating food."]}}
     process = subprocess.Popen(
         [sys.executable, "-m", "kit", "serve", str(notebook), "--watch", "--port", "0"],
         cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,

@@ -8,7 +8,6 @@ test sees how often setup ran.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
