@@ -259,6 +259,8 @@ def test_compare_tells_warm_from_cold(tmp_path):
     kind = compare(base, export("d", "PREFIX = 1", "def handler(job):\n    yield 1"))
     assert "the handler went from function to generator" in kind.cold
     assert compare(base, export("e", "PREFIX = 1", plain_handler(1))).empty
+    comment = compare(base, export("f", "# the model's prefix\nPREFIX = 1", plain_handler(1)))
+    assert comment.cells == ["cell 2 [setup]"] and comment.cold == [], "a comment in a setup cell restarts nothing"
 
 
 KERNEL = """
