@@ -59,6 +59,8 @@ def _cmd_serve(args) -> int:
         workers=args.workers,
         api_key=args.api_key,
         execution_timeout=args.execution_timeout,
+
+        watch=args.watch,
     )
 
 
@@ -176,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--execution-timeout", type=float, default=None, metavar="SECONDS",
         help="end a job TIMED_OUT after this long unless its policy.executionTimeout says otherwise (default 600, RunPod's)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="re-export on every save of the notebook: handler-only changes reload warm (setup kept), others restart",
     )
     p.set_defaults(func=_cmd_serve)
 

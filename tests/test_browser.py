@@ -263,3 +263,54 @@ def test_a_cell_toolbar_button_opens_the_cell_tags(jupyterlab, page):
     inspector.get_by_text("Common Tools", exact=False).first.click()
     expect(inspector).to_contain_text("setup")
     shot(page, "07-cell-tags")
+
+
+def test_serve_reloads_the_endpoint_when_the_notebook_is_saved(jupyterlab, page):
+    """Serve, edit the handler cell, save with Ctrl+S: the endpoint answers with the new code."""
+    url = jupyterlab["url"]
+    page.goto(f"{url}/lab/tree/hello.ipynb?token={TOKEN}")
+    wait_for_kernel(page)
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    panel = page.locator(".kit-panel")
+    expect(panel).to_be_visible(timeout=120_000)
+
+    panel.locator("button.kit-serve").click()
+    info = panel.locator(".kit-endpoint")
+    expect(info).to_contain_text("serving this notebook at http://127.0.0.1:", timeout=120_000)
+    expect(info.locator(".kit-curl")).to_contain_text("curl -X POST")
+    expect(info.locator(".kit-curl")).to_contain_text('{"input": {"prompt": "Hello World"}}')
+    endpoint = re.search(r"at (http://127\.0\.0\.1:\d+)/v2/local", info.inner_text()).group(1)
+    assert requests.post(f"{endpoint}/v2/local/runsync", json={"input": {"n": 1}}, timeout=60).json()["output"]["greeting"] == "Hello"
+    shot(page, "08-serving")
+
+    handler_cell = page.locator(".jp-NotebookPanel .jp-CodeCell").nth(2)  # cell 4, tagged handler
+    handler_cell.locator(".cm-content").click()
+    page.keyboard.press("Control+a")  # inside a cell's editor: the cell's text
+    page.keyboard.insert_text(
+        "async def handler(job):\n"
+        '    job_input = job.get("input", {})\n'
+        '    return {"greeting": GREETING + " from the watched endpoint", **job_input}\n'
+    )
+    page.keyboard.press("Control+s")
+    deadline = time.monotonic() + 60
+    while True:
+        answer = requests.post(f"{endpoint}/v2/local/runsync", json={"input": {"n": 2}}, timeout=60).json()
+        if answer["output"]["greeting"] == "Hello from the watched endpoint":
+            break
+        assert time.monotonic() < deadline, f"the endpoint still answers {answer}"
+        time.sleep(0.2)
+    expect(panel.locator(".kit-endpoint-log")).to_contain_text("cell 4 [handler] changed — warm", timeout=30_000)
+
+    # Run sends the job to the endpoint: the new code answers, not the kernel's (old) handler.
+    panel.locator(".kit-job textarea").fill('{"input": {"prompt": "via the panel"}}')
+    panel.locator("button.kit-run").click()
+    expect(panel.locator(".kit-status")).to_contain_text("COMPLETED on the local endpoint", timeout=60_000)
+    expect(panel.locator(".kit-output")).to_contain_text("Hello from the watched endpoint")
+    panel.scroll_into_view_if_needed()
+    shot(page, "09-reloaded")
+
+    panel.locator("button.kit-serve").click()  # now "Stop serving"
+    expect(info).to_contain_text("local endpoint stopped", timeout=60_000)
+    with pytest.raises(requests.ConnectionError):
+        requests.post(f"{endpoint}/v2/local/runsync", json={"input": {}}, timeout=10)

@@ -164,7 +164,7 @@ def infer_requirements(
         add(project_name(spec) or spec, spec, "--extra")
     pip_projects = set(lines)
 
-    distributions = importlib.metadata.packages_distributions()
+    distributions = packages_distributions()
     local: dict[str, Path] = {}
     for item in analysis.imports:
         module = item.module
@@ -213,7 +213,7 @@ def infer_requirements(
             continue
         raise notebook.error(
             f"`import {module}`: no installed package provides `{module}`",
-            f"install it and re-export, or add a `%pip install <package>` line to a setup cell",
+            "install it and re-export, or add a `%pip install <package>` line to a setup cell",
             cell=item.cell,
             line=item.line,
         )
@@ -224,6 +224,28 @@ def infer_requirements(
     modules = [local[m] for m in sorted(local)]
     files = local_files(notebook, modules, include_secrets=include_secrets, warnings=warnings)
     return Requirements(ordered, warnings, sorted(excluded), modules, files)
+
+
+_distributions: tuple[tuple, dict] | None = None
+
+
+def packages_distributions() -> dict[str, list[str]]:
+    """`importlib.metadata.packages_distributions()` (a third of a second), cached while no
+    site-packages directory on sys.path changes (installing or removing a package changes it).
+    `kit serve --watch` exports on every save; the notebook's own folder, which every save
+    changes, is not part of the key."""
+    global _distributions
+    key = tuple((entry, _mtime_ns(entry)) for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages"))
+    if _distributions is None or _distributions[0] != key:
+        _distributions = (key, importlib.metadata.packages_distributions())
+    return _distributions[1]
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _installed(distribution: str) -> bool:

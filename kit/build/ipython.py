@@ -23,7 +23,7 @@ import shlex
 import tokenize
 from dataclasses import dataclass, field
 
-from kit.errors import KitError, KitWarning
+from kit.errors import KitWarning
 from kit.build.notebook import Cell, Notebook
 
 # Line magics that only change how the notebook displays or reloads things.

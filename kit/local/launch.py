@@ -10,7 +10,7 @@ closes that end; this script then SIGKILLs its whole group (the worker, the
 SDK's heartbeat process, whatever the handler started), removes the worker's
 log and, if it was the last one, the log folder, and exits. SIGTERM, SIGINT
 and SIGHUP are passed on to the worker, so the SDK drains as it would on
-RunPod. Its exit status is the worker's (a worker killed by signal N makes it
+RunPod (and SIGUSR1, kit serve --watch's reload). Its exit status is the worker's (a worker killed by signal N makes it
 die of signal N too); before exiting it kills what the worker left in the group.
 """
 
@@ -77,7 +77,8 @@ def main(argv: list[str]) -> int:
         except OSError:
             pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    # SIGUSR1: kit serve --watch's warm reload (kit.local.reloader); only sent to workers it runs.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, forward)
 
     def watch() -> None:

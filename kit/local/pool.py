@@ -61,6 +61,7 @@ class WorkerPool:
         log_dir: Path,
         env: dict[str, str] | None = None,
         say: Callable[[str], None] = print,
+        command: list[str] | None = None,
     ):
         if count < 1:
             raise KitError(f"--workers must be at least 1, not {count}")
@@ -70,6 +71,9 @@ class WorkerPool:
         self.log_dir = Path(log_dir)
         self.env = env or {}
         self.say = say
+        # What each worker process runs in the worker directory: the exported handler.py, or
+        # (kit serve --watch) kit.local.reloader, which runs it with warm reload.
+        self.command = command or [sys.executable, "handler.py"]
         self.processes: dict[str, _Process] = {}
         self._startup_failures: dict[str, int] = {}
         self.unexpected_exits = 0  # workers that died; their logs are worth keeping
@@ -88,7 +92,7 @@ class WorkerPool:
                 offset = log.tell()
                 spawned = time.monotonic()
                 popen = subprocess.Popen(
-                    [sys.executable, str(LAUNCHER), str(watched), str(log_path), "--", sys.executable, "handler.py"],
+                    [sys.executable, str(LAUNCHER), str(watched), str(log_path), "--", *self.command],
                     cwd=self.worker_dir,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -155,6 +159,34 @@ class WorkerPool:
         process.refreshing = True
         self.emulator.release_worker(worker_id)
         process.popen.send_signal(signal.SIGTERM)
+
+    def reload(self) -> None:
+        """Ask every worker run by kit.local.reloader to swap in the handler code it is told of."""
+        from kit.local.reloader import RELOAD_SIGNAL
+
+        for process in self.processes.values():
+            if process.popen.poll() is None:
+                process.popen.send_signal(RELOAD_SIGNAL)  # launch.py passes it on to the worker
+
+    def restart(self, worker_dir: Path) -> None:
+        """Drain and stop every worker, then start them again on `worker_dir`."""
+        worker_ids = list(self.processes) or [f"worker-{n}" for n in range(1, self.count + 1)]
+        for worker_id in self.processes:
+            self.emulator.release_worker(worker_id)  # no new jobs for them from here on
+        if self.emulator.health()["jobs"]["inProgress"] == 0:
+            # Nothing to drain: skip the SDK's shutdown and the interpreter's teardown (seconds with torch).
+            for process in self.processes.values():
+                _kill_group(process)
+            self.processes.clear()
+        else:
+            self.stop()
+        for worker_id in worker_ids:
+            lost = self.emulator.worker_exited(worker_id, "was restarted")  # its record starts over
+            if lost:
+                self.say(f"{worker_id} was restarted with job(s) in flight: FAILED {', '.join(lost)}")
+        self._startup_failures.clear()
+        self.worker_dir = Path(worker_dir)
+        self.start()
 
     def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """SIGTERM every worker, let the SDK drain jobs in flight, SIGKILL what is left."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +35,15 @@ def job_line(state: dict) -> str:
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
+_output = threading.Lock()
+
+
+def say_line(text: str) -> None:
+    """One whole line on stdout: job lines come from the emulator's thread, reload lines from the main one."""
+    with _output:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
 
 def serve(
     target: str,
@@ -43,6 +53,7 @@ def serve(
     workers: int = 1,
     api_key: str | None = None,
     execution_timeout: float | None = None,
+    watch: bool = False,
 ) -> int:
     """Serve `target` (a notebook or a worker directory) until Ctrl-C, SIGTERM or SIGHUP.
 
@@ -50,9 +61,11 @@ def serve(
     shuts down from one place, so a signal never interrupts the pool halfway
     through starting a worker.
 
-    `execution_timeout` (seconds) is the endpoint's default policy.executionTimeout.
+    `execution_timeout` (seconds) is the endpoint's default policy.executionTimeout. `watch`:
+    re-export the notebook on every save and reload the workers (kit.local.watch).
     """
     from kit.build.export import worker_dir
+    from kit.local.watch import Watcher
 
     stopping = threading.Event()
     received: list[int] = []
@@ -64,18 +77,23 @@ def serve(
     previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
         options = {} if execution_timeout is None else {"execution_timeout": execution_timeout}
-        with worker_dir(target) as path, QueueEmulator(
-            host, port, api_key, on_job_end=lambda state: print(job_line(state), flush=True),
-            say=lambda line: print(line, flush=True), **options,
+        watcher = Watcher(target, say=say_line) if watch else None
+        with (watcher.serving() if watcher else worker_dir(target)) as path, QueueEmulator(
+            host, port, api_key, on_job_end=lambda state: say_line(job_line(state)), say=say_line, **options,
         ) as emulator:
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
-            pool = WorkerPool(path, emulator, workers, log_dir=log_dir)
+            pool = WorkerPool(path, emulator, workers, log_dir=log_dir, **(watcher.pool_options() if watcher else {}))
             clean = False
             try:
                 pool.start()
                 _print_banner(path, emulator, workers, log_dir)
-                while not stopping.wait(0.2):
-                    pool.check()
+                if watcher:
+                    say_line(f"watching {target}: every save reloads the workers")
+                while not stopping.wait(watcher.tick if watcher else 0.2):
+                    if watcher:
+                        watcher.poll(pool)
+                    else:
+                        pool.check()
                 print(f"stopping ({signal.Signals(received[0]).name}): draining jobs in flight", flush=True)
                 # A second Ctrl-C cuts the drain short (the finally below still stops every worker).
                 signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -33,6 +33,8 @@ from kit.build.notebook import Notebook, read_notebook
 from kit.errors import KitError
 from kit.templates.batching import result_problem, single_job_handler
 from kit.ui.runner import HandlerRun, call_handler
+from kit.ui import serving
+from kit.ui.serving import LocalEndpoint
 
 TAGGING_HELP = (
     "Tag a cell <code>setup</code>, <code>handler</code> or <code>test</code> — "
@@ -154,8 +156,21 @@ class Panel:
         self.run_button = w.Button(description="Run", icon="play", tooltip="call handler(job) in this kernel")
         self.export_button = w.Button(description="Export", icon="download", tooltip="save, then kit export")
         self.test_button = w.Button(description="Test", icon="check", tooltip="save, then kit test in a subprocess")
-        for button, css in ((self.run_button, "kit-run"), (self.export_button, "kit-export"), (self.test_button, "kit-test")):
+        self.serve_button = w.Button(description="Serve", icon="server", tooltip="a local RunPod endpoint for this notebook, reloaded on every save")
+        for button, css in (
+            (self.run_button, "kit-run"),
+            (self.export_button, "kit-export"),
+            (self.test_button, "kit-test"),
+            (self.serve_button, "kit-serve"),
+        ):
             button.add_class(css)
+        self.use_endpoint = w.Checkbox(value=False, disabled=True, indent=False, description="Run on the local endpoint")
+        self.use_endpoint.add_class("kit-use-endpoint")
+        self.endpoint: LocalEndpoint | None = None
+        self.endpoint_info = w.HTML()
+        self.endpoint_info.add_class("kit-endpoint")
+        self.endpoint_log = w.HTML()
+        self.endpoint_log.add_class("kit-endpoint-log")
         self.status = w.HTML()
         self.status.add_class("kit-status")
         self.output = w.HTML()
@@ -166,19 +181,28 @@ class Panel:
         self.run_button.on_click(lambda _: self._start(self.run))
         self.export_button.on_click(lambda _: self._start(self.export))
         self.test_button.on_click(lambda _: self._start(self.test))
+        self.serve_button.on_click(lambda _: self._start(self.toggle_serving))
         self.widget = w.VBox(
             [
                 self.header,
                 w.HTML("<b>Job</b> (the JSON RunPod passes to <code>handler(job)</code>; a list of jobs runs <code>batch_handler(jobs)</code>)"),
                 self.job,
-                w.HBox([self.run_button, self.export_button, self.test_button]),
+                w.HBox([self.run_button, self.export_button, self.test_button, self.serve_button, self.use_endpoint]),
                 self.status,
                 self.output,
+                self.endpoint_info,
+                self.endpoint_log,
                 self.scripts,
             ]
         )
         self.widget.add_class("kit-panel")
         self.refresh(prefill=True)
+        running = serving.RUNNING.get(self.path)
+        if running is not None and running.running:  # the panel's cell ran again: keep the endpoint
+            self.endpoint = running
+            running.on_line = lambda line: self._show_endpoint_log()
+            self._show_serving("")
+            self._show_endpoint_log()
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -233,7 +257,7 @@ class Panel:
             self.thread.join(timeout)
 
     def _set_busy(self, busy: bool) -> None:
-        for button in (self.run_button, self.export_button, self.test_button):
+        for button in (self.run_button, self.export_button, self.test_button, self.serve_button):
             button.disabled = busy
 
     # ---------------------------------------------------------------- Run
@@ -252,6 +276,9 @@ class Panel:
             notes.append(_note('RunPod jobs are objects with an "input" key: the worker fails this job before calling the handler', "warning"))
         elif "id" not in job:
             job = {"id": "panel-test", **job}
+        if self.use_endpoint.value and self.endpoint is not None and self.endpoint.running:
+            self.run_on_endpoint(job, notes)
+            return
         handler = self.namespace.get("handler")
         if not callable(handler) and callable(self.namespace.get("batch_handler")):
             handler = single_job_handler(self.namespace["batch_handler"])  # what the exported worker provides
@@ -334,6 +361,62 @@ class Panel:
             parts.append(_note("printed:"))
             parts.append(_pre(printed, "kit-printed"))
         return "".join(parts)
+
+    def run_on_endpoint(self, job: dict, notes: list[str]) -> None:
+        self.status.value = _note(f"sending the job to {self.endpoint.url}/v2/local/runsync…")
+        self.output.value = ""
+        started = time.perf_counter()
+        state = self.endpoint.run_sync(job)
+        seconds = time.perf_counter() - started
+        parts = list(notes)
+        if "output" in state:
+            parts.append(_pre(_render(state["output"]), "kit-result"))
+            check = platform.check_payload(state["output"])
+            level = {"ok": "info", "warn": "warning", "fail": "error"}[check.level]
+            parts.append(_note("result: " + check.message + (f" — {check.hint}" if check.hint else ""), level))
+        if "error" in state:
+            parts.append(_pre(platform.error_summary(state["error"]), "kit-error"))
+        self.output.value = "".join(parts)
+        level = "ok" if state.get("status") == "COMPLETED" else "error"
+        self.status.value = _note(f"{state.get('status')} on the local endpoint in {seconds:.3f} s ({state.get('workerId', '-')})", level)
+
+    # ---------------------------------------------------------------- Serve
+
+    def toggle_serving(self) -> None:
+        if self.endpoint is not None and self.endpoint.running:
+            self.status.value = _note("stopping the local endpoint…")
+            self.endpoint.stop()
+            self.endpoint = None
+            self.serve_button.description, self.serve_button.icon = "Serve", "server"
+            self.use_endpoint.value, self.use_endpoint.disabled = False, True
+            self.endpoint_info.value = _note("local endpoint stopped")
+            self.status.value = _note("stopped serving", "ok")
+            return
+        saved = self._save()
+        self.status.value = _note("starting kit serve --watch…")
+        self.endpoint_log.value = ""
+        self.endpoint = LocalEndpoint(self.path, on_line=lambda line: self._show_endpoint_log())
+        if not self.endpoint.start():
+            self.status.value = _note("kit serve did not start", "error")
+            self.endpoint_info.value = saved + _pre("\n".join(self.endpoint.lines[-20:]), "kit-error")
+            self.endpoint.stop()
+            self.endpoint = None
+            return
+        self._show_serving(saved)
+        self.status.value = _note("serving: Run sends the job to the local endpoint (untick to call the kernel's handler)", "ok")
+
+    def _show_serving(self, saved: str) -> None:
+        self.serve_button.description, self.serve_button.icon = "Stop serving", "stop"
+        self.use_endpoint.disabled, self.use_endpoint.value = False, True
+        self.endpoint_info.value = (
+            saved
+            + _note(f"serving this notebook at {self.endpoint.url}/v2/local — every save reloads it", "ok")
+            + _pre(self.endpoint.curl or "", "kit-curl")
+        )
+
+    def _show_endpoint_log(self) -> None:
+        lines = [line for line in self.endpoint.lines if not line.startswith(("kit serve:", "endpoint:", "  ", "Ctrl-C"))]
+        self.endpoint_log.value = _note("endpoint log:") + _pre("\n".join(lines[-30:]), "kit-endpoint-lines")
 
     # ---------------------------------------------------------------- Export
 
