@@ -359,7 +359,7 @@ def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
     return image_sh("podman", *args, timeout=timeout, check=check)
 
 
-_built: dict[str, str] = {}
+_built: dict[str, str | None] = {}  # None: its build failed (reported once, by the first test)
 
 
 @pytest.fixture(params=list(IMAGES))
@@ -367,9 +367,12 @@ def image(request) -> str:
     podman_or_skip()
     name = request.param
     if name not in _built:
+        _built[name] = None
         tag = f"localhost/kit-{name}:latest"  # the tags `make image` builds
         image_sh("build", tag, f"NOTEBOOK={IMAGES[name]}")
         _built[name] = tag
+    if _built[name] is None:
+        pytest.fail(f"the {name} image did not build (see the first test that used it)")
     return _built[name]
 
 
