@@ -74,7 +74,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/shellcheck start.sh docker/bake-worker.sh docker/image.sh
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile docker/base.Containerfile
 
 # The image with podman (as root; apt-get install podman runc mmdebstrap):
 # docker/image.sh builds a stand-in for runpod/pytorch once, then the images.

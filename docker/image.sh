@@ -139,13 +139,14 @@ build_base() {
         sources=$(host_apt_sources "$codename")
         [[ -n $sources ]] || die "no apt source for '$codename' in /etc/apt: the stand-in base is built from them"
         log "Debian $codename root filesystem (mmdebstrap, the host's apt sources)"
-        mmdebstrap --quiet --variant=apt \
+        rm -rf "$rootfs.new.tar"
+        mmdebstrap --quiet --variant=apt --format=tar \
             --include=python3,python3-pip,python3-venv,openssh-server,ca-certificates \
             --aptopt='Acquire::Check-Valid-Until "false"' \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
             --dpkgopt='path-exclude=/usr/share/locale/*' \
-            "$codename" "$rootfs.tmp" - <<<"$sources"
-        mv -f "$rootfs.tmp" "$rootfs"
+            "$codename" "$rootfs.new.tar" - <<<"$sources"
+        mv -f "$rootfs.new.tar" "$rootfs"
     fi
     podman import --quiet "$rootfs" "localhost/kit-rootfs:$codename" >/dev/null
     podman_build -f "$ROOT/docker/base.Containerfile" --build-arg "ROOTFS=localhost/kit-rootfs:$codename" \

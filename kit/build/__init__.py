@@ -1,0 +1,1 @@
+"""Building a worker from a notebook: notebook -> cells -> analysis -> requirements -> worker directory."""
