@@ -300,7 +300,8 @@ async def _load(emulator, pool, request, jobs, concurrency, progress, openai=Fal
             deadline = sent + job_timeout
             state = {"id": None, "status": "IN_QUEUE"}
             try:
-                wait = min(emulator.runsync_wait, job_timeout)  # the emulator answers by then
+                # The emulator answers by then; RunPod's ?wait= takes 1-300 s.
+                wait = max(1.0, min(emulator.runsync_wait, job_timeout, 300.0))
                 async with session.post(
                     f"{base}/runsync", params={"wait": str(int(wait * 1000))}, json=request,
                     timeout=aiohttp.ClientTimeout(total=wait + 30),

@@ -103,6 +103,7 @@ class QueueEmulator:
             long_poll=long_poll, runsync_wait=runsync_wait, stream_hold=stream_hold, body_timeout=idle_timeout,
             clock=self.queue.clock,
         )
+        self.runsync_wait = runsync_wait  # how long /runsync holds a request (seconds): bench's clients wait that long
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
