@@ -797,12 +797,13 @@ def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
     )
     try:
         report = run_notebook_tests(notebook)
-        assert report.error is None and report.events[-1]["event"] == "end"
+        assert report.error is None and report.events[-1].kind == "end"
         # kit test returned because the harness ended, not because a wait for the daemon gave up.
         assert not [t for t in threading.enumerate() if t.name == "kit-test-events"]
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
 
 # --------------------------------------------------------------------------- batch_handler
 

@@ -92,8 +92,9 @@ class ColdStart(Event):
 @dataclass
 class Phase(Event):
     kind: ClassVar[str] = "phase"
-    name: str  # "runpod_import", "tests" or "jobs"
+    name: str  # "runpod_import", "tests", "jobs" or "batch"
     streaming: bool = False
+    size: int | None = None  # "batch": how many jobs go into batch_handler at once
 
 
 @dataclass
