@@ -124,9 +124,19 @@ host_apt_sources() {
     done
 }
 
+# The base is rebuilt when its Containerfile changes (or REBUILD_BASE=1).
+base_recipe() {
+    sha256sum "$ROOT/docker/base.Containerfile" | cut -c 1-16
+}
+
+base_is_current() {
+    podman image exists "$BASE_TAG" &&
+        [[ $(podman image inspect --format '{{index .Labels "kit.base.recipe"}}' "$BASE_TAG") == "$(base_recipe)" ]]
+}
+
 build_base() {
-    if podman image exists "$BASE_TAG" && [[ -z ${REBUILD_BASE:-} ]]; then
-        log "base image $BASE_TAG exists (REBUILD_BASE=1 rebuilds it)"
+    if base_is_current && [[ -z ${REBUILD_BASE:-} ]]; then
+        log "base image $BASE_TAG is up to date (REBUILD_BASE=1 rebuilds it)"
         return 0
     fi
     command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (apt-get install mmdebstrap)"
@@ -150,7 +160,7 @@ build_base() {
     fi
     podman import --quiet "$rootfs" "localhost/kit-rootfs:$codename" >/dev/null
     podman_build -f "$ROOT/docker/base.Containerfile" --build-arg "ROOTFS=localhost/kit-rootfs:$codename" \
-        -t "$BASE_TAG" "$ROOT/docker"
+        --label "kit.base.recipe=$(base_recipe)" -t "$BASE_TAG" "$ROOT/docker"
     podman rmi "localhost/kit-rootfs:$codename" >/dev/null 2>&1 || true
 }
 
@@ -158,7 +168,7 @@ build_image() {
     local tag=${1:?usage: image.sh build TAG [ARG=VALUE...]} args=() arg
     shift
     for arg in "$@"; do args+=(--build-arg "$arg"); done
-    podman image exists "$BASE_TAG" || build_base
+    build_base
     podman_build --build-arg "BASE_IMAGE=$BASE_TAG" "${args[@]}" -t "$tag" "$ROOT"
 }
 
