@@ -217,8 +217,8 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
 
     header_code = compile(header, str(path), "exec", dont_inherit=True)
     flags = header_code.co_flags & FUTURE_FLAGS
-    # The header runs as in `python handler.py`: when the setup imports runpod itself, the
-    # header's `if __name__ == "__main__": import worker_loop` imports the SDK first.
+    # The header runs as in `python handler.py`: its `if __name__ == "__main__": import worker_loop`
+    # imports the SDK before the setup cells (the cold start's "import runpod" row).
     module.__name__ = "__main__"
     started = time.perf_counter()
     with captured():
@@ -250,8 +250,8 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
         report.emit(events.ColdStart(ok=False, seconds=total, error=Failure("NameError", "handler.py defines no callable `handler`")))
         return None
 
-    # A real worker imports the SDK after the setup, the way handler.py's start block does: through
-    # the exported worker_loop.py (runpod without its CPU probe), or runpod itself when there is none.
+    # Whatever the header did not import yet, the start block would: worker_loop.py (runpod without
+    # its CPU probe), or runpod itself in a handler.py written by hand without one.
     report.emit(events.Phase(name="runpod_import"))
     started = time.perf_counter()
     with captured():
