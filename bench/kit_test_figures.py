@@ -30,12 +30,12 @@ def main() -> None:
         rows.append(
             {
                 "wall": time.perf_counter() - started,
-                "cold_start": report.cold_start["seconds"],
-                "setup": report.cold_start["setup_seconds"],
-                "import_runpod": report.cold_start["runpod_import_seconds"],
-                "tests": sum(t["seconds"] for t in report.tests),
-                "jobs": [j["seconds"] for j in report.jobs],
-                "sizes": [j["size"] for j in report.jobs],
+                "cold_start": report.cold_start.seconds,
+                "setup": report.cold_start.setup_seconds,
+                "import_runpod": report.cold_start.runpod_import_seconds,
+                "tests": sum(t.seconds for t in report.tests),
+                "jobs": [j.seconds for j in report.jobs],
+                "sizes": [j.size for j in report.jobs],
             }
         )
 
