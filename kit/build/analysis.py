@@ -168,19 +168,25 @@ def _role_name(cell) -> str:
 # --------------------------------------------------------------------------- handler
 
 
-def _check_handler(notebook: Notebook, cells: list[ParsedCell]):
+def _definition_in_handler_cells(notebook: Notebook, cells: list[ParsedCell], name: str):
+    """(cell, node) of the last top-level definition of `name`, or None; it must be in a `handler` cell."""
     definition = None
     for parsed in cells:
         for node in parsed.tree.body:
-            if _defines(node, "handler"):
+            if _defines(node, name):
                 if parsed.role != "handler":
                     raise notebook.error(
-                        f"handler is defined in a cell tagged `{parsed.role}`",
+                        f"{name} is defined in a cell tagged `{parsed.role}`",
                         "tag that cell `handler` instead",
                         cell=parsed.index,
                         line=node.lineno,
                     )
                 definition = (parsed, node)
+    return definition
+
+
+def _check_handler(notebook: Notebook, cells: list[ParsedCell]):
+    definition = _definition_in_handler_cells(notebook, cells, "handler")
     if definition is None:
         where = _defined_in(notebook, "handler", roles=(None, "test"))
         if where:
@@ -276,20 +282,14 @@ BATCH_SETTINGS = ("MAX_BATCH_SIZE", "MAX_BATCH_WAIT_MS")
 
 def _check_batch_handler(notebook: Notebook, cells: list[ParsedCell]):
     """(cell, node) of the `batch_handler(jobs)` a handler cell defines, or None; its settings checked."""
-    definition = None
-    settings = []
-    for parsed in cells:
-        for node in parsed.tree.body:
-            if _defines(node, "batch_handler"):
-                if parsed.role != "handler":
-                    raise notebook.error(
-                        f"batch_handler is defined in a cell tagged `{parsed.role}`",
-                        "tag that cell `handler` instead",
-                        cell=parsed.index,
-                        line=node.lineno,
-                    )
-                definition = (parsed, node)
-            settings += [(parsed, node, name) for name in BATCH_SETTINGS if isinstance(node, ast.Assign) and _defines(node, name)]
+    definition = _definition_in_handler_cells(notebook, cells, "batch_handler")
+    settings = [
+        (parsed, node, name)
+        for parsed in cells
+        for node in parsed.tree.body
+        for name in BATCH_SETTINGS
+        if isinstance(node, ast.Assign) and _defines(node, name)
+    ]
     if definition is None:
         return None
     for parsed_setting, node, name in settings:
