@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kit.local.queue import DROPPED_AFTER_PINGS, FINAL_STATUSES, Queue, RequestError, Status
+from kit.local.queue import DROPPED_AFTER_PINGS, DROPPED_AFTER_SECONDS, FINAL_STATUSES, Queue, RequestError, Status
 
 
 class Clock:
@@ -188,7 +188,7 @@ def test_a_worker_that_stops_pinging_fails_its_jobs_and_is_not_counted_running(q
     assert take_one(queue)["id"] == other.id
 
 
-def test_a_job_the_pings_stop_listing_without_a_result_fails(queue):
+def test_a_job_the_pings_stop_listing_without_a_result_fails(queue, clock):
     """The SDK could not serialise the result: it logs a TypeError, posts nothing and forgets the job."""
     job = queue.submit({"input": {}})
     take_one(queue)
@@ -198,6 +198,10 @@ def test_a_job_the_pings_stop_listing_without_a_result_fails(queue):
     for _ in range(DROPPED_AFTER_PINGS - 1):
         queue.ping(worker, set())
     assert job.status is Status.IN_PROGRESS
+    queue.ping(worker, set())
+    # Enough pings, but too soon: a worker whose setup failed may still be about to exit and report it.
+    assert job.status is Status.IN_PROGRESS
+    clock.advance(DROPPED_AFTER_SECONDS)
     queue.ping(worker, set())
     assert job.status is Status.FAILED and "without posting a result" in job.error
 

@@ -63,8 +63,11 @@ RETENTION_RUNSYNC = 60.0
 PING_TIMEOUT = 12.0
 # A job its worker's pings stop listing, with no result posted, was dropped by
 # the SDK (a result it could not serialise or send): it fails after this many
-# consecutive pings without it.
+# consecutive pings without it, and no sooner than DROPPED_AFTER_SECONDS after it was taken: runpod
+# 2.0's prestart-failure path can lose a job it had just taken and then claims another for up to
+# 10 s before exiting; by 15 s the pool has seen that worker exit and fails the job with its setup error.
 DROPPED_AFTER_PINGS = 3
+DROPPED_AFTER_SECONDS = 15.0
 
 _ABSENT = object()
 
@@ -407,7 +410,7 @@ class Queue:
                 job.unlisted_pings = 0
                 continue
             job.unlisted_pings += 1
-            if job.unlisted_pings >= DROPPED_AFTER_PINGS:
+            if job.unlisted_pings >= DROPPED_AFTER_PINGS and now - job.taken >= DROPPED_AFTER_SECONDS:
                 self._finish(
                     job,
                     Status.FAILED,
