@@ -144,3 +144,32 @@ def test_local_test_mode_still_runs_test_input(exported):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "completed successfully" in result.stdout + result.stderr
+
+
+BIG_RESULT_CELLS = [
+    ("handler", "def handler(job):\n    n = int(job['input']['name'])\n    return {'n': n, 'values': [n + i / 7 for i in range(5000)]}"),
+    ("test", "assert len(handler({'input': {'name': '1'}})['values']) == 5000"),
+]
+
+
+@pytest.mark.parametrize("loop", ["fast", "stock"])
+def test_a_large_result_is_posted_whole_but_the_sdk_debug_lines_stay_short(make_notebook, tmp_path, loop):
+    """The SDK formats every result into debug f-strings, logged or not: the worker hands it a bounded repr."""
+    worker = export_notebook(make_notebook(BIG_RESULT_CELLS), tmp_path / "worker").out_dir
+    states, log = serve_jobs(worker, 3, {"RUNPOD_LOG_LEVEL": "DEBUG", **({"KIT_WORKER_LOOP": "stock"} if loop == "stock" else {})})
+    assert [s["status"] for s in states] == ["COMPLETED"] * 3
+    for number, state in enumerate(states):
+        assert state["output"] == {"n": number, "values": [number + i / 7 for i in range(5000)]}
+    lines = [line for line in log.splitlines() if "Handler output:" in line or "run_job return:" in line]
+    assert len(lines) == 6 and all(len(line) < 1000 and "..." in line for line in lines), lines[:2]
+
+
+def test_local_test_mode_logs_the_whole_result(make_notebook, tmp_path):
+    worker = export_notebook(make_notebook(BIG_RESULT_CELLS), tmp_path / "worker").out_dir
+    (worker / "test_input.json").write_text('{"input": {"name": "2"}}')
+    result = subprocess.run(
+        [sys.executable, "handler.py"], cwd=worker, capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_WEBHOOK")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert repr(2 + 4999 / 7) in result.stdout + result.stderr  # the last value: nothing abbreviated

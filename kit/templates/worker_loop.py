@@ -20,6 +20,14 @@ FastJobScaler relies on, and a worker that looks `rp_scale.JobScaler` up when
 it starts). Otherwise, or with KIT_WORKER_LOOP=stock in the environment, the
 stock loop runs unchanged and the log says why.
 
+Results. In a queue worker, a handler's dict or list result (and each chunk a
+generator yields) is handed to the SDK as a copy whose repr is bounded
+(`_short_repr`): the SDK formats every result into debug f-strings
+("Handler output: ...", "run_job return: ...") whether or not debug lines are
+logged, which for a large result costs as much as its JSON, on the event loop,
+holding the GIL that the handler's threads need. The JSON the SDK posts is
+unchanged; its debug lines show an abbreviated result.
+
 On a runpod with prestart hooks (2.0), an exception that escapes handler.py's
 setup cells in a queue worker goes through the SDK's prestart-failure path
 (`_report_setup_failure`): the worker claims one job, fails it with the error
@@ -34,6 +42,7 @@ import functools
 import inspect
 import os
 import platform
+import reprlib
 import sys
 from collections.abc import MutableMapping
 from importlib import metadata
@@ -239,11 +248,49 @@ if WHY_STOCK is None:
             return task
 
 
-def _fork_safe(handler):
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 3, 8, 6, 6
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
+
+
+class _ShortDict(dict):
+    """A result dict whose repr (and str) is bounded; json.dumps sees a dict."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return _SHORT.repr(dict(self))
+
+    __str__ = __repr__
+
+
+class _ShortList(list):
+    """A result list whose repr (and str) is bounded; json.dumps sees a list."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return _SHORT.repr(list(self))
+
+    __str__ = __repr__
+
+
+def _short_repr(value):
+    """`value` as the SDK gets it: a shallow copy with a bounded repr when it is a dict or a list."""
+    if type(value) is dict:
+        return _ShortDict(value)
+    if type(value) is list:
+        return _ShortList(value)
+    return value
+
+
+def _wrap_handler(handler, *, short_results: bool):
     """`handler`, such that a process it forks without exec (a bare `os.fork()`) stops when
     its copy of the handler call ends, instead of running a second copy of this worker
-    loop on the same connections (which stalls the worker)."""
+    loop on the same connections (which stalls the worker); with `short_results`, its
+    results and chunks reach the SDK through `_short_repr`."""
     owner = os.getpid()
+    out = _short_repr if short_results else (lambda value: value)
 
     def leave_if_forked():
         if os.getpid() != owner:
@@ -251,27 +298,34 @@ def _fork_safe(handler):
 
     if inspect.isasyncgenfunction(handler):
         async def wrapped(job):
+            chunks = handler(job)
             try:
-                async for chunk in handler(job):
-                    yield chunk
+                async for chunk in chunks:
+                    yield out(chunk)
             finally:
+                await chunks.aclose()
                 leave_if_forked()
     elif inspect.isgeneratorfunction(handler):
         def wrapped(job):
+            chunks = handler(job)
             try:
-                yield from handler(job)
+                for chunk in chunks:
+                    yield out(chunk)
             finally:
+                chunks.close()
                 leave_if_forked()
     elif inspect.iscoroutinefunction(handler):
         async def wrapped(job):
             try:
-                return await handler(job)
+                return out(await handler(job))
             finally:
                 leave_if_forked()
     else:
         def wrapped(job):
             try:
-                return handler(job)
+                result = handler(job)
+                # A sync handler returning an awaitable: the SDK awaits it; its result stays as it is.
+                return result if inspect.isawaitable(result) else out(result)
             finally:
                 leave_if_forked()
     return functools.update_wrapper(wrapped, handler)
@@ -283,7 +337,9 @@ def start(config: dict) -> None:
         sys.excepthook = sys.__excepthook__  # setup is over
 
     if callable(config.get("handler")):
-        config = {**config, "handler": _fork_safe(config["handler"])}
+        # Short reprs only against a job queue: `python handler.py`'s local test logs the whole result.
+        queue = bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB")) and not os.environ.get("RUNPOD_REALTIME_PORT")
+        config = {**config, "handler": _wrap_handler(config["handler"], short_results=queue)}
     if WHY_STOCK is None:
         rp_scale.JobScaler = FastJobScaler
         log.info("worker_loop: running the fast worker loop (fetching on room, no 1 s tick)")
