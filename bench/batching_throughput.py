@@ -4,12 +4,14 @@ Per worker, through `kit serve`'s whole path (queue emulator + the SDK's worker
 loop, the exported fast loop), one sentence per job:
 
 - embeddings_batched.ipynb (`batch_handler`, MAX_BATCH_SIZE 16) with 32 jobs in flight;
+- the same worker with TORCHSCRIPT=0 (its eager model, which takes the GIL between
+  operations), at the same load, beside its own in-process ceiling;
 - embeddings.ipynb (the unbatched `handler`) at the same load;
 - the batched worker's own ceiling: `batch_handler` called in-process on full
   batches of MAX_BATCH_SIZE jobs, in a fresh interpreter, no queue and no SDK;
 - a trivial `batch_handler` (echo, MAX_BATCH_SIZE 32) with 64 jobs in flight.
 
-Rounds are interleaved (in-process, batched, unbatched, trivial, then again) and
+Rounds are interleaved (in-process, batched, eager ones, unbatched, trivial, then again) and
 each figure is the median over rounds, so a neighbour's load hits all of them
 alike. Goals checked at the end: batched >= 250 jobs/s and >= 70% of its
 in-process rate; its p99 latency no worse than the unbatched worker's; the
@@ -41,6 +43,7 @@ from kit.local.bench import measure  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import build_notebook  # noqa: E402
 
+EAGER = {"TORCHSCRIPT": "0"}  # embeddings_batched.ipynb without its traced model
 SENTENCE = {"input": {"sentences": ["A man is eating food."]}}
 ECHO = {"input": {"prompt": "Hello World"}}
 TRIVIAL_CELLS = [
@@ -87,6 +90,9 @@ def serve_run(worker: Path, request: dict, jobs: int, in_flight: int, env: dict)
     return run
 
 
+NAMES = ("batched", "eager", "unbatched", "trivial")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs per embeddings measurement (default 1000; trivial: 3x)")
@@ -105,6 +111,8 @@ def main() -> None:
             row = {
                 "in_process": in_process_rate(batched, SENTENCE, env),
                 "batched": serve_run(batched, SENTENCE, args.jobs, 32, env),
+                "eager_in_process": in_process_rate(batched, SENTENCE, {**env, **EAGER}),
+                "eager": serve_run(batched, SENTENCE, args.jobs, 32, {**env, **EAGER}),
                 "unbatched": serve_run(unbatched, SENTENCE, args.jobs, 32, env),
                 "trivial": serve_run(trivial, ECHO, 3 * args.jobs, 64, env),
             }
@@ -113,8 +121,9 @@ def main() -> None:
                 "in_process_jobs_per_s": round(row["in_process"]["jobs_per_s"], 1),
                 "in_process_call_ms_p50": round(row["in_process"]["call_ms_p50"], 1),
                 "served_call_ms_p50": row["batched"]["batches"]["call_ms"]["p50"],
+                "eager_in_process_jobs_per_s": round(row["eager_in_process"]["jobs_per_s"], 1),
                 **{name: {"jobs_per_s": row[name]["throughput_jobs_per_s"], "p99_ms": row[name]["latency_ms"]["total"]["p99"],
-                          "batches": row[name].get("batches", {}).get("sizes")} for name in ("batched", "unbatched", "trivial")},
+                          "batches": row[name].get("batches", {}).get("sizes")} for name in NAMES},
             }), flush=True)
 
     def median(path):
@@ -127,8 +136,9 @@ def main() -> None:
         return statistics.median(values)
 
     ceiling = median(("in_process", "jobs_per_s"))
-    calls = (median(("in_process", "call_ms_p50")), median(("batched", "batches", "call_ms", "p50")))
-    rate = {name: median((name, "throughput_jobs_per_s")) for name in ("batched", "unbatched", "trivial")}
+    ceilings = {"batched": ceiling, "eager": median(("eager_in_process", "jobs_per_s"))}
+    calls = {name: (median((own, "call_ms_p50")), median((name, "batches", "call_ms", "p50"))) for name, own in (("batched", "in_process"), ("eager", "eager_in_process"))}
+    rate = {name: median((name, "throughput_jobs_per_s")) for name in NAMES}
     latency = {name: {p: median((name, "latency_ms", "total", p)) for p in ("p50", "p99")} for name in rate}
     mean_batch = {name: median((name, "batches", "mean_size")) if "batches" in rounds[0][name] else None for name in rate}
     print()
@@ -136,13 +146,21 @@ def main() -> None:
     print(f"median of {args.rounds} interleaved round(s), 1 worker each, one sentence per embeddings job, {threads}")
     print("| worker | in flight | jobs/s through kit serve | batch_handler in-process, jobs/s | serve / in-process | mean batch | total p50 / p99, ms |")
     print("|---|---|---|---|---|---|---|")
-    for name, label, flight in (("batched", "embeddings_batched (MAX_BATCH_SIZE 16)", 32), ("unbatched", "embeddings (handler)", 32), ("trivial", "echo batch_handler (MAX_BATCH_SIZE 32)", 64)):
-        own = f"{ceiling:,.0f}" if name == "batched" else "-"
-        ratio = f"{rate[name] / ceiling:.0%}" if name == "batched" else "-"
+    for name, label, flight in (
+        ("batched", "embeddings_batched (MAX_BATCH_SIZE 16, traced model)", 32),
+        ("eager", "embeddings_batched, TORCHSCRIPT=0 (eager model)", 32),
+        ("unbatched", "embeddings (handler)", 32),
+        ("trivial", "echo batch_handler (MAX_BATCH_SIZE 32)", 64),
+    ):
+        own = f"{ceilings[name]:,.0f}" if name in ceilings else "-"
+        ratio = f"{rate[name] / ceilings[name]:.0%}" if name in ceilings else "-"
         size = f"{mean_batch[name]:.1f}" if mean_batch[name] else "-"
         print(f"| {label} | {flight} | {rate[name]:,.1f} | {own} | {ratio} | {size} | {latency[name]['p50']:.0f} / {latency[name]['p99']:.0f} |")
-    print(f"\nwhere the time goes: one batch_handler call on {rounds[0]['in_process']['batch_size']} jobs takes {calls[0]:.0f} ms (p50) in-process and "
-          f"{calls[1]:.0f} ms inside the served worker, which shares the cores with the queue emulator and the client")
+    size = rounds[0]["in_process"]["batch_size"]
+    print()
+    for name, model in (("batched", "traced"), ("eager", "eager")):
+        print(f"where the time goes ({model} model): one batch_handler call on {size} jobs takes {calls[name][0]:.0f} ms (p50) in-process and "
+              f"{calls[name][1]:.0f} ms inside the served worker, whose event loop shares the GIL with it")
     goals = [
         (f"batched embeddings >= 250 jobs/s: {rate['batched']:,.1f}", rate["batched"] >= 250),
         (f"batched >= 70% of in-process batch_handler: {rate['batched'] / ceiling:.0%}", rate["batched"] >= 0.7 * ceiling),
