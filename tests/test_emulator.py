@@ -93,6 +93,33 @@ def test_take_hands_out_a_submitted_job_and_done_completes_it(emu):
     assert state["delayTime"] >= 0 and state["executionTime"] >= 0
 
 
+def test_a_result_reaches_the_client_as_the_worker_posted_its_json(emu):
+    """The output's text is passed through (not parsed and encoded again); other bodies are re-encoded."""
+    worker = FakeWorker(emu, "w1")
+    url = worker.env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$RUNPOD_POD_ID", "w1")
+    posted = {
+        "kept": b'{"output": {"v": [1.50, 2e3], "name": "caf\\u00e9 \xe2\x98\x95"}}',
+        "with_stop": b'{"output": {"v": 1.50}, "stopPod": true}',
+    }
+    for name, body in posted.items():
+        job_id = emu.submit({"input": {"case": name}})
+        assert worker.take().json()["id"] == job_id
+        url_done = url.replace("$ID", job_id) + "&isStream=false"
+        assert worker.session.post(url_done, data=body, timeout=10).status_code == 200
+        for route in (f"/v2/ep/status/{job_id}", f"/v2/ep/status-sync/{job_id}"):
+            response = requests.get(emu.url + route, timeout=10)
+            assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
+            state = response.json()
+            assert state["status"] == "COMPLETED" and state["id"] == job_id and state["workerId"] == "w1"
+            assert state["output"]["v"] in ([1.5, 2000.0], 1.5)
+            if name == "kept":
+                assert b'"output": {"v": [1.50, 2e3]' in response.content and state["output"]["name"] == "caf\u00e9 \u2615"
+            else:
+                assert b"1.50" not in response.content
+    synced = requests.post(f"{emu.url}/v2/ep/runsync", json={"input": {}}, timeout=10)
+    assert synced.json()["status"] == "IN_QUEUE"
+
+
 def test_empty_queue_holds_the_take_open_before_answering_204(emu):
     worker = FakeWorker(emu, "w1")
     started = time.monotonic()

@@ -21,6 +21,7 @@ through `notify(event, subject)`:
 from __future__ import annotations
 
 import enum
+import json
 import time
 import uuid
 from collections import deque
@@ -87,6 +88,7 @@ class Job:
     expires: float  # submitted + policy.ttl; /status?ttl= moves it
     status: Status = Status.IN_QUEUE
     output: Any = _ABSENT
+    output_json: bytes | None = None  # `output` as the worker posted it (JSON text), when that could be kept
     error: Any = _ABSENT
     chunks: list = field(default_factory=list)  # every stream chunk, in order
     read: int = 0  # chunks already handed to /stream
@@ -122,6 +124,15 @@ class Job:
         if self.retries:
             state["retries"] = self.retries
         return state
+
+    def state_body(self) -> bytes:
+        """`state()` as a JSON body; the output as the worker posted it when its text was kept, so a
+        large result is not encoded again for every client that reads it."""
+        state = self.state()
+        if self.output_json is None or "output" not in state:
+            return json.dumps(state).encode()
+        del state["output"]
+        return json.dumps(state).encode()[:-1] + b', "output": ' + self.output_json + b"}"
 
     def webhook_body(self) -> dict:
         """What RunPod POSTs to the job's webhook: the /status body plus its input and webhook."""
@@ -268,7 +279,7 @@ class Queue:
         """`POST /retry/{id}`: a FAILED or TIMED_OUT job goes back in the queue under its id."""
         if job.status not in RETRYABLE:
             raise RequestError(f"job {job.id} is {job.status.value}; only FAILED or TIMED_OUT jobs can be retried")
-        job.status, job.output, job.error = Status.IN_QUEUE, _ABSENT, _ABSENT
+        job.status, job.output, job.output_json, job.error = Status.IN_QUEUE, _ABSENT, None, _ABSENT
         job.chunks, job.read, job.worker, job.taken, job.finished = [], 0, None, None, None
         job.done_posts, job.unlisted_pings = 0, 0
         job.retries += 1
@@ -345,11 +356,13 @@ class Queue:
             raise PermissionError(f"worker {worker_id} does not hold job {job_id}")
         return job
 
-    def done(self, worker_id: str, job_id: str, body: Any) -> None:
+    def done(self, worker_id: str, job_id: str, body: Any, output_json: bytes | None = None) -> None:
         """A job-done post: a progress update, a result or an error.
 
-        Raises LookupError for an unknown job, PermissionError when another
-        worker holds it, RequestError for a body that is not a JSON object.
+        `output_json`, when given, is the JSON text of `body["output"]` as the
+        worker posted it (kept for the clients' responses). Raises LookupError
+        for an unknown job, PermissionError when another worker holds it,
+        RequestError for a body that is not a JSON object.
         """
         if not isinstance(body, dict):
             raise RequestError("result must be a JSON object")
@@ -360,7 +373,7 @@ class Queue:
             self.worker(worker_id).setup_error = failure
         if body.get("status") == "IN_PROGRESS":  # runpod.serverless.progress_update
             if job.status is Status.IN_PROGRESS:
-                job.output = body.get("output")
+                job.output, job.output_json = body.get("output"), None
                 self.notify("changed", job)
             return
         job.done_posts += 1
@@ -372,7 +385,7 @@ class Queue:
         if body.get("error"):
             self._finish(job, Status.FAILED, output=output, error=body["error"])
         else:
-            self._finish(job, Status.COMPLETED, output=output)
+            self._finish(job, Status.COMPLETED, output=output, output_json=output_json)
 
     def stream(self, worker_id: str, job_id: str, body: Any) -> None:
         """A job-stream post: one chunk a generator handler yielded."""
@@ -479,11 +492,11 @@ class Queue:
         self.notify("changed", job)
 
     # ----------------------------------------------------------- endings
-    def _finish(self, job: Job, status: Status, *, output: Any = _ABSENT, error: Any = _ABSENT) -> None:
+    def _finish(self, job: Job, status: Status, *, output: Any = _ABSENT, error: Any = _ABSENT, output_json: bytes | None = None) -> None:
         was_running = job.status is Status.IN_PROGRESS
         job.status, job.finished = status, self.clock()
         if output is not _ABSENT:
-            job.output = output
+            job.output, job.output_json = output, output_json
         if error is not _ABSENT:
             job.error = error
         worker = self.workers.get(job.worker) if job.worker is not None else None

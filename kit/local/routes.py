@@ -34,6 +34,21 @@ BODY_LIMIT = 64 * 1024**2
 WAIT_RANGE_MS = (1000, 300000)
 
 
+def _state(job: Job) -> web.Response:
+    """The job as /status shows it (its output's JSON text passed through as the worker posted it)."""
+    return web.Response(body=job.state_body(), content_type="application/json")
+
+
+_OUTPUT_ONLY = b'{"output": '  # how the SDK's json.dumps begins a result body that holds nothing else
+
+
+def _output_text(body: Any, raw: bytes) -> bytes | None:
+    """The JSON text of `body["output"]` inside the posted `raw` body, when the body holds nothing else."""
+    if isinstance(body, dict) and len(body) == 1 and "output" in body and raw.startswith(_OUTPUT_ONLY) and raw.endswith(b"}"):
+        return raw[len(_OUTPUT_ONLY) : -1]
+    return None
+
+
 def _error(message: str, status: int) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -220,7 +235,7 @@ class EndpointAPI:
         wait = self._wait_ms(request)  # before anything is queued
         job = self._submit(await self._json_body(request, RUNSYNC_LIMIT, "the /runsync request body"), sync=True)
         await self._until(job, lambda: job.final, wait)
-        return web.json_response(job.state())
+        return _state(job)
 
     async def _status(self, request: web.Request) -> web.Response:
         job = self._known(request)
@@ -229,13 +244,13 @@ class EndpointAPI:
                 self.queue.set_ttl(job, float(request.query["ttl"]) / 1000)
             except (ValueError, RequestError):
                 raise _Refused("ttl must be a positive number of milliseconds up to 7 days") from None
-        return web.json_response(job.state())
+        return _state(job)
 
     async def _status_sync(self, request: web.Request) -> web.Response:
         wait = self._wait_ms(request)
         job = self._known(request)
         await self._until(job, lambda: job.final, wait)
-        return web.json_response(job.state())
+        return _state(job)
 
     async def _stream(self, request: web.Request) -> web.Response:
         """New chunks, held open until some arrive or the job ends (at most `stream_hold` s)."""
@@ -360,11 +375,11 @@ class EndpointAPI:
             return web.Response(status=204)
         return web.json_response({"jobsToStop": stops})
 
-    async def _worker_body(self, request: web.Request, what: str) -> Any:
-        """The SDK posts raw JSON (whatever its Content-Type says)."""
+    async def _worker_body(self, request: web.Request, what: str) -> tuple[bytes, Any]:
+        """The SDK posts raw JSON (whatever its Content-Type says): the body and what it parses to."""
         raw = await self._read(request, what)
         try:
-            return json.loads(raw)
+            return raw, json.loads(raw)
         except RecursionError:
             raise _Refused(f"{what} is nested too deeply to parse") from None
         except ValueError:
@@ -373,7 +388,7 @@ class EndpointAPI:
     async def _posted(self, request: web.Request, step: Callable, what: str) -> web.Response:
         worker_id, job_id = request.match_info["worker"], request.match_info["job"]
         try:
-            body = await self._worker_body(request, what)
+            raw, body = await self._worker_body(request, what)
         except web.HTTPRequestEntityTooLarge:
             try:
                 self.queue.fail_result(
@@ -385,7 +400,7 @@ class EndpointAPI:
                 pass
             return _error(f"{what} is over {BODY_LIMIT // 1024**2} MiB", 413)
         try:
-            step(worker_id, job_id, body)
+            step(worker_id, job_id, body, raw)
         except RequestError as error:
             return _error(str(error), 400)
         except PermissionError as error:
@@ -395,10 +410,10 @@ class EndpointAPI:
         return web.json_response({})
 
     async def _done(self, request: web.Request) -> web.Response:
-        return await self._posted(request, self.queue.done, "result")
+        return await self._posted(request, lambda worker, job, body, raw: self.queue.done(worker, job, body, _output_text(body, raw)), "result")
 
     async def _stream_post(self, request: web.Request) -> web.Response:
-        return await self._posted(request, self.queue.stream, "stream chunk")
+        return await self._posted(request, lambda worker, job, body, raw: self.queue.stream(worker, job, body), "stream chunk")
 
     async def _ping(self, request: web.Request) -> web.Response:
         running = set(filter(None, request.query.get("job_id", "").split(",")))
