@@ -37,6 +37,7 @@ from kit.build.start_options import (
     StartCode,
     StartOptions,
     check_start_options,
+    may_call_start,
     module_level_statements,
     rewrite_start_calls,
     start_aliases,
@@ -368,11 +369,13 @@ def _read_exported_pieces(notebook: Notebook, translated: TranslatedCell, pieces
     for number, piece in enumerate(pieces):
         parsing += piece.parse_warnings
         compiling += piece.compile_warnings
-        found = start_aliases(piece.tree)
-        late |= number > 0 and any(found[kind] - aliases[kind] for kind in aliases)
-        for kind in aliases:
-            aliases[kind] |= found[kind]
-        text, tree = _without_start_calls(notebook, translated, piece, aliases, notes, reparsing)
+        text, tree = piece.text, piece.tree
+        if aliases["start"] or may_call_start(piece.text):
+            found = start_aliases(piece.tree)
+            late |= number > 0 and any(found[kind] - aliases[kind] for kind in aliases)
+            for kind in aliases:
+                aliases[kind] |= found[kind]
+            text, tree = _without_start_calls(notebook, translated, piece, aliases, notes, reparsing)
         text = _hoist_future_imports(parsed, text, tree)
         _read_facts(parsed, tree, piece.offset)
         with warnings.catch_warnings():

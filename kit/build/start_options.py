@@ -193,6 +193,13 @@ def module_level_statements(body):
             yield from module_level_statements(handler.body)
 
 
+def may_call_start(source: str) -> bool:
+    """False for code that can neither import nor call runpod.serverless.start, unless its cell
+    imports start under another name: it never spells `runpod` or `start`. (Python reads a
+    non-ASCII name through NFKC, so `ｓtart` is `start`: only ASCII code is ruled out.)"""
+    return not source.isascii() or "runpod" in source or "start" in source
+
+
 def start_aliases(tree: ast.Module) -> dict[str, set[str]]:
     """Local names for runpod.serverless (`from runpod import serverless`) and its start."""
     found = {"serverless": set(), "start": set()}
