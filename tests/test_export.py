@@ -218,6 +218,29 @@ BAD_NOTEBOOKS = [
 ]
 
 
+# kit export in a fresh interpreter, printing its exit code, then its peak memory (KiB) before and after the export.
+MEASURED_EXPORT = """
+import resource, sys
+from kit.cli import main
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+code = main(["export", *sys.argv[1:]])
+print(code, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.process
+def test_a_200000_line_cell_exports_in_memory_proportional_to_the_notebook(tmp_path):
+    # Each line names its own variable, the most the checks keep per line. The cell's syntax
+    # tree would take over 100 times the notebook (~620 MB here); read in pieces, it takes ~15.
+    setup = "".join(f"row_{i} = {i}\n" for i in range(200_000))
+    path = build_notebook(tmp_path / "long.ipynb", [("setup", setup), ("handler", "def handler(job):\n    return row_199999"), ("test", "handler({'input': 1})")])
+    run = subprocess.run([sys.executable, "-c", MEASURED_EXPORT, path, "-o", tmp_path / "out"], capture_output=True, text=True, timeout=120)
+    code, before, peak = map(int, run.stdout.split()[-3:])
+    assert code == 0, run.stderr
+    assert (peak - before) * 1024 < 30 * path.stat().st_size, f"{(peak - before) // 1024} MiB for a {path.stat().st_size // 2**20} MiB notebook"
+    assert (tmp_path / "out" / "handler.py").read_text().count("\n") > 200_000
+
+
 @pytest.mark.process
 @pytest.mark.parametrize("cells, message", BAD_NOTEBOOKS)
 def test_user_mistakes_exit_2_with_one_line(make_notebook, tmp_path, cells, message):

@@ -77,7 +77,7 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
     warnings += requirements.warnings
 
     jobs = []
-    for job in find_jobs([(t.translated.cell.index, t.tree) for t in test_cells]):
+    for job in find_jobs((t.translated.cell.index, tree) for t in test_cells for tree in t.trees()):
         try:
             json.dumps(job["job"])
         except (TypeError, ValueError):

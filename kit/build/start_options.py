@@ -20,6 +20,7 @@ SDK ignores unknown keys in silence); a function named like the docs'
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 from dataclasses import dataclass, field
 
@@ -51,14 +52,30 @@ class StartOptions:
     warnings: list[tuple[int, int, str]] = field(default_factory=list)  # (cell, line, message)
 
 
-def rewrite_start_calls(notebook: Notebook, cell_index: int, source: str, tree: ast.Module) -> tuple[str, list[tuple[int, str]]]:
+@dataclass
+class StartCode:
+    """What check_start_options reads of a cell: its module-level functions and RUNPOD_CONFIG assignments."""
+
+    functions: list[tuple[str, int]] = field(default_factory=list)  # (name, line)
+    configs: list[ast.Assign] = field(default_factory=list)
+
+    def add(self, tree: ast.Module, offset: int = 0) -> None:
+        """Add (a piece of) the cell's code, whose line numbers count from `offset`."""
+        for node in module_level_statements(tree.body):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.functions.append((node.name, node.lineno + offset))
+            if _assigns(node, CONFIG_NAME):
+                self.configs.append(ast.increment_lineno(copy.deepcopy(node), offset))
+
+
+def rewrite_start_calls(notebook: Notebook, cell_index: int, source: str, tree: ast.Module, aliases: dict[str, set[str]]) -> tuple[str, list[tuple[int, str]]]:
     """`source` with each pasted `runpod.serverless.start(X)` statement turned into `RUNPOD_CONFIG = (X)`.
 
+    `aliases` are the cell's names for runpod.serverless and its start (`start_aliases`).
     Returns the new source and (line, warning) pairs. Raises KitError for a start
     call the kit cannot take over (inside a function, or not one dict argument).
     """
-    aliases = _start_aliases(tree)
-    module_level = {id(node.value) for node in _module_level_statements(tree.body) if isinstance(node, ast.Expr)}
+    module_level = {id(node.value) for node in module_level_statements(tree.body) if isinstance(node, ast.Expr)}
     lines = source.split("\n")
     notes = []
     for node in ast.walk(tree):
@@ -95,16 +112,15 @@ def rewrite_start_calls(notebook: Notebook, cell_index: int, source: str, tree: 
 
 
 def check_start_options(notebook: Notebook, cells) -> StartOptions:
-    """Check every `RUNPOD_CONFIG = {...}` literal of the exported cells; find unused modifier look-alikes."""
+    """Check every `RUNPOD_CONFIG = {...}` literal of the exported cells (their `.index` and
+    `.start_code`); find unused modifier look-alikes."""
     options = StartOptions()
     used_names: set[str] = set()
     defined_functions: dict[str, tuple[int, int]] = {}
     for parsed in cells:
-        for node in _module_level_statements(parsed.tree.body):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                defined_functions.setdefault(node.name, (parsed.index, node.lineno))
-            if not _assigns(node, CONFIG_NAME):
-                continue
+        for name, line in parsed.start_code.functions:
+            defined_functions.setdefault(name, (parsed.index, line))
+        for node in parsed.start_code.configs:
             options.config_name = CONFIG_NAME
             value = node.value
             if isinstance(value, ast.Dict):
@@ -165,19 +181,26 @@ def _assigns(node: ast.stmt, name: str) -> bool:
     return isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
 
 
-def _module_level_statements(body):
+def module_level_statements(body):
     """Statements run at import, descending into if/try/with/for blocks but not into functions or classes."""
     for node in body:
         yield node
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
         for name in ("body", "orelse", "finalbody"):
-            yield from _module_level_statements(getattr(node, name, []) or [])
+            yield from module_level_statements(getattr(node, name, []) or [])
         for handler in getattr(node, "handlers", []) or []:
-            yield from _module_level_statements(handler.body)
+            yield from module_level_statements(handler.body)
 
 
-def _start_aliases(tree: ast.Module) -> dict[str, set[str]]:
+def may_call_start(source: str) -> bool:
+    """False for code that can neither import nor call runpod.serverless.start, unless its cell
+    imports start under another name: it never spells `runpod` or `start`. (Python reads a
+    non-ASCII name through NFKC, so `ｓtart` is `start`: only ASCII code is ruled out.)"""
+    return not source.isascii() or "runpod" in source or "start" in source
+
+
+def start_aliases(tree: ast.Module) -> dict[str, set[str]]:
     """Local names for runpod.serverless (`from runpod import serverless`) and its start."""
     found = {"serverless": set(), "start": set()}
     for node in ast.walk(tree):

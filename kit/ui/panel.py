@@ -99,7 +99,7 @@ def summarise(notebook: Notebook) -> Summary:
         warnings.append("no cell is tagged `test`: `kit test` has nothing to check and test_input.json is not written")
     job = None
     try:
-        jobs = find_jobs([(t.translated.cell.index, t.tree) for t in parse_test_cells(notebook)])
+        jobs = find_jobs((t.translated.cell.index, tree) for t in parse_test_cells(notebook) for tree in t.trees())
         job = jobs[0]["job"] if jobs else None
     except KitError as error:
         warnings.append(str(error))
