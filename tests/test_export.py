@@ -146,6 +146,17 @@ def test_future_imports_are_hoisted(make_notebook, tmp_path):
     compile(handler, "handler.py", "exec")
 
 
+@pytest.mark.parametrize("cell", ["from __future__ import annotations; LIMIT = 3", "from __future__ import (\n    annotations,\n); LIMIT = 3  # kept"])
+def test_code_on_the_line_of_a_hoisted_future_import_is_kept(make_notebook, tmp_path, cell):
+    nb = make_notebook([("setup", cell), ("handler", "def handler(job) -> int:\n    return LIMIT")])
+    out = export_notebook(nb, tmp_path / "out").out_dir
+    handler = (out / "handler.py").read_text()
+    assert "LIMIT = 3" in handler and handler.count("from __future__") == 1
+    namespace: dict = {}
+    exec(compile(handler, "handler.py", "exec"), namespace)  # __name__ is not "__main__": setup only
+    assert namespace["handler"]({"input": {}}) == 3
+
+
 @pytest.mark.process
 def test_ipython_syntax_in_exported_cells(make_notebook, tmp_path):
     nb = make_notebook(

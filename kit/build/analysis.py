@@ -412,8 +412,15 @@ def _hoist_future_imports(parsed: ParsedCell, text: str, tree: ast.Module) -> st
     lines = text.split("\n")
     for node in futures:
         parsed.future_imports += [alias.name for alias in node.names if alias.name not in parsed.future_imports]
-        for number in range(node.lineno, (node.end_lineno or node.lineno) + 1):
-            lines[number - 1] = "# kit: __future__ import hoisted to the top of handler.py" if number == node.lineno else ""
+        first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
+        head = lines[first].encode()[: node.col_offset].decode()  # ast's columns count UTF-8 bytes
+        tail = lines[last].encode()[node.end_col_offset :].decode()
+        if head.strip() or tail.strip():  # it shares a line with other code: `from __future__ import x; y = 1`
+            lines[first] = head + "pass" + tail
+        else:
+            lines[first] = "# kit: __future__ import hoisted to the top of handler.py"
+        for number in range(first + 1, last + 1):
+            lines[number] = ""
     tree.body = [node for node in tree.body if node not in futures]
     return "\n".join(lines)
 
