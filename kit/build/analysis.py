@@ -444,9 +444,7 @@ def _read_facts(parsed: ParsedCell, tree: ast.Module, offset: int) -> None:
         if isinstance(node, ast.Name):
             if id(node) not in annotation_nodes:
                 elsewhere.add(node.id)
-            line = node.lineno + offset
-            if line < first_use.get(node.id, line + 1):
-                first_use[node.id] = line
+            _note_first_use(first_use, node, offset)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             parsed.star_import |= any(alias.name == "*" for alias in node.names)
             parsed.imports += _imports(node, parsed.index, offset, node.lineno in optional_lines)
@@ -455,6 +453,13 @@ def _read_facts(parsed: ParsedCell, tree: ast.Module, offset: int) -> None:
     parsed.annotation_only = (parsed.annotation_only - elsewhere) | only_here
     for name, line in first_use.items():
         parsed.first_use.setdefault(name, line)  # an earlier piece's lines come first
+
+
+def _note_first_use(first_use: dict[str, int], node: ast.Name, offset: int) -> None:
+    """Keep in `first_use` the earliest line (counted from `offset`) that mentions `node`'s name."""
+    line = node.lineno + offset
+    if line < first_use.get(node.id, line + 1):
+        first_use[node.id] = line
 
 
 def _annotations(node: ast.AST) -> list[ast.expr]:
@@ -653,12 +658,12 @@ def _walk_own_body(function):
 def _check_names(notebook: Notebook, cells: list[ParsedCell], lazy_annotations: bool) -> None:
     if any(c.star_import for c in cells):
         return  # `from x import *`: what it defines cannot be known without importing x
-    known = set(dir(builtins)) | MODULE_NAMES
+    known = set().union(*(c.defined for c in cells)) | set(dir(builtins)) | MODULE_NAMES
     if lazy_annotations:  # `from __future__ import annotations`: annotations are never evaluated
         known |= _annotation_only_names(cells)
     for parsed in cells:
         for name in sorted(parsed.reads):
-            if name in known or any(name in c.defined for c in cells):
+            if name in known:
                 continue
             line = parsed.first_use.get(name)
             if name in NOTEBOOK_ONLY_NAMES:
@@ -818,9 +823,7 @@ def _read_test(notebook: Notebook, translated: TranslatedCell) -> TestCell:
             compiling += piece.compile_warnings
             for node in ast.walk(piece.tree):
                 if isinstance(node, ast.Name):
-                    line = node.lineno + piece.offset
-                    if line < test.first_use.get(node.id, line + 1):
-                        test.first_use[node.id] = line
+                    _note_first_use(test.first_use, node, piece.offset)
                     if isinstance(node.ctx, ast.Load):
                         test.reads.add(node.id)
             test.bindings |= _all_bindings(piece.tree)
@@ -839,15 +842,14 @@ def test_name_warnings(notebook: Notebook, analysis: Analysis, test_cells: list[
     cells, so such a name is a NameError there: say where it is defined.
     """
     known = set(dir(builtins)) | MODULE_NAMES
+    for parsed in analysis.cells:
+        known |= parsed.first_use.keys() | parsed.bindings  # every name an exported cell mentions or binds
     for test in test_cells:
         known |= test.bindings
 
-    def unknown(name: str) -> bool:
-        return name not in known and not any(name in c.first_use or name in c.bindings for c in analysis.cells)
-
     found = []
     for test in test_cells:
-        for name in sorted(filter(unknown, test.reads)):
+        for name in sorted(test.reads - known):
             where = _defined_in(notebook, name, roles=(None,))
             if where:
                 found.append(
