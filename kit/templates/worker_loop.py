@@ -253,35 +253,22 @@ _SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 3, 8, 6, 6
 _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
 
 
-class _ShortDict(dict):
-    """A result dict whose repr (and str) is bounded; json.dumps sees a dict."""
-
-    __slots__ = ()
+def _bounded_repr(base: type) -> type:
+    """A subclass of `base` whose repr (and str) is bounded; json.dumps sees a `base`."""
 
     def __repr__(self) -> str:
-        return _SHORT.repr(dict(self))
+        return _SHORT.repr(base(self))  # a plain copy: reprlib dispatches on the type's name
 
-    __str__ = __repr__
+    return type(f"_Short{base.__name__}", (base,), {"__slots__": (), "__repr__": __repr__, "__str__": __repr__})
 
 
-class _ShortList(list):
-    """A result list whose repr (and str) is bounded; json.dumps sees a list."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return _SHORT.repr(list(self))
-
-    __str__ = __repr__
+_SHORT_TYPES = {dict: _bounded_repr(dict), list: _bounded_repr(list)}
 
 
 def _short_repr(value):
     """`value` as the SDK gets it: a shallow copy with a bounded repr when it is a dict or a list."""
-    if type(value) is dict:
-        return _ShortDict(value)
-    if type(value) is list:
-        return _ShortList(value)
-    return value
+    short = _SHORT_TYPES.get(type(value))
+    return value if short is None else short(value)
 
 
 def _wrap_handler(handler, *, short_results: bool):
