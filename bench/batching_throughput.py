@@ -19,7 +19,7 @@ trivial one >= 1,000 jobs/s.
 
     .venv/bin/python bench/batching_throughput.py [--jobs 1000] [--rounds 2] [--threads N]
 
-Uses the same code as `kit bench` (kit.local.bench.measure). Machine-dependent:
+Uses the same code as `kit bench` (kit.serve.bench.measure). Machine-dependent:
 quote the numbers with the machine (and how busy it was).
 """
 
@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kit.build.export import export_notebook  # noqa: E402
-from kit.local.bench import measure  # noqa: E402
+from kit.export.export import export_notebook  # noqa: E402
+from kit.serve.bench import measure  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import build_notebook  # noqa: E402

@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kit.build.export import export_notebook  # noqa: E402
-from kit.local.emulator import FINAL_STATUSES, QueueEmulator  # noqa: E402
-from kit.local.pool import WorkerPool  # noqa: E402
+from kit.export.export import export_notebook  # noqa: E402
+from kit.serve.emulator import FINAL_STATUSES, QueueEmulator  # noqa: E402
+from kit.serve.pool import WorkerPool  # noqa: E402
 
 CELLS = [
     ("setup", "import os\nimport time\nfrom pathlib import Path"),

@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 
-from kit.prove.testing import run_notebook_tests
+from kit.test.run import run_notebook_tests
 
 
 def main() -> None:

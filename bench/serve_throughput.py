@@ -9,7 +9,7 @@ finishes jobs as fast as it can (no worker process), so its overhead is known.
 
     .venv/bin/python bench/serve_throughput.py [--jobs N] [--notebooks hello embeddings]
 
-Uses the same code as `kit bench` (kit.local.bench.measure). Machine-dependent: run
+Uses the same code as `kit bench` (kit.serve.bench.measure). Machine-dependent: run
 it on a quiet machine and quote the numbers with the machine.
 """
 
@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kit.local.bench import measure  # noqa: E402
-from kit.local.emulator import QueueEmulator  # noqa: E402
-from kit.build.export import export_notebook  # noqa: E402
+from kit.serve.bench import measure  # noqa: E402
+from kit.serve.emulator import QueueEmulator  # noqa: E402
+from kit.export.export import export_notebook  # noqa: E402
 
 MODIFIERS = (1, 4, 16)
 

@@ -17,11 +17,11 @@ __all__ = ["export_notebook", "build_worker", "infer_requirements", "panel", "Ki
 
 def __getattr__(name):
     if name in ("export_notebook", "build_worker"):
-        from kit.build import export
+        from kit.export import export
 
         return getattr(export, name)
     if name == "infer_requirements":
-        from kit.build.deps import infer_requirements
+        from kit.export.deps import infer_requirements
 
         return infer_requirements
     if name == "KitError":

@@ -15,7 +15,7 @@ from kit.errors import KitError
 
 
 def _cmd_export(args) -> int:
-    from kit.build.export import export_notebook
+    from kit.export.export import export_notebook
 
     result = export_notebook(
         args.notebook, args.output, extra=args.extra, exclude=args.exclude, include_secrets=args.include_secrets
@@ -29,8 +29,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_deps(args) -> int:
-    from kit.build.deps import format_requirements_report, infer_requirements
-    from kit.build.notebook import read_notebook
+    from kit.export.deps import format_requirements_report, infer_requirements
+    from kit.export.notebook import read_notebook
 
     notebook = read_notebook(args.notebook)
     reqs = infer_requirements(notebook, extra=args.extra, exclude=args.exclude, include_secrets=args.include_secrets)
@@ -44,13 +44,13 @@ def _cmd_deps(args) -> int:
 
 
 def _cmd_test(args) -> int:
-    from kit.prove.testing import run_tests
+    from kit.test.run import run_tests
 
     return run_tests(args.target, out_dir=args.output, json_path=args.json, timeout=args.timeout)
 
 
 def _cmd_serve(args) -> int:
-    from kit.local.serve import serve
+    from kit.serve.serve import serve
 
     return serve(
         args.target,
@@ -65,7 +65,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from kit.local.bench import bench
+    from kit.serve.bench import bench
 
     return bench(
         args.target,

@@ -4,7 +4,7 @@ An exported file is a header (comments, hoisted `from __future__` imports),
 then for each notebook cell a marker line ``# %% cell N [tag]`` followed by
 the cell's code, then (handler.py only) a footer that starts with
 ``# %% worker start``. Line L of notebook cell N is the marker's line + L, so
-a traceback in the file maps back to the notebook. `kit.build.export` writes
+a traceback in the file maps back to the notebook. `kit.export.export` writes
 it with `render`; the `kit test` harness reads it back with `parse`.
 """
 

@@ -27,7 +27,7 @@ MB = 1_000_000
 RUN_LIMIT = 10 * MB
 RUNSYNC_LIMIT = 20 * MB
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "worker"  # the files copied into every worker directory
 WORKER_LOOP_TEMPLATE = TEMPLATES / "worker_loop.py"
 
 

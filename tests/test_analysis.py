@@ -6,9 +6,9 @@ import ast
 
 import pytest
 
-import kit.build.analysis
-from kit.build.analysis import analyse, find_jobs
-from kit.build.notebook import Cell, Notebook
+import kit.export.analysis
+from kit.export.analysis import analyse, find_jobs
+from kit.export.notebook import Cell, Notebook
 from kit.errors import KitError
 
 
@@ -121,7 +121,7 @@ def test_a_long_cell_read_in_pieces_gives_what_the_whole_cell_gives(monkeypatch)
         )
 
     in_pieces = read()
-    monkeypatch.setattr(kit.build.analysis, "PIECE_LINES", 10**9)
+    monkeypatch.setattr(kit.export.analysis, "PIECE_LINES", 10**9)
     assert read() == in_pieces
     future, kind, imports, warnings, source = in_pieces
     assert future == ["annotations"] and kind == "function"

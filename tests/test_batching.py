@@ -1,4 +1,4 @@
-"""Dynamic batching (kit/templates/batching.py, exported beside handler.py for a `batch_handler`).
+"""Dynamic batching (kit/worker/batching.py, exported beside handler.py for a `batch_handler`).
 
 The queue's rules are driven on an explicit clock; the batcher runs with the
 SDK's own job runner (`rp_job.run_job`, what the worker loop calls per job);
@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import build_notebook
 
-from kit.build.export import export_notebook
-from kit.local.bench import read_batches
-from kit.local.emulator import FINAL_STATUSES, QueueEmulator
-from kit.local.serve import WorkerPool
-from kit.templates import batching
-from kit.templates.batching import Batcher, BatchQueue
+from kit.export.export import export_notebook
+from kit.serve.bench import read_batches
+from kit.serve.emulator import FINAL_STATUSES, QueueEmulator
+from kit.serve.serve import WorkerPool
+from kit.worker import batching
+from kit.worker.batching import Batcher, BatchQueue
 
 
 # --------------------------------------------------------------------------- the queue's rules

@@ -12,9 +12,9 @@ import venv
 import pytest
 from conftest import NOTEBOOKS, run_kit
 
-from kit.build.deps import infer_requirements
-from kit.build.export import export_notebook
-from kit.build.notebook import read_notebook
+from kit.export.deps import infer_requirements
+from kit.export.export import export_notebook
+from kit.export.notebook import read_notebook
 
 HANDLER = ("handler", "def handler(job):\n    return job['input']")
 
@@ -190,7 +190,7 @@ def test_local_modules_copy_only_regular_files_inside_the_notebook_folder(make_n
     assert "as they look like secrets: helpers/.env, helpers/id_rsa; pass --include-secrets" in result.stderr
 
     # The nbconvert zip copies exactly the same files (one rule for both).
-    from kit.build.export import build_worker
+    from kit.export.export import build_worker
     from kit.ui.exporter import zip_worker
 
     import io

@@ -19,7 +19,7 @@ import pytest
 import requests
 import runpod
 
-from kit.local.emulator import QueueEmulator
+from kit.serve.emulator import QueueEmulator
 
 pytestmark = pytest.mark.process  # every test here starts the emulator's server
 
@@ -714,7 +714,7 @@ def test_a_handler_exception_from_the_sdk_is_not_a_setup_error():
 
 STOP_WITH_CLIENTS_WAITING = """
 import gc, json, threading, time, urllib.request
-from kit.local.emulator import QueueEmulator
+from kit.serve.emulator import QueueEmulator
 
 emulator = QueueEmulator("127.0.0.1", 0, None).start()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kit.prove import events
+from kit.test import events
 
 
 def test_every_event_round_trips_through_a_line():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import HELLO_CELLS, NOTEBOOKS, ROOT, build_notebook, run_kit
 
-from kit.build.export import export_notebook, worker_dir
+from kit.export.export import export_notebook, worker_dir
 from kit.errors import KitError
 from kit.percent import read_percent_cells
 

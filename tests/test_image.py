@@ -446,7 +446,7 @@ def test_image_serverless_without_a_queue_runs_test_input_and_exits_0(image, con
 @pytest.mark.image
 @pytest.mark.timeout(1800)
 def test_image_serverless_takes_jobs_from_kit_serves_queue_and_drains_on_stop(image, container):
-    from kit.local.emulator import QueueEmulator
+    from kit.serve.emulator import QueueEmulator
 
     jobs = 100 if "embeddings" in image else 300  # the embeddings model's CPU time bounds its count
     with QueueEmulator(host="127.0.0.1", port=0) as emu:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kit.build.ipython import parse_pip_install, translate
-from kit.build.notebook import Cell, Notebook
+from kit.export.ipython import parse_pip_install, translate
+from kit.export.notebook import Cell, Notebook
 from kit.errors import KitError
 
 NOTEBOOK = Notebook(name="w.ipynb", path=None)

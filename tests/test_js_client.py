@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from test_emulator import SdkWorker
 
-from kit.local.emulator import QueueEmulator
+from kit.serve.emulator import QueueEmulator
 
 pytestmark = pytest.mark.process
 

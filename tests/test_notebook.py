@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from kit.build.notebook import notebook_from_dict, read_notebook
+from kit.export.notebook import notebook_from_dict, read_notebook
 from kit.errors import KitError
 
 

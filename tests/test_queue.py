@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kit.local.queue import DROPPED_AFTER_PINGS, DROPPED_AFTER_SECONDS, FINAL_STATUSES, Queue, RequestError, Status
+from kit.serve.queue import DROPPED_AFTER_PINGS, DROPPED_AFTER_SECONDS, FINAL_STATUSES, Queue, RequestError, Status
 
 
 class Clock:

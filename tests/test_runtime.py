@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import HELLO_CELLS
 
-from kit.local.emulator import QueueEmulator
-from kit.build.export import export_notebook
+from kit.serve.emulator import QueueEmulator
+from kit.export.export import export_notebook
 
 pytestmark = pytest.mark.process  # every test here starts worker or server processes
 

@@ -219,7 +219,7 @@ def listening_sockets(pid: int) -> list[str]:
 
 
 def test_serverless_serves_a_queued_job_and_drains_on_sigterm(start_sh, tmp_path):
-    from kit.local.emulator import QueueEmulator
+    from kit.serve.emulator import QueueEmulator
 
     write_worker(tmp_path / "app")
     with QueueEmulator(host="127.0.0.1", port=0) as emu:

@@ -428,7 +428,7 @@ def test_sentiment_example_passes_on_a_tiny_local_model(capsys, tiny_sentiment_m
 
 
 def test_library_report_for_the_panel(tmp_path):
-    from kit.prove.testing import run_notebook_tests
+    from kit.test.run import run_notebook_tests
 
     nb = write_notebook(tmp_path / "echo.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", "handler({'input': {'word': 'panel'}})"))
     seen = []
@@ -727,7 +727,7 @@ def test_a_hand_written_worker_starting_at_module_level_is_tested_with_the_handl
 
 def test_a_callback_that_raises_is_reported_and_the_harness_still_finishes(tmp_path):
     """More than a pipe's worth of events after the callback broke: the reader must keep draining."""
-    from kit.prove.testing import run_notebook_tests
+    from kit.test.run import run_notebook_tests
 
     loud = ("test", "print('x' * 19_000)")
     nb = write_notebook(tmp_path / "loud.ipynb", ECHO_SETUP, ECHO_HANDLER, *[loud] * 8)
@@ -742,7 +742,7 @@ def test_a_callback_that_raises_is_reported_and_the_harness_still_finishes(tmp_p
 
 
 def test_a_line_on_the_report_pipe_that_is_not_an_event_is_reported(tmp_path):
-    from kit.prove.testing import run_notebook_tests
+    from kit.test.run import run_notebook_tests
 
     garbage = ("test", "import os, sys\nos.write(int(sys.orig_argv[-1]), b'{not an event\\n')")  # sys.argv is the worker's
     nb = write_notebook(tmp_path / "garbage.ipynb", ECHO_SETUP, ECHO_HANDLER, garbage, ("test", "assert handler({'input': {}})"))
@@ -775,7 +775,7 @@ def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
     import signal
     import threading
 
-    from kit.prove.testing import run_notebook_tests
+    from kit.test.run import run_notebook_tests
 
     pid_file = tmp_path / "daemon.pid"
     notebook = build_notebook(

@@ -20,7 +20,7 @@ import requests
 from conftest import build_notebook
 from test_serve import kit_serve
 
-from kit.local.watch import Version, compare
+from kit.serve.watch import Version, compare
 
 pytestmark = pytest.mark.process
 
@@ -245,7 +245,7 @@ def test_jobs_in_flight_during_a_reload_are_neither_lost_nor_duplicated(tmp_path
 
 
 def test_compare_tells_warm_from_cold(tmp_path):
-    from kit.build.export import export_notebook
+    from kit.export.export import export_notebook
 
     def export(name, setup, handler):
         build_notebook(tmp_path / f"{name}.ipynb", cells(setup, handler))

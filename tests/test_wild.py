@@ -12,8 +12,8 @@ import pytest
 from conftest import WILD, needs_shared, run_kit
 
 from kit.errors import KitError
-from kit.build.export import build_worker
-from kit.build.notebook import notebook_from_dict, read_notebook
+from kit.export.export import build_worker
+from kit.export.notebook import notebook_from_dict, read_notebook
 
 NOTEBOOKS = sorted(WILD.glob("*.ipynb"))
 pytestmark = needs_shared

@@ -7,7 +7,7 @@ import json
 from conftest import HELLO_CELLS
 
 from kit import workerdir
-from kit.build.export import export_notebook
+from kit.export.export import export_notebook
 
 
 def test_the_manifest_records_what_the_export_found_and_wrote(make_notebook, tmp_path):

@@ -4,7 +4,7 @@ Registered through the `nbconvert.exporters` entry point, so one class serves
 `jupyter nbconvert --to runpod NB.ipynb` (writes NB.zip) and JupyterLab's
 File → Save and Export Notebook As → Runpod (JupyterLab 4 names the
 entry after the entry point; downloads NB.zip). It
-calls `kit.build.export.build_worker`, the function behind `kit export`, and only
+calls `kit.export.export.build_worker`, the function behind `kit export`, and only
 packs the result.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from nbconvert.exporters import Exporter
 
-from kit.build.export import Worker, build_worker
-from kit.build.notebook import notebook_from_dict
+from kit.export.export import Worker, build_worker
+from kit.export.notebook import notebook_from_dict
 from kit.errors import KitError
 
 # A fixed timestamp makes the zip of an unchanged notebook byte-for-byte the same.

@@ -6,7 +6,7 @@ notebook it runs in and to the kernel's namespace: **Run** calls the
 `handler` the kernel defined (plain, async or generator; a list of jobs is one
 `batch_handler(jobs)` call, and with only `batch_handler` a job runs as a batch
 of one, as in the exported worker), **Export** calls
-`kit.build.export.export_notebook` in the kernel (so requirements are inferred from
+`kit.export.export.export_notebook` in the kernel (so requirements are inferred from
 the kernel's own environment) and **Test** runs `python -m kit test` in a
 subprocess. Each runs in a thread and updates the widgets from there, so the
 kernel keeps answering while a handler, an export or a test is under way.
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import platform
-from kit.build.notebook import Notebook, read_notebook
+from kit.export.notebook import Notebook, read_notebook
 from kit.errors import KitError
-from kit.templates.batching import result_problem, single_job_handler
+from kit.worker.batching import result_problem, single_job_handler
 from kit.ui.runner import HandlerRun, call_handler
 from kit.ui import serving
 from kit.ui.serving import LocalEndpoint
@@ -89,7 +89,7 @@ class Summary:
 
 def summarise(notebook: Notebook) -> Summary:
     """How many cells carry each tag, what is missing, and the first test job."""
-    from kit.build.analysis import find_jobs, parse_test_cells
+    from kit.export.analysis import find_jobs, parse_test_cells
 
     counts = {role: len(notebook.with_role(role)) for role in ("setup", "handler", "test")}
     warnings = []
@@ -421,7 +421,7 @@ class Panel:
     # ---------------------------------------------------------------- Export
 
     def export(self) -> None:
-        from kit.build.export import export_notebook
+        from kit.export.export import export_notebook
 
         saved = self._save()
         self.status.value = _note("exporting…")

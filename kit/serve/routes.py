@@ -1,6 +1,6 @@
 """The emulator's HTTP face: RunPod's endpoint API for clients, the worker API the SDK's loop speaks.
 
-`EndpointAPI` turns requests into steps of a `kit.local.queue.Queue` and
+`EndpointAPI` turns requests into steps of a `kit.serve.queue.Queue` and
 holds long-polls open on asyncio events the queue's notifications set. It
 runs on one event loop (the emulator's thread) and keeps no state of its own
 beyond those waiters; every job and worker record lives in the queue.
@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from kit.local.queue import Job, Queue, RequestError, Status
+from kit.serve.queue import Job, Queue, RequestError, Status
 from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT  # RunPod's payload limits (decimal MB)
 
-log = logging.getLogger("kit.local")
+log = logging.getLogger("kit.serve")
 # The largest body the emulator reads at all (a job-done result, an OpenAI request).
 BODY_LIMIT = 64 * 1024**2
 

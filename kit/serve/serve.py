@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from kit import platform, workerdir
-from kit.local.emulator import QueueEmulator
-from kit.local.pool import WorkerPool
+from kit.serve.emulator import QueueEmulator
+from kit.serve.pool import WorkerPool
 
 
 def job_line(state: dict) -> str:
@@ -62,10 +62,10 @@ def serve(
     through starting a worker.
 
     `execution_timeout` (seconds) is the endpoint's default policy.executionTimeout. `watch`:
-    re-export the notebook on every save and reload the workers (kit.local.watch).
+    re-export the notebook on every save and reload the workers (kit.serve.watch).
     """
-    from kit.build.export import worker_dir
-    from kit.local.watch import Watcher
+    from kit.export.export import worker_dir
+    from kit.serve.watch import Watcher
 
     stopping = threading.Event()
     received: list[int] = []

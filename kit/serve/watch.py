@@ -5,7 +5,7 @@ save by writing a new file and renaming it into place). Each save is exported
 into a directory of its own; `compare` then decides, from the two exports:
 
 - **warm**: only `handler` cells changed. The workers (run by
-  `kit.local.reloader`, which runs the exported handler.py through its own
+  `kit.worker.reloader`, which runs the exported handler.py through its own
   start block) swap in the new handler cells without re-running setup.
 - **cold**: a setup cell, the requirements, a local module, the header or the
   start block changed: the workers drain and restart on the new export.
@@ -31,9 +31,9 @@ from typing import Callable
 
 from kit import percent, workerdir
 from kit.errors import KitEnvironmentError, KitError
-from kit.local.reloader import CONTROL_ENV, GENERATION_FILE, read_json, write_json
+from kit.worker.reloader import CONTROL_ENV, GENERATION_FILE, read_json, write_json
 
-RELOADER = [sys.executable, "-m", "kit.local.reloader"]
+RELOADER = [sys.executable, "-m", "kit.worker.reloader"]
 TICK = 0.05  # seconds between two looks at the notebook's path
 
 
@@ -164,7 +164,7 @@ class Watcher:
         return {"command": RELOADER, "env": {CONTROL_ENV: str(self.control)}}
 
     def _export(self) -> Path:
-        from kit.build.export import export_notebook
+        from kit.export.export import export_notebook
 
         self.exports += 1
         out = self.base / str(self.exports) / self.notebook.stem

@@ -1,6 +1,6 @@
 """`kit test`: prove an exported worker before any image is built.
 
-`run_worker_tests` runs the harness (`kit.prove.harness`) in a fresh interpreter
+`run_worker_tests` runs the harness (`kit.worker.harness`) in a fresh interpreter
 with the worker directory as its working directory, and turns the events it
 reports into a `TestReport`: the cold start (each setup cell timed), every
 test cell (pass/fail, where in the notebook it failed) and every job literal
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 from kit import platform, workerdir
-from kit.build.export import worker_dir
+from kit.export.export import worker_dir
 from kit.errors import KitEnvironmentError, KitError
 from kit.processes import kill_group
-from kit.prove import events
-from kit.prove.events import Event, Failure, Frame
+from kit.test import events
+from kit.test.events import Event, Failure, Frame
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; a model download in a setup cell can be slow
 OUTPUT_LINES_SHOWN = 12
@@ -129,7 +129,7 @@ def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_e
     with tempfile.TemporaryFile() as log:
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "kit.prove.harness", str(write_fd)],
+                [sys.executable, "-m", "kit.worker.harness", str(write_fd)],
                 cwd=path,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -1,7 +1,7 @@
 """The events `kit test`'s harness sends its parent: small typed records, one JSON line each.
 
-The harness (`kit.prove.harness`, in the worker's fresh interpreter) builds
-these and writes them with `encode`; the parent (`kit.prove.testing`) reads
+The harness (`kit.worker.harness`, in the worker's fresh interpreter) builds
+these and writes them with `encode`; the parent (`kit.test.run`) reads
 them back with `decode` and keeps them in its `TestReport`. Both sides import
 this module, so a field has one name and one type, as in Cog's
 ``eventtypes.py``. A line that is not a known event is a `BadEvent`, never a

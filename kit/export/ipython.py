@@ -24,7 +24,7 @@ import tokenize
 from dataclasses import dataclass, field
 
 from kit.errors import KitWarning
-from kit.build.notebook import Cell, Notebook
+from kit.export.notebook import Cell, Notebook
 
 # Line magics that only change how the notebook displays or reloads things.
 NOTEBOOK_ONLY = {

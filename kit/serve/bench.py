@@ -23,8 +23,8 @@ from pathlib import Path
 
 from kit import platform, workerdir
 from kit.errors import KitEnvironmentError, KitError
-from kit.local.emulator import FINAL_STATUSES, QueueEmulator
-from kit.local.pool import WorkerPool
+from kit.serve.emulator import FINAL_STATUSES, QueueEmulator
+from kit.serve.pool import WorkerPool
 
 STARTUP_TIMEOUT = 600.0
 STOCK_LOOP_LOG = "running the SDK's stock worker loop: "  # what worker_loop.py logs when it falls back
@@ -51,7 +51,7 @@ def bench(
     `openai` sends the load through the OpenAI-compatible route instead of /runsync
     (the request: `--input`, or the notebook's test job if it is an openai_route job).
     """
-    from kit.build.export import worker_dir
+    from kit.export.export import worker_dir
 
     if jobs < 1 or concurrency < 1:
         raise KitError("--jobs and --concurrency must be at least 1")

@@ -19,13 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.build import runtime
-from kit.build.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
-from kit.build.deps import Requirements, infer_requirements
+from kit.export import runtime
+from kit.export.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
+from kit.export.deps import Requirements, infer_requirements
 from kit.errors import KitEnvironmentError, KitError, KitWarning
 
 from kit import percent, workerdir
-from kit.build.notebook import Notebook, read_notebook
+from kit.export.notebook import Notebook, read_notebook
 
 
 

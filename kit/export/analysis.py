@@ -30,10 +30,10 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from kit.build.ipython import TranslatedCell, translate
+from kit.export.ipython import TranslatedCell, translate
 from kit.errors import KitError, KitWarning
-from kit.build.notebook import ROLES, Notebook
-from kit.build.start_options import (
+from kit.export.notebook import ROLES, Notebook
+from kit.export.start_options import (
     StartCode,
     StartOptions,
     check_start_options,

@@ -25,7 +25,7 @@ from typing import Callable
 
 from kit import platform
 from kit.errors import KitEnvironmentError, KitError
-from kit.local.emulator import QueueEmulator
+from kit.serve.emulator import QueueEmulator
 from kit.platform import PRESTART_FAILED, prestart_failure
 from kit.processes import kill_group
 
@@ -35,7 +35,7 @@ STARTUP_FAILURES = 3
 DRAIN_TIMEOUT = 30.0
 
 
-LAUNCHER = Path(__file__).resolve().with_name("launch.py")
+LAUNCHER = Path(__file__).resolve().parent.parent / "worker" / "launch.py"
 
 
 @dataclass
@@ -72,7 +72,7 @@ class WorkerPool:
         self.env = env or {}
         self.say = say
         # What each worker process runs in the worker directory: the exported handler.py, or
-        # (kit serve --watch) kit.local.reloader, which runs it with warm reload.
+        # (kit serve --watch) kit.worker.reloader, which runs it with warm reload.
         self.command = command or [sys.executable, "handler.py"]
         self.processes: dict[str, _Process] = {}
         self._startup_failures: dict[str, int] = {}
@@ -161,8 +161,8 @@ class WorkerPool:
         process.popen.send_signal(signal.SIGTERM)
 
     def reload(self) -> None:
-        """Ask every worker run by kit.local.reloader to swap in the handler code it is told of."""
-        from kit.local.reloader import RELOAD_SIGNAL
+        """Ask every worker run by kit.worker.reloader to swap in the handler code it is told of."""
+        from kit.worker.reloader import RELOAD_SIGNAL
 
         for process in self.processes.values():
             if process.popen.poll() is None:

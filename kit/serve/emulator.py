@@ -6,8 +6,8 @@
 pointed at it by `QueueEmulator.worker_env`, run the SDK's own worker loop
 against its worker routes.
 
-Three layers: `kit.local.queue` is the job and worker state machine (plain
-synchronous code), `kit.local.routes` the aiohttp routes over it, and this
+Three layers: `kit.serve.queue` is the job and worker state machine (plain
+synchronous code), `kit.serve.routes` the aiohttp routes over it, and this
 module the host: an event loop in a background thread that runs the server,
 ticks the queue's clock, posts webhooks, and offers thread-safe blocking
 methods. All state lives on that loop, so no locks.
@@ -26,16 +26,16 @@ from aiohttp import web
 
 from kit import platform
 from kit.errors import KitEnvironmentError, KitError
-from kit.local.queue import (  # noqa: F401  (FINAL_STATUSES: part of this module's API, bench reads it)
+from kit.serve.queue import (  # noqa: F401  (FINAL_STATUSES: part of this module's API, bench reads it)
     EXECUTION_TIMEOUT,
     FINAL_STATUSES,
     PING_TIMEOUT,
     Counters,
     Queue,
 )
-from kit.local.routes import BODY_LIMIT, EndpointAPI, Waiters
+from kit.serve.routes import BODY_LIMIT, EndpointAPI, Waiters
 
-log = logging.getLogger("kit.local")
+log = logging.getLogger("kit.serve")
 
 # A worker's job-take and job-stop requests are held open this long before a
 # 204: an immediate 204 makes the SDK spin (its own timeout is 90 s).

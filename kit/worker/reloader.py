@@ -1,4 +1,4 @@
-"""`python -m kit.local.reloader`: the exported worker as `kit serve --watch` runs it, with warm reload.
+"""`python -m kit.worker.reloader`: the exported worker as `kit serve --watch` runs it, with warm reload.
 
 Run in a worker directory instead of ``python handler.py``. It runs
 handler.py's header and cells once, as ``python handler.py`` would (setup
@@ -9,7 +9,7 @@ handler, and a `concurrency_modifier` that calls the current generation's
 modifier when the notebook defines one. handler.py itself is unchanged and
 never imports the kit; only this launcher does.
 
-Warm reload: the supervisor (`kit.local.watch`) writes the new handler.py's
+Warm reload: the supervisor (`kit.serve.watch`) writes the new handler.py's
 path to ``$KIT_RELOAD_DIR/generation.json`` and sends SIGUSR1. A control
 thread then runs only the new file's `handler` cells, in a copy of the
 current namespace (setup's objects, the model, are shared, not re-made), and
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from kit import percent, workerdir
 from kit.percent import PercentCell
-from kit.prove.harness import FUTURE_FLAGS, SourceMap
+from kit.worker.harness import FUTURE_FLAGS, SourceMap
 
 CONTROL_ENV = "KIT_RELOAD_DIR"
 GENERATION_FILE = "generation.json"

@@ -20,9 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.build.analysis import Analysis, analyse
+from kit.export.analysis import Analysis, analyse
 from kit.errors import KitWarning
-from kit.build.notebook import Notebook
+from kit.export.notebook import Notebook
 from kit.errors import KitError
 
 # Modules whose distribution has another name, for imports that are not

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         except OSError:
             pass
 
-    # SIGUSR1: kit serve --watch's warm reload (kit.local.reloader); only sent to workers it runs.
+    # SIGUSR1: kit serve --watch's warm reload (kit.worker.reloader); only sent to workers it runs.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, forward)
 

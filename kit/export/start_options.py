@@ -24,7 +24,7 @@ import copy
 import difflib
 from dataclasses import dataclass, field
 
-from kit.build.notebook import Notebook
+from kit.export.notebook import Notebook
 
 CONFIG_NAME = "RUNPOD_CONFIG"
 # What runpod 1.12.0's start() and its JobScaler read from the config (rp_args is the SDK's own).

@@ -1,6 +1,6 @@
 """The `kit test` harness, run in a fresh interpreter whose working directory is the worker.
 
-`kit.prove.testing` starts it as ``python -m kit.prove.harness FD`` (so the worker
+`kit.test.run` starts it as ``python -m kit.worker.harness FD`` (so the worker
 directory is ``sys.path[0]``, as for ``python handler.py``) and reads its
 report: one JSON object per line on file descriptor FD. The user's own output
 is captured per cell and per job and sent inside those events, so nothing the
@@ -55,8 +55,8 @@ from pathlib import Path
 
 from kit import percent, platform, workerdir
 from kit.percent import PercentCell, split_percent
-from kit.prove import events
-from kit.prove.events import Failure, Frame, Problem, Shown
+from kit.test import events
+from kit.test.events import Failure, Frame, Problem, Shown
 
 MAX_CAPTURE = 20_000  # characters of output kept per cell or job
 MAX_CHUNKS_SHOWN = 20
@@ -690,7 +690,7 @@ def run_batch(worker: Path, batch_handler, loop, report: Report, sources: Source
     try:
         import batching  # the copy exported beside handler.py (sys.path[0] is the worker directory)
     except ImportError:
-        from kit.templates import batching
+        from kit.worker import batching
     from runpod.serverless.modules.rp_job import run_job
 
     jobs = []

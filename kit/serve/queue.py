@@ -5,8 +5,8 @@ methods, each a step of RunPod's protocol (submit, take, stream chunk,
 done, cancel, retry, ping). Time comes from an injected clock and passes only
 in `tick()`, which ends what the clock has run out on: execution timeouts,
 TTLs, result retention, workers that stopped pinging or dropped a job
-without a result. The HTTP routes (`kit.local.routes`) and the thread host
-(`kit.local.emulator`) drive it; unit tests drive it directly with a fake
+without a result. The HTTP routes (`kit.serve.routes`) and the thread host
+(`kit.serve.emulator`) drive it; unit tests drive it directly with a fake
 clock.
 
 What the host must react to (wake a long-poll, post a webhook) is reported

@@ -1,1 +1,0 @@
-"""Proving a worker: `kit test`'s parent process, the harness in a fresh interpreter, the events between them."""

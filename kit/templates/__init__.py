@@ -1,1 +1,0 @@
-"""Files the kit copies into every worker directory as they are (they never import the kit)."""
