@@ -78,7 +78,11 @@ def in_process_rate(worker: Path, request: dict, env: dict, seconds: float = 5.0
     """Jobs/s of batch_handler on full batches, in a fresh interpreter in the worker directory."""
     out = subprocess.run(
         [sys.executable, "-c", IN_PROCESS, json.dumps(request), str(seconds)],
-        cwd=worker, capture_output=True, text=True, check=True, env={**os.environ, **env},
+        cwd=worker,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -97,7 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs per embeddings measurement (default 1000; trivial: 3x)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every worker and the in-process run (default: torch's own choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS for every worker and the in-process run (default: torch's own choice)"
+    )
     args = parser.parse_args()
     env = {} if args.threads is None else {"OMP_NUM_THREADS": str(args.threads)}
 
@@ -117,14 +123,26 @@ def main() -> None:
                 "trivial": serve_run(trivial, ECHO, 3 * args.jobs, 64, env),
             }
             rounds.append(row)
-            print(f"round {number}: " + json.dumps({
-                "in_process_jobs_per_s": round(row["in_process"]["jobs_per_s"], 1),
-                "in_process_call_ms_p50": round(row["in_process"]["call_ms_p50"], 1),
-                "served_call_ms_p50": row["batched"]["batches"]["call_ms"]["p50"],
-                "eager_in_process_jobs_per_s": round(row["eager_in_process"]["jobs_per_s"], 1),
-                **{name: {"jobs_per_s": row[name]["throughput_jobs_per_s"], "p99_ms": row[name]["latency_ms"]["total"]["p99"],
-                          "batches": row[name].get("batches", {}).get("sizes")} for name in NAMES},
-            }), flush=True)
+            print(
+                f"round {number}: "
+                + json.dumps(
+                    {
+                        "in_process_jobs_per_s": round(row["in_process"]["jobs_per_s"], 1),
+                        "in_process_call_ms_p50": round(row["in_process"]["call_ms_p50"], 1),
+                        "served_call_ms_p50": row["batched"]["batches"]["call_ms"]["p50"],
+                        "eager_in_process_jobs_per_s": round(row["eager_in_process"]["jobs_per_s"], 1),
+                        **{
+                            name: {
+                                "jobs_per_s": row[name]["throughput_jobs_per_s"],
+                                "p99_ms": row[name]["latency_ms"]["total"]["p99"],
+                                "batches": row[name].get("batches", {}).get("sizes"),
+                            }
+                            for name in NAMES
+                        },
+                    }
+                ),
+                flush=True,
+            )
 
     def median(path):
         values = []
@@ -137,14 +155,19 @@ def main() -> None:
 
     ceiling = median(("in_process", "jobs_per_s"))
     ceilings = {"batched": ceiling, "eager": median(("eager_in_process", "jobs_per_s"))}
-    calls = {name: (median((own, "call_ms_p50")), median((name, "batches", "call_ms", "p50"))) for name, own in (("batched", "in_process"), ("eager", "eager_in_process"))}
+    calls = {
+        name: (median((own, "call_ms_p50")), median((name, "batches", "call_ms", "p50")))
+        for name, own in (("batched", "in_process"), ("eager", "eager_in_process"))
+    }
     rate = {name: median((name, "throughput_jobs_per_s")) for name in NAMES}
     latency = {name: {p: median((name, "latency_ms", "total", p)) for p in ("p50", "p99")} for name in rate}
     mean_batch = {name: median((name, "batches", "mean_size")) if "batches" in rounds[0][name] else None for name in rate}
     print()
     threads = f"OMP_NUM_THREADS={args.threads}" if args.threads else "torch's default threads"
     print(f"median of {args.rounds} interleaved round(s), 1 worker each, one sentence per embeddings job, {threads}")
-    print("| worker | in flight | jobs/s through kit serve | batch_handler in-process, jobs/s | serve / in-process | mean batch | total p50 / p99, ms |")
+    print(
+        "| worker | in flight | jobs/s through kit serve | batch_handler in-process, jobs/s | serve / in-process | mean batch | total p50 / p99, ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, label, flight in (
         ("batched", "embeddings_batched (MAX_BATCH_SIZE 16, traced model)", 32),
@@ -155,16 +178,23 @@ def main() -> None:
         own = f"{ceilings[name]:,.0f}" if name in ceilings else "-"
         ratio = f"{rate[name] / ceilings[name]:.0%}" if name in ceilings else "-"
         size = f"{mean_batch[name]:.1f}" if mean_batch[name] else "-"
-        print(f"| {label} | {flight} | {rate[name]:,.1f} | {own} | {ratio} | {size} | {latency[name]['p50']:.0f} / {latency[name]['p99']:.0f} |")
+        print(
+            f"| {label} | {flight} | {rate[name]:,.1f} | {own} | {ratio} | {size} | {latency[name]['p50']:.0f} / {latency[name]['p99']:.0f} |"
+        )
     size = rounds[0]["in_process"]["batch_size"]
     print()
     for name, model in (("batched", "traced"), ("eager", "eager")):
-        print(f"where the time goes ({model} model): one batch_handler call on {size} jobs takes {calls[name][0]:.0f} ms (p50) in-process and "
-              f"{calls[name][1]:.0f} ms inside the served worker, whose event loop shares the GIL with it")
+        print(
+            f"where the time goes ({model} model): one batch_handler call on {size} jobs takes {calls[name][0]:.0f} ms (p50) in-process and "
+            f"{calls[name][1]:.0f} ms inside the served worker, whose event loop shares the GIL with it"
+        )
     goals = [
         (f"batched embeddings >= 250 jobs/s: {rate['batched']:,.1f}", rate["batched"] >= 250),
         (f"batched >= 70% of in-process batch_handler: {rate['batched'] / ceiling:.0%}", rate["batched"] >= 0.7 * ceiling),
-        (f"batched p99 <= unbatched p99 at 32 in flight: {latency['batched']['p99']:.0f} vs {latency['unbatched']['p99']:.0f} ms", latency["batched"]["p99"] <= latency["unbatched"]["p99"]),
+        (
+            f"batched p99 <= unbatched p99 at 32 in flight: {latency['batched']['p99']:.0f} vs {latency['unbatched']['p99']:.0f} ms",
+            latency["batched"]["p99"] <= latency["unbatched"]["p99"],
+        ),
         (f"trivial batch_handler >= 1,000 jobs/s: {rate['trivial']:,.1f}", rate["trivial"] >= 1000),
     ]
     print()

@@ -92,7 +92,10 @@ def main() -> int:
 
     with QueueEmulator() as emulator:
         pool = WorkerPool(
-            worker, emulator, args.workers, log_dir=work / "logs",
+            worker,
+            emulator,
+            args.workers,
+            log_dir=work / "logs",
             env={"RECORD_DIR": str(record), "CONCURRENCY_MODIFIER": str(args.concurrency)},
             say=messages.append,
         )
@@ -163,7 +166,13 @@ def main() -> int:
     }
     print(json.dumps(report, indent=2))
     shutil.rmtree(work, ignore_errors=True)
-    clean = not errors and report["kills"] == args.kills and report["lost"] == 0 and report["duplicated"] == 0 and report["failed"] == report["failed_because_a_worker_died"]
+    clean = (
+        not errors
+        and report["kills"] == args.kills
+        and report["lost"] == 0
+        and report["duplicated"] == 0
+        and report["failed"] == report["failed_because_a_worker_died"]
+    )
     return 0 if clean else 1
 
 

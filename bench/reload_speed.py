@@ -62,7 +62,11 @@ def main() -> int:
     job = {"input": {"sentences": ["A man is eating food."]}}
     process = subprocess.Popen(
         [sys.executable, "-m", "kit", "serve", str(notebook), "--watch", "--port", "0"],
-        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(line.rstrip() for line in process.stdout), daemon=True).start()
@@ -109,7 +113,9 @@ def main() -> int:
     for index, what in ((0, "save -> first answer on the new code"), (1, "save -> new code in place")):
         warm = statistics.median(r[index] for r in results["warm"])
         cold = statistics.median(r[index] for r in results["cold"])
-        print(f"median over {args.rounds} each, {what}: warm reload {warm:.2f} s, cold restart {cold:.2f} s ({cold / max(warm, 0.01):.0f}x)")
+        print(
+            f"median over {args.rounds} each, {what}: warm reload {warm:.2f} s, cold restart {cold:.2f} s ({cold / max(warm, 0.01):.0f}x)"
+        )
     job = statistics.median(results["steady"])
     print(f"one embeddings job at steady state, for scale: {job:.2f} s")
     return 0

@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kit.export.export import export_notebook  # noqa: E402
 from kit.serve.bench import measure  # noqa: E402
 from kit.serve.emulator import QueueEmulator  # noqa: E402
-from kit.export.export import export_notebook  # noqa: E402
 
 MODIFIERS = (1, 4, 16)
 
@@ -123,31 +123,54 @@ def main() -> None:
                     # The stock loop takes at most `modifier` jobs a second: size its run to ~15 s.
                     jobs = min(args.jobs, 15 * modifier) if loop == "stock" else args.jobs
                     run = measure(
-                        worker, request, jobs=jobs, concurrency=2 * modifier, workers=1,
+                        worker,
+                        request,
+                        jobs=jobs,
+                        concurrency=2 * modifier,
+                        workers=1,
                         env={"KIT_WORKER_LOOP": loop, "CONCURRENCY_MODIFIER": str(modifier), "RUNPOD_LOG_LEVEL": "WARN"},
                     )
                     row = {
-                        "notebook": name, "loop": loop, "modifier": modifier, "jobs": jobs,
-                        "jobs_per_s": run["throughput_jobs_per_s"], "cold_start_s": run["cold_start_s"][0],
+                        "notebook": name,
+                        "loop": loop,
+                        "modifier": modifier,
+                        "jobs": jobs,
+                        "jobs_per_s": run["throughput_jobs_per_s"],
+                        "cold_start_s": run["cold_start_s"][0],
                         "execution_p50_ms": run["latency_ms"]["execution"]["p50"],
                         "queue_p50_ms": run["latency_ms"]["queue"]["p50"],
                         "emulator_cpu_ms_per_job": run["emulator_cpu_ms_per_job"],
-                        "lost": run["lost"], "duplicated": run["duplicated"], "direct_calls_per_s": round(rate),
+                        "lost": run["lost"],
+                        "duplicated": run["duplicated"],
+                        "direct_calls_per_s": round(rate),
                     }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     capacity = emulator_capacity()
-    print(f"emulator alone: {capacity['jobs_per_s']:,} jobs/s with its client in the same process; "
-          f"its own CPU: {capacity['cpu_us_per_job']} us per job (submit + batch take + done over HTTP)")
+    print(
+        f"emulator alone: {capacity['jobs_per_s']:,} jobs/s with its client in the same process; "
+        f"its own CPU: {capacity['cpu_us_per_job']} us per job (submit + batch take + done over HTTP)"
+    )
     print()
     print("| notebook | CONCURRENCY_MODIFIER | stock jobs/s | fast jobs/s | stock cold start s | fast cold start s | direct calls/s |")
     print("|---|---|---|---|---|---|---|")
     for name in args.notebooks:
         for modifier in MODIFIERS:
-            stock, fast = (next(r for r in rows if (r["notebook"], r["loop"], r["modifier"]) == (name, loop, modifier)) for loop in ("stock", "fast"))
-            print(f"| {name} | {modifier} | {stock['jobs_per_s']} | {fast['jobs_per_s']} | {stock['cold_start_s']:.2f} "
-                  f"| {fast['cold_start_s']:.2f} | {fast['direct_calls_per_s']:,} |")
-    cold = {loop: statistics.median(r["cold_start_s"] for r in rows if r["loop"] == loop and r["notebook"] == "hello") for loop in ("stock", "fast")} if "hello" in args.notebooks else {}
+            stock, fast = (
+                next(r for r in rows if (r["notebook"], r["loop"], r["modifier"]) == (name, loop, modifier)) for loop in ("stock", "fast")
+            )
+            print(
+                f"| {name} | {modifier} | {stock['jobs_per_s']} | {fast['jobs_per_s']} | {stock['cold_start_s']:.2f} "
+                f"| {fast['cold_start_s']:.2f} | {fast['direct_calls_per_s']:,} |"
+            )
+    cold = (
+        {
+            loop: statistics.median(r["cold_start_s"] for r in rows if r["loop"] == loop and r["notebook"] == "hello")
+            for loop in ("stock", "fast")
+        }
+        if "hello" in args.notebooks
+        else {}
+    )
     if cold:
         print(f"\nhello cold start, median of {len(MODIFIERS)}: stock {cold['stock']:.2f} s, fast {cold['fast']:.2f} s")
 

@@ -17,9 +17,7 @@ from kit.errors import KitError
 def _cmd_export(args) -> int:
     from kit.export.export import export_notebook
 
-    result = export_notebook(
-        args.notebook, args.output, extra=args.extra, exclude=args.exclude, include_secrets=args.include_secrets
-    )
+    result = export_notebook(args.notebook, args.output, extra=args.extra, exclude=args.exclude, include_secrets=args.include_secrets)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"exported {result.notebook} -> {result.out_dir}/")
@@ -59,7 +57,6 @@ def _cmd_serve(args) -> int:
         workers=args.workers,
         api_key=args.api_key,
         execution_timeout=args.execution_timeout,
-
         watch=args.watch,
     )
 
@@ -166,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a notebook or an exported worker directory")
     p.add_argument("-o", "--output", default=None, metavar="DIR", help="export here instead of a temporary directory")
     p.add_argument("--json", default=None, metavar="FILE", help="also write a machine-readable report ('-' for stdout)")
-    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS", help="stop the worker process after this long (default 1800)")
+    p.add_argument(
+        "--timeout", type=_seconds, default=None, metavar="SECONDS", help="stop the worker process after this long (default 1800)"
+    )
     p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("serve", help="a local RunPod endpoint running the exported worker through the real SDK loop")
@@ -176,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_count, default=1, help="worker processes (default 1)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' from clients")
     p.add_argument(
-        "--execution-timeout", type=float, default=None, metavar="SECONDS",
+        "--execution-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
         help="end a job TIMED_OUT after this long unless its policy.executionTimeout says otherwise (default 600, RunPod's)",
     )
     p.add_argument(
@@ -207,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker loop: the exported fast loop (default), the SDK's stock loop, or both side by side",
     )
     p.add_argument(
-        "--openai", action="store_true",
+        "--openai",
+        action="store_true",
         help="send the load through /openai/v1/... (the request body: --input, or the notebook's openai_route test job); "
         "reports tokens/s and, for streaming requests, time to the first chunk",
     )

@@ -176,7 +176,7 @@ PRESTART_FAILED = "prestart_failed"  # the `event` of runpod 2.0's prestart-fail
 
 
 def prestart_failure(error) -> str | None:
-    """"Type: message" when a job-done error is runpod 2.0's prestart failure (the worker's setup raised), else None.
+    """ "Type: message" when a job-done error is runpod 2.0's prestart failure (the worker's setup raised), else None.
 
     The SDK sends it as `{"error": "<json: event, error_type, error_message, ...>"}`
     (rp_scale.JobScaler._fail_job); a handler's exception has no `event`.

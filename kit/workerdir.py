@@ -48,7 +48,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_text(cls, text: str) -> "Manifest":
+    def from_text(cls, text: str) -> Manifest:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("kit.json is not a JSON object")
@@ -56,7 +56,7 @@ class Manifest:
         return cls(**known)
 
     @classmethod
-    def read(cls, directory: str | Path) -> "Manifest | None":
+    def read(cls, directory: str | Path) -> Manifest | None:
         """The manifest of `directory`, or None when it has none (a worker written by hand) or it is unreadable."""
         try:
             return cls.from_text((Path(directory) / MANIFEST).read_text(encoding="utf-8"))

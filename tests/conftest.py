@@ -17,7 +17,9 @@ NOTEBOOKS = ROOT / "notebooks"
 # ../shared beside the checkout (CI has it; a fresh clone does not): KIT_SHARED points elsewhere.
 SHARED = Path(os.environ.get("KIT_SHARED") or ROOT.parent / "shared")
 WILD = SHARED / "wild-notebooks"
-needs_shared = pytest.mark.skipif(not WILD.is_dir(), reason=f"needs {WILD} (../shared beside the checkout, or KIT_SHARED); a fresh clone has none")
+needs_shared = pytest.mark.skipif(
+    not WILD.is_dir(), reason=f"needs {WILD} (../shared beside the checkout, or KIT_SHARED); a fresh clone has none"
+)
 
 
 def build_notebook(path: Path, cells) -> Path:

@@ -7,9 +7,9 @@ import ast
 import pytest
 
 import kit.export.analysis
+from kit.errors import KitError
 from kit.export.analysis import analyse, find_jobs
 from kit.export.notebook import Cell, Notebook
-from kit.errors import KitError
 
 
 def notebook(*cells):
@@ -41,7 +41,9 @@ def test_a_name_defined_only_in_an_untagged_cell_is_named_with_that_cell():
 
 
 def test_names_from_builtins_imports_and_other_exported_cells_are_fine():
-    analysis = analyse(notebook(("setup", "import os\nfrom json import dumps as d"), ("handler", "def handler(job):\n    return d(len(os.environ))")))
+    analysis = analyse(
+        notebook(("setup", "import os\nfrom json import dumps as d"), ("handler", "def handler(job):\n    return d(len(os.environ))"))
+    )
     assert [item.module for item in analysis.imports] == ["os", "json"]
 
 
@@ -72,7 +74,9 @@ def test_concurrency_modifier_is_seen():
 
 
 def test_job_literals_directly_or_through_a_variable_in_order():
-    tree = ast.parse("job = {'input': {'a': 1}}\nhandler(job)\nhandler({'input': 2})\nhandler(other)\nx.handler({'input': 3})\nhandler({'no': 'input'})")
+    tree = ast.parse(
+        "job = {'input': {'a': 1}}\nhandler(job)\nhandler({'input': 2})\nhandler(other)\nx.handler({'input': 3})\nhandler({'no': 'input'})"
+    )
     jobs = find_jobs([(7, tree)])
     assert [(j["cell"], j["line"], j["job"]) for j in jobs] == [(7, 2, {"input": {"a": 1}}), (7, 3, {"input": 2}), (7, 5, {"input": 3})]
 

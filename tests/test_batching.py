@@ -24,7 +24,6 @@ from kit.serve.serve import WorkerPool
 from kit.worker import batching
 from kit.worker.batching import Batcher, BatchQueue
 
-
 # --------------------------------------------------------------------------- the queue's rules
 
 
@@ -102,7 +101,13 @@ def test_each_job_gets_its_own_result_in_order_and_an_error_fails_only_its_job()
 
     results = run_jobs(Batcher(batch_handler, max_size=4, max_wait_ms=1000), jobs_of(*({"n": n} for n in (3, -1, 5, 7, 2))))
     assert calls == [["job-0", "job-1", "job-2", "job-3"], ["job-4"]]
-    assert results == [{"output": {"square": 9}}, {"error": "bad n"}, {"output": {"square": 25}}, {"output": {"square": 49}}, {"output": {"square": 4}}]
+    assert results == [
+        {"output": {"square": 9}},
+        {"error": "bad n"},
+        {"output": {"square": 25}},
+        {"output": {"square": 49}},
+        {"output": {"square": 4}},
+    ]
 
 
 def test_an_async_batch_handler_runs_on_the_loop():
@@ -207,7 +212,7 @@ BATCH_CELLS = [
     ("setup", "import os\nimport time\nfrom pathlib import Path\n\nMAX_BATCH_SIZE = 8\nMAX_BATCH_WAIT_MS = 20"),
     (
         "handler",
-        '''
+        """
 def batch_handler(jobs):
     record = os.environ.get("RECORD_DIR")
     if record:  # one line per job run, per process: proves nothing ran twice
@@ -220,7 +225,7 @@ def batch_handler(jobs):
         while not holds[0].exists() and time.monotonic() < deadline:
             time.sleep(0.02)
     return [{"error": job["input"]["error"]} if "error" in job["input"] else {"i": job["input"].get("i"), "batch": len(jobs)} for job in jobs]
-'''.strip(),
+""".strip(),
     ),
     ("test", 'assert batch_handler([{"id": "a", "input": {"i": 1}}]) == [{"i": 1, "batch": 1}]'),
 ]

@@ -16,9 +16,7 @@ FAST = {"CONCURRENCY_MODIFIER": "4"}  # the stock SDK loop takes at most this ma
 
 
 def test_bench_the_hello_notebook_on_both_loops_reports_every_job_completed_once():
-    result = run_kit(
-        "bench", NOTEBOOKS / "hello.ipynb", "--jobs", "12", "--concurrency", "4", "--loop", "both", "--json", env=FAST
-    )
+    result = run_kit("bench", NOTEBOOKS / "hello.ipynb", "--jobs", "12", "--concurrency", "4", "--loop", "both", "--json", env=FAST)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert (report["jobs"], report["concurrency"], report["workers"]) == (12, 4, 1)
@@ -60,15 +58,17 @@ def test_a_hand_written_worker_has_no_fast_loop(tmp_path):
 
 
 def test_bench_prints_a_table_and_uses_the_given_input(make_notebook):
-    notebook = make_notebook(
-        [("handler", "def handler(job):\n    assert job['input'] == {'size': 3}\n    return 'ok'")]
-    )
+    notebook = make_notebook([("handler", "def handler(job):\n    assert job['input'] == {'size': 3}\n    return 'ok'")])
     result = run_kit("bench", notebook, "--jobs", "3", "--workers", "2", "--input", '{"size": 3}', env=FAST)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 jobs, 4 in flight, 2 worker(s)" in result.stdout
     for label in ("cold start, s", "throughput, jobs/s", "queue p50/p95/p99, ms", "execution p50/p95/p99, ms"):
         assert label in result.stdout
-    lines = dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip().split()[0] in ("completed", "failed", "lost", "duplicated"))
+    lines = dict(
+        line.split(None, 1)
+        for line in result.stdout.splitlines()
+        if line.strip().split()[0] in ("completed", "failed", "lost", "duplicated")
+    )
     assert {k: v.strip() for k, v in lines.items()} == {"completed": "3", "failed": "0", "lost": "0", "duplicated": "0"}
 
 
@@ -111,10 +111,13 @@ def test_bench_openai_needs_an_openai_request(make_notebook):
     result = run_kit("bench", notebook, "--openai")
     assert result.returncode == 2 and "not an OpenAI request" in result.stderr
 
+
 def test_a_job_that_never_finishes_is_reported_and_bench_terminates(make_notebook):
     """The SDK cannot serialise a set, so it never posts the result: bench must still end and say so."""
     notebook = make_notebook([("handler", "def handler(job):\n    return {1, 2}")])
-    result = run_kit("bench", notebook, "--jobs", "2", "--concurrency", "2", "--input", "{}", "--json", "--job-timeout", "8", env=FAST, timeout=240)
+    result = run_kit(
+        "bench", notebook, "--jobs", "2", "--concurrency", "2", "--input", "{}", "--json", "--job-timeout", "8", env=FAST, timeout=240
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     (run,) = json.loads(result.stdout)["runs"]
     assert run["completed"] == 0 and run["failed"] + run["lost"] == 2 and run["duplicated"] == 0
@@ -124,8 +127,17 @@ def test_a_job_that_never_finishes_is_reported_and_bench_terminates(make_noteboo
 @pytest.mark.process
 def test_a_killed_bench_leaves_no_worker_behind(make_notebook, tmp_path):
     pid_file = tmp_path / "pid"
-    notebook = make_notebook([("setup", "import os, time"), ("handler", f"def handler(job):\n    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n    time.sleep(600)")])
-    bench = subprocess.Popen([sys.executable, "-m", "kit", "bench", str(notebook), "--jobs", "1", "--input", "{}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    notebook = make_notebook(
+        [
+            ("setup", "import os, time"),
+            ("handler", f"def handler(job):\n    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n    time.sleep(600)"),
+        ]
+    )
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "kit", "bench", str(notebook), "--jobs", "1", "--input", "{}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
@@ -137,6 +149,7 @@ def test_a_killed_bench_leaves_no_worker_behind(make_notebook, tmp_path):
     finally:
         bench.kill()
         bench.wait()
+
 
 BATCHED = [
     ("setup", "MAX_BATCH_SIZE = 4\nMAX_BATCH_WAIT_MS = 50"),

@@ -100,7 +100,11 @@ def jupyterlab(tmp_path_factory):
     log = (base / "start.log").open("w")
     process = subprocess.Popen(
         ["bash", str(ROOT / "start.sh")],
-        cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=workspace,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -219,7 +223,7 @@ def test_the_notebook_loop_in_jupyterlab(jupyterlab, page):
     shot(page, "05-export")
     assert (out_dir / "handler.py").is_file()
     assert "runpod==" in (out_dir / "requirements.txt").read_text()
-    assert 'async def handler(job):' in (out_dir / "handler.py").read_text()
+    assert "async def handler(job):" in (out_dir / "handler.py").read_text()
 
 
 def test_the_export_menu_lists_the_runpod_worker(jupyterlab, page):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, run_kit
 
 
@@ -30,7 +29,10 @@ def test_version_and_usage_errors():
 def test_export_speed_benchmark_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, "bench/export_speed.py", "--rounds", "1", "--json", "notebooks/hello.ipynb"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)["results"][0]
@@ -42,7 +44,11 @@ def test_output_cut_short_by_the_reader_is_not_a_traceback():
     """`kit test NB | head -1`: the reader leaves early; the kit stops quietly."""
     result = subprocess.run(
         f"{sys.executable} -m kit test notebooks/hello.ipynb | head -1",
-        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.stdout.startswith("kit test: ")
     assert "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr
@@ -62,6 +68,7 @@ def test_a_problem_of_the_machine_exits_3_not_2(tmp_path):
         result = run_kit("serve", nb, "--port", busy.getsockname()[1], timeout=120)
     assert result.returncode == 3, result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:")
+
 
 @pytest.mark.parametrize(
     "args, message",

@@ -48,7 +48,10 @@ def test_imports_map_to_installed_distributions_pinned(make_notebook):
 def test_pip_lines_are_kept_as_written(make_notebook):
     nb = make_notebook(
         [
-            ("setup", '%pip install -q -U "scipy>=1.10" --index-url https://example.invalid/simple\n!pip install requests==2.*\nimport scipy'),
+            (
+                "setup",
+                '%pip install -q -U "scipy>=1.10" --index-url https://example.invalid/simple\n!pip install requests==2.*\nimport scipy',
+            ),
             HANDLER,
         ]
     )
@@ -79,7 +82,13 @@ def test_only_exported_cells_count(make_notebook):
 
 @pytest.mark.process
 def test_local_modules_are_copied_beside_the_worker(make_notebook, tmp_path):
-    nb = make_notebook([("setup", "import utils\nfrom helpers import shout"), ("handler", "def handler(job):\n    return shout(utils.greet(job['input']['name']))"), ("test", "handler({'input': {'name': 'ada'}})")])
+    nb = make_notebook(
+        [
+            ("setup", "import utils\nfrom helpers import shout"),
+            ("handler", "def handler(job):\n    return shout(utils.greet(job['input']['name']))"),
+            ("test", "handler({'input': {'name': 'ada'}})"),
+        ]
+    )
     (tmp_path / "utils.py").write_text("def greet(name):\n    return 'hello ' + name\n")
     (tmp_path / "helpers").mkdir()
     (tmp_path / "helpers" / "__init__.py").write_text("def shout(text):\n    return text.upper()\n")
@@ -111,7 +120,10 @@ def test_unknown_missing_module_is_an_error(make_notebook, tmp_path):
 def test_missing_module_covered_by_a_pip_line_or_optional(make_notebook):
     nb = make_notebook(
         [
-            ("setup", "%pip install surely-not-a-module-xyz\nimport surely_not_a_module_xyz\ntry:\n    import orjson_xyz\nexcept ImportError:\n    orjson_xyz = None"),
+            (
+                "setup",
+                "%pip install surely-not-a-module-xyz\nimport surely_not_a_module_xyz\ntry:\n    import orjson_xyz\nexcept ImportError:\n    orjson_xyz = None",
+            ),
             HANDLER,
         ]
     )
@@ -159,7 +171,10 @@ def test_embeddings_requirements_install_into_a_fresh_venv_and_run(tmp_path):
     python = env_dir / "bin" / "python"
     install = subprocess.run(
         [python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt"],
-        cwd=worker, capture_output=True, text=True, timeout=900,
+        cwd=worker,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert install.returncode == 0, install.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -190,11 +205,11 @@ def test_local_modules_copy_only_regular_files_inside_the_notebook_folder(make_n
     assert "as they look like secrets: helpers/.env, helpers/id_rsa; pass --include-secrets" in result.stderr
 
     # The nbconvert zip copies exactly the same files (one rule for both).
-    from kit.export.export import build_worker
-    from kit.ui.exporter import zip_worker
-
     import io
     import zipfile
+
+    from kit.export.export import build_worker
+    from kit.ui.exporter import zip_worker
 
     names = zipfile.ZipFile(io.BytesIO(zip_worker(build_worker(read_notebook(nb))))).namelist()
     assert sorted(n for n in names if n.startswith("helpers/")) == ["helpers/__init__.py", "helpers/data/words.txt"]
@@ -215,7 +230,13 @@ def test_a_local_module_that_is_a_symlink_is_refused(make_notebook, tmp_path):
 
 def test_a_local_module_with_a_standard_library_name_is_copied_with_a_warning(make_notebook, tmp_path):
     (tmp_path / "statistics.py").write_text("def median(values):\n    return 'local median'\n")
-    nb = make_notebook([("setup", "import statistics"), ("handler", "def handler(job):\n    return statistics.median(job['input'])"), ("test", "handler({'input': [1, 2]})")])
+    nb = make_notebook(
+        [
+            ("setup", "import statistics"),
+            ("handler", "def handler(job):\n    return statistics.median(job['input'])"),
+            ("test", "handler({'input': [1, 2]})"),
+        ]
+    )
     result = export_notebook(nb, tmp_path / "out")
     assert any("statistics.py beside the notebook shadows the standard library's `statistics`; copied" in str(w) for w in result.warnings)
     assert (tmp_path / "out" / "statistics.py").is_file()

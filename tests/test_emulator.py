@@ -271,8 +271,12 @@ def test_a_real_sdk_worker_process_runs_jobs_from_the_emulator(tmp_path):
     with QueueEmulator() as emu:
         env = {**os.environ, **emu.worker_env("real-1"), "RUNPOD_LOG_LEVEL": "WARN"}
         worker = subprocess.Popen(
-            [sys.executable, "handler.py"], cwd=tmp_path, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [sys.executable, "handler.py"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             ok = emu.submit({"input": {"n": 1}})
@@ -314,11 +318,15 @@ class SdkWorker:
         env = {**os.environ, **emu.worker_env(worker_id), "RUNPOD_LOG_LEVEL": "INFO"}
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "handler.py"], cwd=directory, env=env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "handler.py"],
+                cwd=directory,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
-    def __enter__(self) -> "SdkWorker":
+    def __enter__(self) -> SdkWorker:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -355,7 +363,8 @@ def test_execution_timeout_ends_timed_out_stops_the_task_and_the_worker_keeps_se
     stopped = tmp_path / "stopped"
     with QueueEmulator() as emu, SdkWorker(emu, tmp_path, SLEEPY_HANDLER):
         slow = requests.post(
-            f"{emu.url}/v2/ep/run", timeout=10,
+            f"{emu.url}/v2/ep/run",
+            timeout=10,
             json={"input": {"sleep": 60, "stopped_file": str(stopped)}, "policy": {"executionTimeout": 5000}},
         ).json()["id"]
         state = emu.wait(slow, 30)
@@ -471,7 +480,12 @@ def test_webhooks_post_the_cloud_envelope_for_completed_and_failed_jobs(emu):
         bodies = {body["id"]: body for body in receiver.wait(2)}
         assert bodies[ok] == {
             **{k: bodies[ok][k] for k in ("delayTime", "executionTime")},
-            "id": ok, "status": "COMPLETED", "input": {"n": 1}, "output": {"y": 1}, "webhook": receiver.url, "workerId": "w1",
+            "id": ok,
+            "status": "COMPLETED",
+            "input": {"n": 1},
+            "output": {"y": 1},
+            "webhook": receiver.url,
+            "workerId": "w1",
         }
         assert bodies[bad]["status"] == "FAILED" and bodies[bad]["error"] == "boom" and bodies[bad]["input"] == {"n": 2}
     finally:
@@ -604,7 +618,7 @@ def test_a_body_sent_too_slowly_is_408():
     import socket
 
     with QueueEmulator(idle_timeout=1.0) as emu, socket.create_connection(("127.0.0.1", emu.port)) as slow:
-        slow.sendall(b"POST /v2/ep/run HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"input\"")
+        slow.sendall(b'POST /v2/ep/run HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"input"')
         slow.settimeout(15)
         answer = slow.recv(4096).decode()
         assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer
@@ -663,19 +677,32 @@ def test_the_curl_lines_of_runpods_docs_work_with_either_authorization_style():
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     with QueueEmulator(api_key="s3cret", long_poll=1.0) as emu:
+
         def curl(*args):
             result = subprocess.run(["curl", "-s", "-w", "\\n%{http_code}", *args], capture_output=True, text=True, timeout=30)
             body, code = result.stdout.rsplit("\n", 1)
             return int(code), json.loads(body)
 
-        code, job = curl("--request", "POST", "--url", f"{emu.url}/v2/ep/run", "-H", "accept: application/json",
-                         "-H", "authorization: s3cret", "-H", "content-type: application/json",
-                         "-d", '{"input": {"prompt": "Hello World"}}')
+        code, job = curl(
+            "--request",
+            "POST",
+            "--url",
+            f"{emu.url}/v2/ep/run",
+            "-H",
+            "accept: application/json",
+            "-H",
+            "authorization: s3cret",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            '{"input": {"prompt": "Hello World"}}',
+        )
         assert code == 200 and job["status"] == "IN_QUEUE"
         code, state = curl(f"{emu.url}/v2/ep/status/{job['id']}", "-H", "Authorization: Bearer s3cret")
         assert code == 200 and state["id"] == job["id"]
         code, refused = curl(f"{emu.url}/v2/ep/health", "-H", "authorization: wrong")
         assert code == 401 and refused == {"error": "Unauthorized"}
+
 
 # --- runpod 2.0's prestart failure, as the SDK itself builds it ------------------------------
 

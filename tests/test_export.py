@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import shlex
-
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import HELLO_CELLS, NOTEBOOKS, ROOT, build_notebook, run_kit
 
-from kit.export.export import export_notebook, worker_dir
 from kit.errors import KitError
+from kit.export.export import export_notebook, worker_dir
 from kit.percent import read_percent_cells
 
 
@@ -38,7 +37,14 @@ def test_export_writes_a_worker_directory(make_notebook, tmp_path):
     out = tmp_path / "out"
     result = run_kit("export", nb, "-o", out)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["handler.py", "kit.json", "requirements.txt", "test_input.json", "tests.py", "worker_loop.py"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "handler.py",
+        "kit.json",
+        "requirements.txt",
+        "test_input.json",
+        "tests.py",
+        "worker_loop.py",
+    ]
 
     handler = (out / "handler.py").read_text()
     assert f"from {nb}" in handler and f"kit export {nb} -o {out}" in handler
@@ -87,7 +93,10 @@ def test_importing_handler_runs_setup_only(make_notebook, tmp_path):
     out = export_notebook(nb, tmp_path / "out").out_dir
     probe = subprocess.run(
         [sys.executable, "-c", "import handler; print('imported', handler.handler({'input': {}}))"],
-        cwd=out, capture_output=True, text=True, timeout=60,
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == ["setup", "ran", "imported", "1"]
@@ -146,7 +155,9 @@ def test_future_imports_are_hoisted(make_notebook, tmp_path):
     compile(handler, "handler.py", "exec")
 
 
-@pytest.mark.parametrize("cell", ["from __future__ import annotations; LIMIT = 3", "from __future__ import (\n    annotations,\n); LIMIT = 3  # kept"])
+@pytest.mark.parametrize(
+    "cell", ["from __future__ import annotations; LIMIT = 3", "from __future__ import (\n    annotations,\n); LIMIT = 3  # kept"]
+)
 def test_code_on_the_line_of_a_hoisted_future_import_is_kept(make_notebook, tmp_path, cell):
     nb = make_notebook([("setup", cell), ("handler", "def handler(job) -> int:\n    return LIMIT")])
     out = export_notebook(nb, tmp_path / "out").out_dir
@@ -197,35 +208,92 @@ def test_untagged_cells_may_contain_anything(make_notebook, tmp_path):
 BAD_NOTEBOOKS = [
     ([("setup", "import os")], "worker.ipynb: no cell is tagged `handler` — tag the cell"),
     ([(None, "def handler(job):\n    pass"), ("setup", "x = 1")], "handler is defined in cell 1: add the tag `handler`"),
-    ([("handler", "def helper(job):\n    pass")], "worker.ipynb: cell 1: no function named `handler` in the cells tagged `handler` (found `helper`) — rename it `def handler(job):`, or add `handler = helper`"),
+    (
+        [("handler", "def helper(job):\n    pass")],
+        "worker.ipynb: cell 1: no function named `handler` in the cells tagged `handler` (found `helper`) — rename it `def handler(job):`, or add `handler = helper`",
+    ),
     ([("handler", "x = 1")], "worker.ipynb: cell 1: no handler function is defined"),
-    ([("handler", "def handler(job):\n    return 1"), ("tests", "assert handler({'input': {}}) == 1")], "worker.ipynb: cell 2: tag `tests` is not a kit role, so the cell would be ignored — did you mean `test`?"),
-    ([("Setup", "x = 1"), ("handler", "def handler(job):\n    return 1")], "cell 1: tag `Setup` is not a kit role, so the cell would be ignored — did you mean `setup`?"),
+    (
+        [("handler", "def handler(job):\n    return 1"), ("tests", "assert handler({'input': {}}) == 1")],
+        "worker.ipynb: cell 2: tag `tests` is not a kit role, so the cell would be ignored — did you mean `test`?",
+    ),
+    (
+        [("Setup", "x = 1"), ("handler", "def handler(job):\n    return 1")],
+        "cell 1: tag `Setup` is not a kit role, so the cell would be ignored — did you mean `setup`?",
+    ),
     ([("handlr", "def handler(job):\n    return 1")], "cell 1: tag `handlr` is not a kit role"),
-    ([("mine", "model = 'm'"), ("handler", "def handler(job):\n    return model")], "`model` is defined only in cell 1 (tagged `mine`, not a kit role), which is not exported"),
-    ([("setup", "import runpod"), ("handler", "def handler(job):\n    return 1\ndef main():\n    runpod.serverless.start({'handler': handler})")], "cell 2, line 4: runpod.serverless.start is called inside a function or expression — remove the call"),
-    ([("handler", "import runpod\ndef handler(job):\n    return 1\nrunpod.serverless.start(handler=handler)")], "cell 1, line 4: runpod.serverless.start must be given its options as one dict"),
-    ([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'refresh_workers': True}")], "cell 1, line 3: RUNPOD_CONFIG key `refresh_workers` is not an option of runpod.serverless.start, which would ignore it — did you mean `refresh_worker`?"),
-    ([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'concurrency_modifier': 4}")], "RUNPOD_CONFIG[\"concurrency_modifier\"] must be a function, not 4 — for a fixed concurrency write `lambda current: 4`"),
-    ([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'refresh_worker': 'yes'}")], "RUNPOD_CONFIG[\"refresh_worker\"] must be True or False"),
+    (
+        [("mine", "model = 'm'"), ("handler", "def handler(job):\n    return model")],
+        "`model` is defined only in cell 1 (tagged `mine`, not a kit role), which is not exported",
+    ),
+    (
+        [
+            ("setup", "import runpod"),
+            ("handler", "def handler(job):\n    return 1\ndef main():\n    runpod.serverless.start({'handler': handler})"),
+        ],
+        "cell 2, line 4: runpod.serverless.start is called inside a function or expression — remove the call",
+    ),
+    (
+        [("handler", "import runpod\ndef handler(job):\n    return 1\nrunpod.serverless.start(handler=handler)")],
+        "cell 1, line 4: runpod.serverless.start must be given its options as one dict",
+    ),
+    (
+        [("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'refresh_workers': True}")],
+        "cell 1, line 3: RUNPOD_CONFIG key `refresh_workers` is not an option of runpod.serverless.start, which would ignore it — did you mean `refresh_worker`?",
+    ),
+    (
+        [("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'concurrency_modifier': 4}")],
+        'RUNPOD_CONFIG["concurrency_modifier"] must be a function, not 4 — for a fixed concurrency write `lambda current: 4`',
+    ),
+    (
+        [("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'refresh_worker': 'yes'}")],
+        'RUNPOD_CONFIG["refresh_worker"] must be True or False',
+    ),
     ([("handler", "x = 1"), ("test", "def handler(job):\n    pass")], "cell 2, which is not exported"),
     ([("handler", "def handler():\n    pass")], "worker.ipynb: cell 1, line 1: handler must accept exactly one positional argument"),
     ([("handler", "def handler(job, extra):\n    pass")], "cell 1, line 1: handler must accept exactly one positional argument"),
     ([("setup", "x = (1,"), ("handler", "def handler(job):\n    pass")], "worker.ipynb: cell 1, line 1: syntax error"),
-    ([("setup", "import os\n!pip freeze > x.txt\n!ls -la"), ("handler", "def handler(job):\n    pass")], "cell 1, line 3: `!ls -la` is a shell command, which a worker cannot run — run it from Python with subprocess.run"),
+    (
+        [("setup", "import os\n!pip freeze > x.txt\n!ls -la"), ("handler", "def handler(job):\n    pass")],
+        "cell 1, line 3: `!ls -la` is a shell command, which a worker cannot run — run it from Python with subprocess.run",
+    ),
     ([("handler", "def handler(job):\n    return 1\nfiles = !ls")], "cell 1, line 3: `files = !ls` is a shell command"),
-    ([("handler", "%%bash\necho hi")], "cell 1, line 1: `%%bash` is a cell magic, which a worker cannot run — run it from Python with subprocess.run"),
-    ([("setup", "%%timeit\nx = 1"), ("handler", "def handler(job):\n    pass")], "`%%timeit` is a cell magic, which a worker cannot run — write it as plain Python"),
-    ([("handler", "%cd /tmp\ndef handler(job):\n    pass")], "cell 1, line 1: `%cd /tmp` is an IPython magic, which a worker cannot run — write it as plain Python"),
-    ([(None, "model = 'm'"), ("handler", "def handler(job):\n    return model")], "cell 2, line 2: `model` is defined only in cell 1 (untagged), which is not exported — tag cell 1 `setup`"),
-    ([("test", "scale = 2"), ("handler", "def handler(job):\n    return job['input'] * scale")], "`scale` is defined only in cell 1 (test)"),
+    (
+        [("handler", "%%bash\necho hi")],
+        "cell 1, line 1: `%%bash` is a cell magic, which a worker cannot run — run it from Python with subprocess.run",
+    ),
+    (
+        [("setup", "%%timeit\nx = 1"), ("handler", "def handler(job):\n    pass")],
+        "`%%timeit` is a cell magic, which a worker cannot run — write it as plain Python",
+    ),
+    (
+        [("handler", "%cd /tmp\ndef handler(job):\n    pass")],
+        "cell 1, line 1: `%cd /tmp` is an IPython magic, which a worker cannot run — write it as plain Python",
+    ),
+    (
+        [(None, "model = 'm'"), ("handler", "def handler(job):\n    return model")],
+        "cell 2, line 2: `model` is defined only in cell 1 (untagged), which is not exported — tag cell 1 `setup`",
+    ),
+    (
+        [("test", "scale = 2"), ("handler", "def handler(job):\n    return job['input'] * scale")],
+        "`scale` is defined only in cell 1 (test)",
+    ),
     ([("handler", "def handler(job):\n    return nowhere")], "cell 1, line 2: `nowhere` is not defined anywhere in the notebook"),
     ([("handler", "def handler(job):\n    display(job)")], "`display` is not defined in a worker — display() exists only in IPython"),
-    ([("setup", "import asyncio\nx = await asyncio.sleep(0)"), ("handler", "def handler(job):\n    pass")], "cell 1, line 2: syntax error: 'await' outside function — a worker module cannot await at import time"),
+    (
+        [("setup", "import asyncio\nx = await asyncio.sleep(0)"), ("handler", "def handler(job):\n    pass")],
+        "cell 1, line 2: syntax error: 'await' outside function — a worker module cannot await at import time",
+    ),
     ([("setup", "import kit"), ("handler", "def handler(job):\n    pass")], "cell 1, line 1: the worker must not import the kit"),
-    ([(("setup", "test"), "x = 1"), ("handler", "def handler(job):\n    pass")], "worker.ipynb: cell 1: the cell is tagged `setup` and `test`; a cell has one role"),
+    (
+        [(("setup", "test"), "x = 1"), ("handler", "def handler(job):\n    pass")],
+        "worker.ipynb: cell 1: the cell is tagged `setup` and `test`; a cell has one role",
+    ),
     ([(("handler", "test"), "def handler(job):\n    pass")], "cell 1: the cell is tagged `handler` and `test`"),
-    ([("handler", "def handler(job):\n    return " + "+".join(["1"] * 100_000))], "worker.ipynb: cell 1: the cell's code is nested too deeply"),
+    (
+        [("handler", "def handler(job):\n    return " + "+".join(["1"] * 100_000))],
+        "worker.ipynb: cell 1: the cell's code is nested too deeply",
+    ),
 ]
 
 
@@ -244,11 +312,16 @@ def test_a_200000_line_cell_exports_in_memory_proportional_to_the_notebook(tmp_p
     # Each line names its own variable, the most the checks keep per line. The cell's syntax
     # tree would take over 100 times the notebook (~620 MB here); read in pieces, it takes ~15.
     setup = "".join(f"row_{i} = {i}\n" for i in range(200_000))
-    path = build_notebook(tmp_path / "long.ipynb", [("setup", setup), ("handler", "def handler(job):\n    return row_199999"), ("test", "handler({'input': 1})")])
+    path = build_notebook(
+        tmp_path / "long.ipynb",
+        [("setup", setup), ("handler", "def handler(job):\n    return row_199999"), ("test", "handler({'input': 1})")],
+    )
     run = subprocess.run([sys.executable, "-c", MEASURED_EXPORT, path, "-o", tmp_path / "out"], capture_output=True, text=True, timeout=120)
     code, before, peak = map(int, run.stdout.split()[-3:])
     assert code == 0, run.stderr
-    assert (peak - before) * 1024 < 30 * path.stat().st_size, f"{(peak - before) // 1024} MiB for a {path.stat().st_size // 2**20} MiB notebook"
+    assert (peak - before) * 1024 < 30 * path.stat().st_size, (
+        f"{(peak - before) // 1024} MiB for a {path.stat().st_size // 2**20} MiB notebook"
+    )
     assert (tmp_path / "out" / "handler.py").read_text().count("\n") > 200_000
 
 
@@ -325,7 +398,13 @@ def test_reexport_replaces_only_what_the_kit_wrote(make_notebook, tmp_path):
     """Files the user added to the worker directory survive a re-export; stale kit files go."""
     (tmp_path / "helpers").mkdir()
     (tmp_path / "helpers" / "__init__.py").write_text("def shout(text):\n    return text.upper()\n")
-    nb = make_notebook([("setup", "from helpers import shout"), ("handler", "def handler(job):\n    return shout(job['input'])"), ("test", "handler({'input': 'a'})")])
+    nb = make_notebook(
+        [
+            ("setup", "from helpers import shout"),
+            ("handler", "def handler(job):\n    return shout(job['input'])"),
+            ("test", "handler({'input': 'a'})"),
+        ]
+    )
     out = tmp_path / "out"
     export_notebook(nb, out)
     assert json.loads((out / "kit.json").read_text())["files"] == sorted(
@@ -399,7 +478,19 @@ def test_a_read_only_previous_export_fails_cleanly(make_notebook):
     try:
         base.chmod(0o777)
         nb = build_notebook(base / "worker.ipynb", HELLO_CELLS)
-        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "kit", "export", str(nb), "-o", str(base / "out")]
+        as_nobody = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "kit",
+            "export",
+            str(nb),
+            "-o",
+            str(base / "out"),
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(base)}
         first = subprocess.run(as_nobody, capture_output=True, text=True, env=env, timeout=120)
         assert first.returncode == 0, first.stderr
@@ -471,7 +562,6 @@ def test_deeply_nested_notebook_json_is_a_one_line_error(tmp_path):
     assert "deep.ipynb: not a notebook (its JSON is nested too deeply)" in result.stderr
 
 
-
 @pytest.mark.process
 def test_default_output_is_build_stem(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS)
@@ -512,7 +602,10 @@ def test_a_batch_handler_exports_batching_and_a_handler_for_one_job(make_noteboo
     # handler(job) is a batch of one, for test cells, `kit test` and the SDK's local test mode.
     check = subprocess.run(
         [sys.executable, "-c", "import handler; print(handler.handler({'id': 'a', 'input': {'n': 7}}))"],
-        cwd=out, capture_output=True, text=True, timeout=60,
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert check.stdout.strip() == "{'n': 7, 'batch': 1}", check.stderr
     run = run_worker(out)
@@ -534,12 +627,30 @@ def test_a_notebook_without_batch_handler_gets_no_batching(make_notebook, tmp_pa
 
 
 BAD_BATCH_NOTEBOOKS = [
-    ([("handler", "def batch_handler():\n    return []")], "cell 1, line 1: batch_handler must accept exactly one positional argument, the list of jobs — define it as `def batch_handler(jobs):`"),
-    ([("handler", "def batch_handler(jobs):\n    yield from jobs")], "cell 1, line 1: batch_handler cannot be a generator: it returns a list with one result per job"),
-    ([("setup", "def batch_handler(jobs):\n    return jobs"), ("handler", "x = 1")], "cell 1, line 1: batch_handler is defined in a cell tagged `setup` — tag that cell `handler` instead"),
-    ([("handler", "MAX_BATCH_SIZE = 0\ndef batch_handler(jobs):\n    return jobs")], "cell 1, line 1: MAX_BATCH_SIZE must be a whole number of at least 1, not 0"),
-    ([("handler", "MAX_BATCH_WAIT_MS = 'soon'\ndef batch_handler(jobs):\n    return jobs")], "cell 1, line 1: MAX_BATCH_WAIT_MS must be a number of milliseconds, 0 or more, not 'soon'"),
-    ([("handler", "def batch_handler(jobs):\n    return jobs\ndef handler():\n    pass")], "cell 1, line 3: handler must accept exactly one positional argument, the job"),
+    (
+        [("handler", "def batch_handler():\n    return []")],
+        "cell 1, line 1: batch_handler must accept exactly one positional argument, the list of jobs — define it as `def batch_handler(jobs):`",
+    ),
+    (
+        [("handler", "def batch_handler(jobs):\n    yield from jobs")],
+        "cell 1, line 1: batch_handler cannot be a generator: it returns a list with one result per job",
+    ),
+    (
+        [("setup", "def batch_handler(jobs):\n    return jobs"), ("handler", "x = 1")],
+        "cell 1, line 1: batch_handler is defined in a cell tagged `setup` — tag that cell `handler` instead",
+    ),
+    (
+        [("handler", "MAX_BATCH_SIZE = 0\ndef batch_handler(jobs):\n    return jobs")],
+        "cell 1, line 1: MAX_BATCH_SIZE must be a whole number of at least 1, not 0",
+    ),
+    (
+        [("handler", "MAX_BATCH_WAIT_MS = 'soon'\ndef batch_handler(jobs):\n    return jobs")],
+        "cell 1, line 1: MAX_BATCH_WAIT_MS must be a number of milliseconds, 0 or more, not 'soon'",
+    ),
+    (
+        [("handler", "def batch_handler(jobs):\n    return jobs\ndef handler():\n    pass")],
+        "cell 1, line 3: handler must accept exactly one positional argument, the job",
+    ),
 ]
 
 
@@ -592,9 +703,12 @@ def started_config(out) -> dict:
 def test_runpod_config_sets_any_start_option_and_wins_over_the_defaults(make_notebook, tmp_path):
     nb = make_notebook(
         [
-            ("handler", "def handler(job):\n    yield job['input']\n\n"
-                        "def adjust_concurrency(current):\n    return 3\n\n"
-                        "RUNPOD_CONFIG = {'refresh_worker': True, 'return_aggregate_stream': False, 'concurrency_modifier': adjust_concurrency}"),
+            (
+                "handler",
+                "def handler(job):\n    yield job['input']\n\n"
+                "def adjust_concurrency(current):\n    return 3\n\n"
+                "RUNPOD_CONFIG = {'refresh_worker': True, 'return_aggregate_stream': False, 'concurrency_modifier': adjust_concurrency}",
+            ),
         ]
     )
     result = export_notebook(nb, tmp_path / "out")
@@ -618,14 +732,19 @@ def test_a_pasted_start_call_becomes_runpod_config_with_a_warning(make_notebook,
     nb = make_notebook(
         [
             ("setup", "import runpod"),
-            ("handler", "def handler(job):\n    return job['input']\n\ndef concurrency_modifier(current):\n    return 2\n\n"
-                        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': handler, 'refresh_worker': True})"),
+            (
+                "handler",
+                "def handler(job):\n    return job['input']\n\ndef concurrency_modifier(current):\n    return 2\n\n"
+                "if __name__ == '__main__':\n    runpod.serverless.start({'handler': handler, 'refresh_worker': True})",
+            ),
             ("test", "handler({'input': {'a': 1}})"),
         ]
     )
     result = export_notebook(nb, tmp_path / "out")
     warning = next(str(w) for w in result.warnings if "runpod.serverless.start" in str(w))
-    assert warning.split("worker.ipynb: ", 1)[1].startswith("cell 2, line 8: runpod.serverless.start(...) is not run in the exported worker: its options became RUNPOD_CONFIG")
+    assert warning.split("worker.ipynb: ", 1)[1].startswith(
+        "cell 2, line 8: runpod.serverless.start(...) is not run in the exported worker: its options became RUNPOD_CONFIG"
+    )
     handler = (result.out_dir / "handler.py").read_text()
     assert "    RUNPOD_CONFIG = ({'handler': handler, 'refresh_worker': True})  # kit: was runpod.serverless.start(...)" in handler
     assert started_config(result.out_dir) == {"handler": "handler", "concurrency_modifier": "concurrency_modifier", "refresh_worker": True}
@@ -648,13 +767,19 @@ def test_the_worker_with_a_pasted_start_call_runs_its_job_once(make_notebook, tm
 def test_a_concurrency_modifier_under_the_docs_name_is_a_warning(make_notebook, tmp_path):
     nb = make_notebook([("handler", "def handler(job):\n    return 1\n\ndef adjust_concurrency(current):\n    return 4")])
     messages = [str(w) for w in export_notebook(nb, tmp_path / "out").warnings]
-    assert "cell 1, line 4: `adjust_concurrency` looks like a concurrency modifier, but the worker calls one only when it is named `concurrency_modifier`" in " ".join(messages)
+    assert (
+        "cell 1, line 4: `adjust_concurrency` looks like a concurrency modifier, but the worker calls one only when it is named `concurrency_modifier`"
+        in " ".join(messages)
+    )
 
 
 def test_an_unknown_start_option_is_a_warning(make_notebook, tmp_path):
     nb = make_notebook([("handler", "def handler(job):\n    return 1\nRUNPOD_CONFIG = {'gpu_count': 2}")])
     messages = [str(w) for w in export_notebook(nb, tmp_path / "out").warnings]
-    assert "cell 1, line 3: RUNPOD_CONFIG key `gpu_count` is not an option of runpod.serverless.start (runpod 1.12.0): the worker ignores it" in " ".join(messages)
+    assert (
+        "cell 1, line 3: RUNPOD_CONFIG key `gpu_count` is not an option of runpod.serverless.start (runpod 1.12.0): the worker ignores it"
+        in " ".join(messages)
+    )
 
 
 @pytest.mark.process

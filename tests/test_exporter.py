@@ -8,9 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from nbconvert.exporters import get_export_names, get_exporter
-
 from conftest import build_notebook as write_notebook
+from nbconvert.exporters import get_export_names, get_exporter
 
 from kit.errors import KitError
 
@@ -39,7 +38,11 @@ def test_nbconvert_cli_writes_a_zip_of_the_worker(tmp_path):
     (tmp_path / "helpers.py").write_text("VALUE = 1\n")
     subprocess.run(
         [str(JUPYTER), "nbconvert", "--to", "runpod", notebook.name],
-        cwd=tmp_path, check=True, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     with zipfile.ZipFile(tmp_path / "echo.zip") as archive:
         names = set(archive.namelist())
@@ -59,7 +62,10 @@ def test_the_zipped_worker_runs_its_test_job(tmp_path):
     zipfile.ZipFile(io.BytesIO(data)).extractall(worker)
     done = subprocess.run(
         [sys.executable, "handler.py", "--rp_log_level", "INFO"],
-        cwd=worker, capture_output=True, text=True, timeout=120,
+        cwd=worker,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "'echo': {'x': 1}" in done.stdout + done.stderr
@@ -93,7 +99,10 @@ def test_cli_reports_a_user_mistake_as_one_line(tmp_path):
     notebook = write_notebook(tmp_path / "bad.ipynb", [("handler", "import no_such_module_xyz\ndef handler(job):\n    return 1")])
     done = subprocess.run(
         [str(JUPYTER), "nbconvert", "--to", "runpod", notebook.name],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "error: bad.ipynb: cell 1, line 1: `import no_such_module_xyz`" in done.stderr

@@ -7,7 +7,6 @@ and its text is checked by hadolint and by reading its layers.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -15,17 +14,16 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 import yaml
+from conftest import NOTEBOOKS, ROOT
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
-
-from conftest import NOTEBOOKS, ROOT
 
 BIN = Path(sys.executable).parent
 BAKE = ROOT / "docker" / "bake-worker.sh"
@@ -42,8 +40,7 @@ def tool(name: str) -> str:
 
 
 def test_dockerfile_passes_hadolint_without_warnings():
-    result = subprocess.run([tool("hadolint"), "Dockerfile", "docker/base.Containerfile"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run([tool("hadolint"), "Dockerfile", "docker/base.Containerfile"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
 
 
@@ -162,7 +159,9 @@ def test_jupyterlab_override_adds_a_cell_tags_button_to_the_cell_toolbar(tmp_pat
     shutil.copytree(ROOT / "docker" / "jupyter" / "overrides.d", tmp_path / "settings" / "overrides.d")
     schemas = Path(get_app_dir()) / "schemas"
     settings, warnings = get_settings(
-        str(tmp_path / "settings"), str(schemas), str(tmp_path / "user"),
+        str(tmp_path / "settings"),
+        str(schemas),
+        str(tmp_path / "user"),
         schema_name="@jupyterlab/cell-toolbar-extension:plugin",
     )
     assert not any(warnings), warnings
@@ -180,8 +179,12 @@ def test_jupyterlab_override_adds_a_cell_tags_button_to_the_cell_toolbar(tmp_pat
 
 def bake(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BAKE), *map(str, args)], cwd=ROOT, env={**HOST_ENV, **(env or {})},
-        capture_output=True, text=True, timeout=300,
+        [str(BAKE), *map(str, args)],
+        cwd=ROOT,
+        env={**HOST_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -204,7 +207,10 @@ def test_baked_embeddings_worker_runs_its_test_job_under_start_sh(tmp_path):
     run = subprocess.run(
         [str(ROOT / "start.sh")],
         env={**env, "HOME": str(tmp_path / "home"), "WORKER_DIR": str(tmp_path / "app"), "RUNPOD_ENDPOINT_ID": "ep"},
-        capture_output=True, text=True, timeout=300, start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "running as serverless" in run.stderr
@@ -288,13 +294,15 @@ def test_the_kits_install_builds_without_setuptools_warnings(tmp_path):
     # pip's isolated build, with the newest setuptools the index has, as in the image.
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert "Building wheel for runpod-kit" in output
     for warning in ("SetuptoolsDeprecationWarning", "SetuptoolsWarning", "is absent from the `packages`", "!!"):
-        assert warning not in output, output[output.find(warning) - 2000:][:4000]
+        assert warning not in output, output[output.find(warning) - 2000 :][:4000]
 
 
 # --- the README's GitHub Actions recipe, step by step in a fresh venv --------
@@ -318,7 +326,10 @@ def test_readme_github_actions_steps_pass_in_a_fresh_venv(tmp_path):
     shutil.copy(NOTEBOOKS / "hello.ipynb", repo / "notebooks" / "my_worker.ipynb")
     export = subprocess.run(
         [str(BIN / "kit"), "export", "notebooks/my_worker.ipynb", "-o", "build/my_worker"],
-        cwd=repo, capture_output=True, text=True, timeout=300,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert export.returncode == 0, export.stderr
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
@@ -330,8 +341,7 @@ def test_readme_github_actions_steps_pass_in_a_fresh_venv(tmp_path):
     assert steps and "git+https://" in steps[0]  # the kit from its repository: here, this checkout
     steps[0] = f"pip install --quiet {shlex.quote(str(ROOT))}"
     for step in steps:
-        result = subprocess.run(["bash", "-eo", "pipefail", "-c", step], cwd=repo, env=env,
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(["bash", "-eo", "pipefail", "-c", step], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{step}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     report = json.loads((repo / "kit-test.json").read_text())
     assert report, "kit test wrote an empty report"
@@ -466,13 +476,34 @@ def test_image_serverless_takes_jobs_from_kit_serves_queue_and_drains_on_stop(im
 
 
 def ssh_to(port: int, home: Path, key: Path | None, *options: str) -> subprocess.CompletedProcess:
-    auth = ["-o", "IdentitiesOnly=yes", "-i", str(key)] if key else ["-o", "PubkeyAuthentication=no",
-                                                                     "-o", "PreferredAuthentications=password,keyboard-interactive"]
+    auth = (
+        ["-o", "IdentitiesOnly=yes", "-i", str(key)]
+        if key
+        else ["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"]
+    )
     return subprocess.run(
-        ["ssh", "-F", "/dev/null", "-p", str(port), "-o", f"UserKnownHostsFile={home / 'known_hosts'}",
-         "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", *auth, *options,
-         "root@127.0.0.1", "python -c 'import torch, kit; print(torch.__version__)'"],
-        capture_output=True, text=True, timeout=60,
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(port),
+            "-o",
+            f"UserKnownHostsFile={home / 'known_hosts'}",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+            *auth,
+            *options,
+            "root@127.0.0.1",
+            "python -c 'import torch, kit; print(torch.__version__)'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -485,7 +516,7 @@ def wait_for(predicate, what: str, run: Container, timeout: float = 120):
             value = predicate()
             if value:
                 return value
-        except Exception:  # noqa: BLE001 - not listening yet
+        except Exception:
             pass
         time.sleep(0.5)
     pytest.fail(f"timed out waiting for {what}:\n{run.logs()[-3000:]}")
@@ -501,8 +532,14 @@ def test_image_pod_jupyterlab_needs_the_token_ssh_takes_only_the_key(image, cont
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "id"], check=True)
     jupyter, ssh_port = free_port(), free_port()
     run = container(
-        image, MODE_TO_RUN="pod", JUPYTER_PASSWORD="s3cret-token-for-the-test", PUBLIC_KEY=(tmp_path / "id.pub").read_text(),
-        JUPYTER_IP="127.0.0.1", JUPYTER_PORT=str(jupyter), SSH_LISTEN="127.0.0.1", SSH_PORT=str(ssh_port),
+        image,
+        MODE_TO_RUN="pod",
+        JUPYTER_PASSWORD="s3cret-token-for-the-test",
+        PUBLIC_KEY=(tmp_path / "id.pub").read_text(),
+        JUPYTER_IP="127.0.0.1",
+        JUPYTER_PORT=str(jupyter),
+        SSH_LISTEN="127.0.0.1",
+        SSH_PORT=str(ssh_port),
         RUNPOD_POD_ID="podtest",
     )
     url = f"http://127.0.0.1:{jupyter}"
@@ -532,16 +569,23 @@ def test_image_both_mode_answers_a_job(image, container):
     import requests
 
     jupyter, api = free_port(), free_port()
-    run = container(image, MODE_TO_RUN="both", JUPYTER_PASSWORD="s3cret-token-for-the-test", JUPYTER_IP="127.0.0.1",
-                    JUPYTER_PORT=str(jupyter), WORKER_API_PORT=str(api))
+    run = container(
+        image,
+        MODE_TO_RUN="both",
+        JUPYTER_PASSWORD="s3cret-token-for-the-test",
+        JUPYTER_IP="127.0.0.1",
+        JUPYTER_PORT=str(jupyter),
+        WORKER_API_PORT=str(api),
+    )
     response = wait_for(
         lambda: requests.post(f"http://127.0.0.1:{api}/runsync", json={"input": job_input(image, 7)}, timeout=60),
-        "the worker's local API", run, timeout=180,
+        "the worker's local API",
+        run,
+        timeout=180,
     )
     assert response.status_code == 200, response.text
     assert job_ok(image, 7, response.json()["output"]), response.text
-    status = wait_for(lambda: requests.get(f"http://127.0.0.1:{jupyter}/api/contents", timeout=10).status_code,
-                      "JupyterLab", run)
+    status = wait_for(lambda: requests.get(f"http://127.0.0.1:{jupyter}/api/contents", timeout=10).status_code, "JupyterLab", run)
     assert status == 403
 
 
@@ -565,8 +609,12 @@ def test_image_from_a_worker_directory_reuses_the_pip_layer_when_only_code_chang
             for cell in notebook.cells:  # the default greeting, in the setup cell's code
                 cell.source = re.sub(r'"GREETING", "\w+"', f'"GREETING", "{greeting}"', cell.source)
             nbformat.write(notebook, tmp_path / "my_worker.ipynb")
-            result = subprocess.run([str(BIN / "kit"), "export", str(tmp_path / "my_worker.ipynb"), "-o", str(worker)],
-                                    capture_output=True, text=True, timeout=300)
+            result = subprocess.run(
+                [str(BIN / "kit"), "export", str(tmp_path / "my_worker.ipynb"), "-o", str(worker)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert result.returncode == 0, result.stderr
             outputs.append(image_sh("build", "localhost/kit-test-worker:latest", "WORKER=build/test-image-worker"))
             run = container("localhost/kit-test-worker:latest", MODE_TO_RUN="serverless")
@@ -576,7 +624,7 @@ def test_image_from_a_worker_directory_reuses_the_pip_layer_when_only_code_chang
         shutil.rmtree(worker, ignore_errors=True)
     # Second build: the code changed, the pins did not: pip's layer comes from the cache.
     second = outputs[1].stdout
-    install = second[second.index("bake-worker.sh install"):]
+    install = second[second.index("bake-worker.sh install") :]
     assert install.split("\n", 2)[1].startswith("--> Using cache"), install[:500]
 
 
@@ -586,14 +634,14 @@ def test_image_build_with_unmeetable_requirements_fails_on_one_line_and_leaves_n
     podman_or_skip()
     worker = build_context_dir("test-image-unmeetable")
     try:
-        result = subprocess.run([str(BIN / "kit"), "export", str(NOTEBOOKS / "hello.ipynb"), "-o", str(worker)],
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [str(BIN / "kit"), "export", str(NOTEBOOKS / "hello.ipynb"), "-o", str(worker)], capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stderr
         with open(worker / "requirements.txt", "a") as f:
             f.write("kit-no-such-distribution==6.6.6  # nobody publishes this\n")
         before = podman("ps", "--all", "--external", "--quiet").stdout.split()
-        build = image_sh("build", "localhost/kit-test-unmeetable:latest", "WORKER=build/test-image-unmeetable",
-                         check=False)
+        build = image_sh("build", "localhost/kit-test-unmeetable:latest", "WORKER=build/test-image-unmeetable", check=False)
     finally:
         shutil.rmtree(worker, ignore_errors=True)
     assert build.returncode != 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from kit.errors import KitError
 from kit.export.ipython import parse_pip_install, translate
 from kit.export.notebook import Cell, Notebook
-from kit.errors import KitError
 
 NOTEBOOK = Notebook(name="w.ipynb", path=None)
 
@@ -34,7 +34,9 @@ def test_wrapping_magics_are_unwrapped():
     assert run("%time y = f()").source == "y = f()"
 
 
-@pytest.mark.parametrize("source, what", [("!ls -la", "a shell command"), ("%cd /tmp", "an IPython magic"), ("%%bash\necho hi", "a cell magic")])
+@pytest.mark.parametrize(
+    "source, what", [("!ls -la", "a shell command"), ("%cd /tmp", "an IPython magic"), ("%%bash\necho hi", "a cell magic")]
+)
 def test_other_magics_in_exported_cells_are_errors_naming_the_line(source, what):
     with pytest.raises(KitError, match=f"{what}, which a worker cannot run") as caught:
         run(source)

@@ -48,7 +48,8 @@ def js_sdk():
         shutil.copy(ROOT / "tests" / "js" / "package.json", JS_DIR / "package.json")
         subprocess.run(
             ["npm", "install", "--prefix", str(JS_DIR), "--no-audit", "--no-fund", "--loglevel=error"],
-            check=True, timeout=300,
+            check=True,
+            timeout=300,
         )
     return SDK
 
@@ -57,7 +58,9 @@ def test_the_js_sdk_runs_polls_streams_cancels_and_reads_health(js_sdk, tmp_path
     with QueueEmulator() as emu, SdkWorker(emu, tmp_path, HANDLER):
         result = subprocess.run(
             ["node", str(ROOT / "tests" / "js" / "drive.mjs"), js_sdk.as_uri(), f"{emu.url}/v2", "js-endpoint"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         calls = json.loads(result.stdout.splitlines()[-1])

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from kit.export.notebook import notebook_from_dict, read_notebook
 from kit.errors import KitError
+from kit.export.notebook import notebook_from_dict, read_notebook
 
 
 def nb(*cells, **top):
@@ -21,7 +21,15 @@ def code(source, tags=None, **extra):
 
 
 def test_cells_are_numbered_from_one_counting_markdown_and_roles_come_from_tags():
-    notebook = notebook_from_dict(nb({"cell_type": "markdown", "source": "# t"}, code("x = 1", ["setup"]), code("def handler(job): ...", ["handler", "other"]), code("y", ["test"]), code("z")))
+    notebook = notebook_from_dict(
+        nb(
+            {"cell_type": "markdown", "source": "# t"},
+            code("x = 1", ["setup"]),
+            code("def handler(job): ...", ["handler", "other"]),
+            code("y", ["test"]),
+            code("z"),
+        )
+    )
     assert [c.index for c in notebook.cells] == [1, 2, 3, 4, 5]
     assert [c.role for c in notebook.cells] == [None, "setup", "handler", "test", None]
     assert [c.index for c in notebook.exported_cells] == [2, 3] and [c.index for c in notebook.test_cells] == [4]

@@ -33,9 +33,7 @@ def test_chat_completion(client):
 
 
 def test_chat_completion_streams_the_workers_sse_strings(client):
-    stream = client.chat.completions.create(
-        model="kit-echo-1", messages=[{"role": "user", "content": "one two"}], stream=True
-    )
+    stream = client.chat.completions.create(model="kit-echo-1", messages=[{"role": "user", "content": "one two"}], stream=True)
     chunks = list(stream)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == "You said: one two"
     assert len(chunks) == 5 and chunks[-1].choices[0].finish_reason == "stop"

@@ -6,13 +6,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from jupyter_client.manager import start_new_kernel
-
 from conftest import build_notebook as write_notebook
+from jupyter_client.manager import start_new_kernel
 
 from kit.errors import KitError
 from kit.ui.panel import Panel, call_handler, locate_notebook
-
 
 ECHO = [
     (None, "import kit\nkit.panel()"),
@@ -138,10 +136,7 @@ def test_run_shows_each_chunk_of_a_generator(echo, prefix):
 
 
 def test_async_handlers_share_one_loop_across_runs_and_not_the_callers(echo):
-    source = (
-        "import asyncio\nloops = []\n"
-        "async def handler(job):\n    loops.append(asyncio.get_running_loop())\n    return len(loops)"
-    )
+    source = "import asyncio\nloops = []\nasync def handler(job):\n    loops.append(asyncio.get_running_loop())\n    return len(loops)"
     panel = make_panel(echo, source)
     click(panel, panel.run_button)
     click(panel, panel.run_button)

@@ -6,7 +6,11 @@ from kit import percent
 
 
 def test_render_then_parse_gives_the_cells_back_with_their_lines():
-    text = percent.render("# header\n", [(2, "setup", "import os\nX = 1"), (4, "handler", "def handler(job):\n    return X\n")], percent.FOOTER + ": start\nmain()\n")
+    text = percent.render(
+        "# header\n",
+        [(2, "setup", "import os\nX = 1"), (4, "handler", "def handler(job):\n    return X\n")],
+        percent.FOOTER + ": start\nmain()\n",
+    )
     parsed = percent.parse(text)
     assert parsed.header.strip() == "# header"
     assert [(c.cell, c.tag) for c in parsed.cells] == [(2, "setup"), (4, "handler")]

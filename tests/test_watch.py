@@ -100,15 +100,25 @@ def test_handler_only_saves_reload_warm_without_running_setup_again(tmp_path, se
             output = answer_until(served, {"x": version}, lambda out: out["version"] == version)
             assert output["text"] == f"setup-1 v{version} x={version} helper-{version}"
             line = served.wait_for_line(rf"^reload {version}: ")
-            assert re.search(rf"^reload {version}: cell 3 \[handler\] changed — warm: .*first job on the new code \d+\.\d\d s after the save$", line), line
+            assert re.search(
+                rf"^reload {version}: cell 3 \[handler\] changed — warm: .*first job on the new code \d+\.\d\d s after the save$", line
+            ), line
         assert setup_runs(setup_log) == 1, "setup ran again on a handler-only save"
 
 
 @pytest.mark.parametrize(
     "kind, make, call",
     [
-        ("async", lambda v: f"async def handler(job):\n    await asyncio.sleep(0)\n    return {{'version': {v}}}", lambda out: out["version"]),
-        ("generator", lambda v: f"def handler(job):\n    yield {{'version': {v}}}\n    yield {{'done': True}}", lambda out: out[0]["version"]),
+        (
+            "async",
+            lambda v: f"async def handler(job):\n    await asyncio.sleep(0)\n    return {{'version': {v}}}",
+            lambda out: out["version"],
+        ),
+        (
+            "generator",
+            lambda v: f"def handler(job):\n    yield {{'version': {v}}}\n    yield {{'done': True}}",
+            lambda out: out[0]["version"],
+        ),
         ("async_generator", lambda v: f"async def handler(job):\n    yield {{'version': {v}}}", lambda out: out[0]["version"]),
     ],
 )
@@ -153,7 +163,10 @@ def test_a_setup_change_restarts_the_workers_and_says_why(tmp_path, setup_log):
         save(notebook, [new_setup, None])
         answer_until(served, {"x": 1}, lambda out: out["text"].startswith("setup-2 "))
         line = served.wait_for_line(r"^reload 2: ")
-        assert re.search(r"cell 2 \[setup\] changed — cold restart: a setup cell changed, so setup runs again; new code in place \d+\.\d\d s, first job on the new code", line), line
+        assert re.search(
+            r"cell 2 \[setup\] changed — cold restart: a setup cell changed, so setup runs again; new code in place \d+\.\d\d s, first job on the new code",
+            line,
+        ), line
         assert setup_runs(setup_log) == 2
 
 
@@ -164,7 +177,9 @@ def test_a_broken_save_keeps_serving_and_the_next_good_save_recovers(tmp_path, s
         broken = plain_handler(2).replace("return {'version'", "return {'typo': undefined_name, 'version'")
         save(notebook, [None, broken])
         line = served.wait_for_line(r"^error: ")
-        assert re.search(r"^error: \S*worker\.ipynb: cell 3, line \d+: `undefined_name` is not defined.*\(still serving the last good save\)$", line), line
+        assert re.search(
+            r"^error: \S*worker\.ipynb: cell 3, line \d+: `undefined_name` is not defined.*\(still serving the last good save\)$", line
+        ), line
         assert runsync(served, {})["version"] == 1
         # Exports, but fails in the worker when the handler cell runs: the old code keeps serving.
         save(notebook, [None, "BROKEN = 1 / 0\n" + plain_handler(2)])
@@ -337,4 +352,6 @@ def test_watch_needs_a_notebook(tmp_path):
     assert run_kit("export", notebook, "-o", tmp_path / "out").returncode == 0
     result = run_kit("serve", tmp_path / "out", "--watch", "--port", "0", timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'out'}: --watch needs a notebook, not a worker directory — give the .ipynb file"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'out'}: --watch needs a notebook, not a worker directory — give the .ipynb file"
+    ]

@@ -34,7 +34,15 @@ def retagged(data: dict, layout: str) -> dict:
         }[layout]
         cell.setdefault("metadata", {})["tags"] = [tag]
     if layout in ("all-test", "setup-plus-handler"):
-        data["cells"].append({"cell_type": "code", "metadata": {"tags": ["handler"]}, "source": "def handler(job):\n    return job", "outputs": [], "execution_count": None})
+        data["cells"].append(
+            {
+                "cell_type": "code",
+                "metadata": {"tags": ["handler"]},
+                "source": "def handler(job):\n    return job",
+                "outputs": [],
+                "execution_count": None,
+            }
+        )
     return data
 
 

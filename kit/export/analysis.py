@@ -18,8 +18,8 @@ cell is read as one piece.
 """
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import builtins
 import difflib
@@ -30,8 +30,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from kit.export.ipython import TranslatedCell, translate
 from kit.errors import KitError, KitWarning
+from kit.export.ipython import TranslatedCell, translate
 from kit.export.notebook import ROLES, Notebook
 from kit.export.start_options import (
     StartCode,
@@ -43,7 +43,18 @@ from kit.export.start_options import (
     start_aliases,
 )
 
-MODULE_NAMES = {"__name__", "__file__", "__doc__", "__builtins__", "__spec__", "__loader__", "__package__", "__path__", "__annotations__", "__dict__"}
+MODULE_NAMES = {
+    "__name__",
+    "__file__",
+    "__doc__",
+    "__builtins__",
+    "__spec__",
+    "__loader__",
+    "__package__",
+    "__path__",
+    "__annotations__",
+    "__dict__",
+}
 NOTEBOOK_ONLY_NAMES = {
     "display": "display() exists only in IPython: use print(), or return the value",
     "get_ipython": "get_ipython() is None outside IPython: a worker cannot use it",
@@ -279,7 +290,9 @@ def _compile(text: str, filename: str, flags: int, top_level_await: bool):
     """
     with warnings.catch_warnings(record=True) as parsing:
         warnings.simplefilter("always")
-        tree = compile(text, filename, "exec", ast.PyCF_ONLY_AST | (ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if top_level_await else 0), dont_inherit=True)
+        tree = compile(
+            text, filename, "exec", ast.PyCF_ONLY_AST | (ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if top_level_await else 0), dont_inherit=True
+        )
     with warnings.catch_warnings(record=True) as compiling:
         warnings.simplefilter("always")
         if not top_level_await:
@@ -316,7 +329,9 @@ def _parse_piece(notebook: Notebook, cell: int, offset: int, text: str, flags: i
     return _Piece(offset, text, tree, flags, whole, *located)
 
 
-def _pieces(notebook: Notebook, translated: TranslatedCell, pieces: Iterable[tuple[int, str]], whole: bool, top_level_await: bool) -> Iterator[_Piece]:
+def _pieces(
+    notebook: Notebook, translated: TranslatedCell, pieces: Iterable[tuple[int, str]], whole: bool, top_level_await: bool
+) -> Iterator[_Piece]:
     flags = 0
     for number, (offset, text) in enumerate(pieces):
         piece = _parse_piece(notebook, translated.cell.index, offset, text, flags, whole, top_level_await)
@@ -330,7 +345,9 @@ def _pieces(notebook: Notebook, translated: TranslatedCell, pieces: Iterable[tup
         yield piece
 
 
-def _read_in_pieces(read: Callable[[Iterator[_Piece]], object], notebook: Notebook, translated: TranslatedCell, top_level_await: bool = False):
+def _read_in_pieces(
+    read: Callable[[Iterator[_Piece]], object], notebook: Notebook, translated: TranslatedCell, top_level_await: bool = False
+):
     """read(pieces) over the cell's pieces, or over the whole cell as one piece when a piece needs it."""
     if not _one_piece(translated.source):
         try:
@@ -626,9 +643,17 @@ def _check_batch_setting(notebook: Notebook, parsed: ParsedCell, setting: Defini
     if name == "MAX_BATCH_SIZE":
         ok, needed = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a whole number of at least 1"
     else:
-        ok, needed = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"), "a number of milliseconds, 0 or more"
+        ok, needed = (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"),
+            "a number of milliseconds, 0 or more",
+        )
     if not ok:
-        raise notebook.error(f"{name} must be {needed}, not {value!r}", f"set e.g. `{name} = {16 if name == 'MAX_BATCH_SIZE' else 10}`", cell=parsed.index, line=setting.line)
+        raise notebook.error(
+            f"{name} must be {needed}, not {value!r}",
+            f"set e.g. `{name} = {16 if name == 'MAX_BATCH_SIZE' else 10}`",
+            cell=parsed.index,
+            line=setting.line,
+        )
 
 
 def _handler_kind(function: Function | None) -> str:
@@ -706,9 +731,7 @@ def _table_bindings(table: symtable.SymbolTable) -> set[str]:
 def _global_reads(table: symtable.SymbolTable) -> set[str]:
     """Names a module's code reads from the module namespace or builtins."""
     reads = {
-        s.get_name()
-        for s in table.get_symbols()
-        if s.is_referenced() and not (s.is_assigned() or s.is_imported() or s.is_namespace())
+        s.get_name() for s in table.get_symbols() if s.is_referenced() and not (s.is_assigned() or s.is_imported() or s.is_namespace())
     }
     for child in _nested_scopes(table):
         reads |= {s.get_name() for s in child.get_symbols() if s.is_referenced() and s.is_global()}
@@ -745,7 +768,9 @@ def _defined_in(notebook: Notebook, name: str, roles) -> int | None:
             continue
         try:
             translated = translate(notebook, cell, "scan")
-            bound = _read_in_pieces(lambda pieces: set().union(*(_module_bindings(p.tree) for p in pieces)), notebook, translated, top_level_await=True)
+            bound = _read_in_pieces(
+                lambda pieces: set().union(*(_module_bindings(p.tree) for p in pieces)), notebook, translated, top_level_await=True
+            )
         except Exception:  # scratch cells may hold anything; they only help explain
             continue
         if name in bound:

@@ -20,10 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit.errors import KitError, KitWarning
 from kit.export.analysis import Analysis, analyse
-from kit.errors import KitWarning
 from kit.export.notebook import Notebook
-from kit.errors import KitError
 
 # Modules whose distribution has another name, for imports that are not
 # installed where the export runs (documented in the README). An installed
@@ -59,10 +58,29 @@ ALWAYS = "runpod"
 # Files a local package may hold that look like secrets: left out of the worker
 # (and its zip) unless the export is asked to include them (--include-secrets).
 SECRET_PATTERNS = (
-    ".env", ".env.*", "*.env", ".netrc", ".pypirc", ".npmrc", ".git-credentials", ".htpasswd",
-    "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore", "*.jks",
-    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
-    "credentials", "credentials.*", "secrets.*", "*.secret", "*.secrets",
+    ".env",
+    ".env.*",
+    "*.env",
+    ".netrc",
+    ".pypirc",
+    ".npmrc",
+    ".git-credentials",
+    ".htpasswd",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.keystore",
+    "*.jks",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "credentials",
+    "credentials.*",
+    "secrets.*",
+    "*.secret",
+    "*.secrets",
 )
 SECRET_DIRS = (".git", ".ssh", ".aws", ".gnupg", ".docker")
 SKIPPED = ("__pycache__", ".ipynb_checkpoints")
@@ -134,6 +152,7 @@ def infer_requirements(
 
     def warn(item, message: str) -> None:
         warnings.append(KitWarning(message, notebook.name, item.cell, item.line))
+
     excluded: list[str] = []
 
     def add(name: str, spec: str, reason: str) -> None:
@@ -152,7 +171,9 @@ def infer_requirements(
             name = project_name(requirement.spec)
             unnamed_pip |= name is None
             spec, reason = requirement.spec, f"%pip (cell {requirement.cell})"
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec) and _installed(spec):  # `%pip install numpy`: pin what the notebook ran with
+            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec) and _installed(
+                spec
+            ):  # `%pip install numpy`: pin what the notebook ran with
                 spec, reason = pinned(name), f"%pip (cell {requirement.cell}), pinned to the installed version"
             add(name or spec, spec, reason)
     for spec in extra:
@@ -261,10 +282,7 @@ def _distributions_for(dotted: str, module: str, distributions) -> list[str]:
     if len(candidates) > 1 and "." in dotted:
         # A namespace package (google.*): keep the distributions that ship the submodule.
         path = dotted.replace(".", "/")
-        narrowed = [
-            d for d in candidates
-            if any(str(f).startswith(path) for f in (importlib.metadata.files(d) or []))
-        ]
+        narrowed = [d for d in candidates if any(str(f).startswith(path) for f in (importlib.metadata.files(d) or []))]
         candidates = narrowed or candidates
     return candidates
 
@@ -300,7 +318,9 @@ def _is_secret(name: str) -> bool:
     return any(fnmatch.fnmatch(name.lower(), pattern) for pattern in SECRET_PATTERNS)
 
 
-def local_files(notebook: Notebook, modules: list[Path], *, include_secrets: bool = False, warnings: list[str] | None = None) -> dict[str, Path]:
+def local_files(
+    notebook: Notebook, modules: list[Path], *, include_secrets: bool = False, warnings: list[str] | None = None
+) -> dict[str, Path]:
     """What a worker copies of its local modules: worker-relative path -> source file.
 
     The one rule for `kit export` and the nbconvert zip: only regular files, found
@@ -345,9 +365,7 @@ def local_files(notebook: Notebook, modules: list[Path], *, include_secrets: boo
                 else:
                     files[target] = path
     if left_out:
-        warnings.append(
-            f"left out of the worker: {', '.join(left_out)}; the kit copies only regular files inside the notebook's folder"
-        )
+        warnings.append(f"left out of the worker: {', '.join(left_out)}; the kit copies only regular files inside the notebook's folder")
     if secrets:
         warnings.append(
             f"left out of the worker, as they look like secrets: {', '.join(secrets)}; "

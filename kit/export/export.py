@@ -8,25 +8,23 @@ failed export leaves an existing directory exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import tempfile
-import contextlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit import percent, workerdir
+from kit.errors import KitEnvironmentError, KitError, KitWarning
 from kit.export import runtime
 from kit.export.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
 from kit.export.deps import Requirements, infer_requirements
-from kit.errors import KitEnvironmentError, KitError, KitWarning
-
-from kit import percent, workerdir
 from kit.export.notebook import Notebook, read_notebook
-
 
 
 @dataclass
@@ -73,7 +71,9 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
     warnings = list(analysis.warnings)
     for test in test_cells:
         warnings += test.translated.warnings
-    warnings += [KitWarning(message, notebook.name, cell, line) for cell, line, message in test_name_warnings(notebook, analysis, test_cells)]
+    warnings += [
+        KitWarning(message, notebook.name, cell, line) for cell, line, message in test_name_warnings(notebook, analysis, test_cells)
+    ]
     warnings += requirements.warnings
 
     jobs = []
@@ -81,13 +81,15 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
         try:
             json.dumps(job["job"])
         except (TypeError, ValueError):
-            warnings.append(KitWarning("this job is not JSON, so it cannot be a RunPod job; skipped", notebook.name, job["cell"], job["line"]))
+            warnings.append(
+                KitWarning("this job is not JSON, so it cannot be a RunPod job; skipped", notebook.name, job["cell"], job["line"])
+            )
             continue
         jobs.append(job)
     if not jobs:
         warnings.append(
             KitWarning(
-                "no `test` cell calls handler({...}) with a job literal such as {\"input\": {...}}: "
+                'no `test` cell calls handler({...}) with a job literal such as {"input": {...}}: '
                 "test_input.json not written, so `python handler.py` has no job to run locally",
                 notebook.name,
             )
@@ -164,7 +166,9 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
     # The worker loop comes first: it imports runpod without the CPU probe that costs every
     # cold start, and on runpod 2.0 reports a setup cell that raises as a failed job (see
     # worker_loop.py). Importing handler.py (kit test, the notebook) runs neither.
-    header.append('if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)\n')
+    header.append(
+        'if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)\n'
+    )
     cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
     if not analysis.defines_handler:
         # Only batch_handler: the handler(job) the export provides goes after the last cell, so
@@ -193,7 +197,9 @@ def _render_tests(notebook: Notebook, test_cells, command: str) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def export_notebook(path: str | Path, out_dir: str | Path | None = None, *, extra=(), exclude=(), include_secrets: bool = False) -> ExportResult:
+def export_notebook(
+    path: str | Path, out_dir: str | Path | None = None, *, extra=(), exclude=(), include_secrets: bool = False
+) -> ExportResult:
     """Export the notebook at `path` into `out_dir` (default build/<stem>)."""
     notebook = read_notebook(path)
     out = Path(out_dir) if out_dir is not None else default_out_dir(path)
@@ -246,7 +252,9 @@ def write_worker(worker: Worker, out_dir: Path) -> None:
             retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
             _swap_files(staging, out_dir, retired, sorted(written), previous)
     except OSError as error:
-        raise KitEnvironmentError(f"cannot write {out_dir}: {error.strerror}", "check the permissions and free space, or choose another -o") from None
+        raise KitEnvironmentError(
+            f"cannot write {out_dir}: {error.strerror}", "check the permissions and free space, or choose another -o"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if retired is not None:
@@ -289,7 +297,13 @@ def _previous_files(worker: Worker, out_dir: Path) -> list[str] | None:
         listed = list(workerdir.GENERATED)
     previous = []
     for name in listed:
-        if isinstance(name, str) and _is_inside(name) and _within(out_dir, name) and os.path.lexists(out_dir / name) and not (out_dir / name).is_dir():
+        if (
+            isinstance(name, str)
+            and _is_inside(name)
+            and _within(out_dir, name)
+            and os.path.lexists(out_dir / name)
+            and not (out_dir / name).is_dir()
+        ):
             previous.append(name)
     ours = set(previous)
     for name in [*worker.files, *worker.copied_files]:

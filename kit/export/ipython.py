@@ -58,13 +58,40 @@ SHELL_CELL_MAGICS = {"bash", "sh", "script", "system", "sx"}
 
 # `pip install` options that take a value (the value is not a requirement).
 PIP_OPTIONS_WITH_VALUE = {
-    "-r", "--requirement", "-c", "--constraint", "-i", "--index-url",
-    "--extra-index-url", "-f", "--find-links", "-t", "--target", "--prefix",
-    "--root", "--src", "--upgrade-strategy", "--python-version", "--platform",
-    "--only-binary", "--no-binary", "--progress-bar", "--implementation",
-    "--abi", "--trusted-host", "--cache-dir", "--log", "--proxy", "--retries",
-    "--timeout", "--exists-action", "--global-option", "--config-settings",
-    "-C", "--report", "--root-user-action",
+    "-r",
+    "--requirement",
+    "-c",
+    "--constraint",
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "-t",
+    "--target",
+    "--prefix",
+    "--root",
+    "--src",
+    "--upgrade-strategy",
+    "--python-version",
+    "--platform",
+    "--only-binary",
+    "--no-binary",
+    "--progress-bar",
+    "--implementation",
+    "--abi",
+    "--trusted-host",
+    "--cache-dir",
+    "--log",
+    "--proxy",
+    "--retries",
+    "--timeout",
+    "--exists-action",
+    "--global-option",
+    "--config-settings",
+    "-C",
+    "--report",
+    "--root-user-action",
 }
 
 PIP_COMMAND = re.compile(
@@ -131,10 +158,7 @@ def translate_cell(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
 
 
 def _has_ipython_syntax(source: str) -> bool:
-    return any(
-        line.lstrip()[:1] in ("%", "!") or _is_assigned_magic(line.strip())
-        for line in source.splitlines()
-    )
+    return any(line.lstrip()[:1] in ("%", "!") or _is_assigned_magic(line.strip()) for line in source.splitlines())
 
 
 ASSIGNED_MAGIC = re.compile(r"^[A-Za-z_][\w.]*\s*=\s*[%!]")
@@ -182,7 +206,7 @@ def _line_magic(notebook, cell, mode, result, number, stripped, indent) -> str:
         rest = pip.group("rest")
         words = rest.split()
         if words[:1] == ["install"]:
-            specs, notes = parse_pip_install(rest[len("install"):])
+            specs, notes = parse_pip_install(rest[len("install") :])
             for spec in specs:
                 result.pip.append(Requirement(spec, cell.index, number))
             for note in notes:
@@ -194,7 +218,7 @@ def _line_magic(notebook, cell, mode, result, number, stripped, indent) -> str:
     if name_match and stripped.startswith("%"):
         name = name_match.group(1)
         if name in WRAPPING_LINE_MAGICS:
-            body = stripped[name_match.end():].strip()
+            body = stripped[name_match.end() :].strip()
             if body:
                 result.warn(number, f"`%{name}` unwrapped: the statement runs without it")
                 return indent + body

@@ -101,7 +101,9 @@ def read_notebook(path: str | Path) -> Notebook:
             notebook=name,
         ) from None
     except RecursionError:
-        raise KitError("not a notebook (its JSON is nested too deeply)", "give the path of an .ipynb file saved by Jupyter", notebook=name) from None
+        raise KitError(
+            "not a notebook (its JSON is nested too deeply)", "give the path of an .ipynb file saved by Jupyter", notebook=name
+        ) from None
     return notebook_from_dict(data, name=name, path=path)
 
 

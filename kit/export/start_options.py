@@ -68,7 +68,9 @@ class StartCode:
                 self.configs.append(ast.increment_lineno(copy.deepcopy(node), offset))
 
 
-def rewrite_start_calls(notebook: Notebook, cell_index: int, source: str, tree: ast.Module, aliases: dict[str, set[str]]) -> tuple[str, list[tuple[int, str]]]:
+def rewrite_start_calls(
+    notebook: Notebook, cell_index: int, source: str, tree: ast.Module, aliases: dict[str, set[str]]
+) -> tuple[str, list[tuple[int, str]]]:
     """`source` with each pasted `runpod.serverless.start(X)` statement turned into `RUNPOD_CONFIG = (X)`.
 
     `aliases` are the cell's names for runpod.serverless and its start (`start_aliases`).
@@ -91,7 +93,7 @@ def rewrite_start_calls(notebook: Notebook, cell_index: int, source: str, tree: 
         if len(node.args) != 1 or node.keywords or isinstance(node.args[0], ast.Starred):
             raise notebook.error(
                 "runpod.serverless.start must be given its options as one dict",
-                "write them as RUNPOD_CONFIG = {\"handler\": handler, ...} and remove the call",
+                'write them as RUNPOD_CONFIG = {"handler": handler, ...} and remove the call',
                 cell=cell_index,
                 line=node.lineno,
             )
@@ -126,7 +128,9 @@ def check_start_options(notebook: Notebook, cells) -> StartOptions:
             if isinstance(value, ast.Dict):
                 _check_literal(notebook, parsed.index, value, options, used_names)
             elif not isinstance(value, (ast.Call, ast.Name, ast.Attribute, ast.DictComp, ast.BinOp)):
-                raise notebook.error(f"{CONFIG_NAME} must be a dict of runpod.serverless.start options", None, cell=parsed.index, line=node.lineno)
+                raise notebook.error(
+                    f"{CONFIG_NAME} must be a dict of runpod.serverless.start options", None, cell=parsed.index, line=node.lineno
+                )
     for name, (cell, line) in defined_functions.items():
         if name in used_names or name == "concurrency_modifier" or "concurrency_modifier" in defined_functions:
             continue
@@ -136,7 +140,7 @@ def check_start_options(notebook: Notebook, cells) -> StartOptions:
                     cell,
                     line,
                     f"`{name}` looks like a concurrency modifier, but the worker calls one only when it is named "
-                    f"`concurrency_modifier` or set as {CONFIG_NAME} = {{\"concurrency_modifier\": {name}}}; "
+                    f'`concurrency_modifier` or set as {CONFIG_NAME} = {{"concurrency_modifier": {name}}}; '
                     "without either, CONCURRENCY_MODIFIER (default 1) sets how many jobs run at once",
                 )
             )
@@ -162,13 +166,19 @@ def _check_literal(notebook: Notebook, cell: int, value: ast.Dict, options: Star
                     cell=cell,
                     line=line,
                 )
-            options.warnings.append((cell, line, f"{CONFIG_NAME} key `{key}` is not an option of runpod.serverless.start (runpod 1.12.0): the worker ignores it"))
+            options.warnings.append(
+                (
+                    cell,
+                    line,
+                    f"{CONFIG_NAME} key `{key}` is not an option of runpod.serverless.start (runpod 1.12.0): the worker ignores it",
+                )
+            )
             continue
         if key in BOOLEAN_OPTIONS and isinstance(item, ast.Constant) and not isinstance(item.value, bool):
-            raise notebook.error(f"{CONFIG_NAME}[\"{key}\"] must be True or False", None, cell=cell, line=line)
+            raise notebook.error(f'{CONFIG_NAME}["{key}"] must be True or False', None, cell=cell, line=line)
         if key in FUNCTION_OPTIONS and isinstance(item, ast.Constant):
             raise notebook.error(
-                f"{CONFIG_NAME}[\"{key}\"] must be a function, not {item.value!r}",
+                f'{CONFIG_NAME}["{key}"] must be a function, not {item.value!r}',
                 "for a fixed concurrency write `lambda current: 4`" if key == "concurrency_modifier" else "name the function",
                 cell=cell,
                 line=line,

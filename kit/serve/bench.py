@@ -63,11 +63,25 @@ def bench(
             raise KitError(f"{path} has no worker_loop.py, so it has no fast loop", "re-export the notebook, or use --loop stock")
         for name in loops:
             run = measure(
-                path, request, jobs=jobs, concurrency=concurrency, workers=workers,
-                env={platform.LOOP_ENV: name}, progress=not json_out, openai=openai, job_timeout=job_timeout,
+                path,
+                request,
+                jobs=jobs,
+                concurrency=concurrency,
+                workers=workers,
+                env={platform.LOOP_ENV: name},
+                progress=not json_out,
+                openai=openai,
+                job_timeout=job_timeout,
             )
             runs.append({"loop": name, **run})
-    report = {"target": str(target), "runpod": _runpod_version(), "jobs": jobs, "concurrency": concurrency, "workers": workers, "runs": runs}
+    report = {
+        "target": str(target),
+        "runpod": _runpod_version(),
+        "jobs": jobs,
+        "concurrency": concurrency,
+        "workers": workers,
+        "runs": runs,
+    }
     if json_out:
         print(json.dumps(report, indent=2))
     else:
@@ -80,12 +94,14 @@ def _job_request(path: Path, job_input: str | None) -> dict:
     if job_input is None:
         job = workerdir.example_job(path)
         if job is None:
-            raise KitError("no job to send: the notebook's test cells pass no job literal to handler()", "give one with --input '{\"prompt\": \"hi\"}'")
+            raise KitError(
+                "no job to send: the notebook's test cells pass no job literal to handler()", 'give one with --input \'{"prompt": "hi"}\''
+            )
         return job
     try:
         value = json.loads(job_input)
     except ValueError as error:
-        raise KitError(f"--input is not valid JSON: {error}", "quote it for the shell: --input '{\"prompt\": \"hi\"}'") from None
+        raise KitError(f"--input is not valid JSON: {error}", 'quote it for the shell: --input \'{"prompt": "hi"}\'') from None
     # As runpod.Endpoint.run does: a value without an "input" key is the input itself.
     return value if isinstance(value, dict) and "input" in value else {"input": value}
 
@@ -96,7 +112,9 @@ def _openai_request(path: Path, job_input: str | None) -> dict:
         try:
             body = json.loads(job_input)
         except ValueError as error:
-            raise KitError(f"--input is not valid JSON: {error}", "give the OpenAI request body, e.g. --input '{\"messages\": [...]}'") from None
+            raise KitError(
+                f"--input is not valid JSON: {error}", "give the OpenAI request body, e.g. --input '{\"messages\": [...]}'"
+            ) from None
         if not isinstance(body, dict):
             raise KitError("--input must be a JSON object (the OpenAI request body) with --openai")
         route = "/v1/chat/completions" if "messages" in body else "/v1/completions"
@@ -105,7 +123,7 @@ def _openai_request(path: Path, job_input: str | None) -> dict:
     if not (isinstance(job, dict) and isinstance(job.get("openai_input"), dict) and job.get("openai_route")):
         raise KitError(
             "the notebook's test job is not an OpenAI request (no openai_route/openai_input)",
-            "give the request body with --input '{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}'",
+            'give the request body with --input \'{"messages": [{"role": "user", "content": "hi"}]}\'',
         )
     return {"route": job["openai_route"], "body": job["openai_input"]}
 
@@ -213,10 +231,7 @@ def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         pool.check()
-        ready = {
-            worker_id: emulator.worker_times(worker_id)["first_request"]
-            for worker_id in pool.processes
-        }
+        ready = {worker_id: emulator.worker_times(worker_id)["first_request"] for worker_id in pool.processes}
         if all(t is not None for t in ready.values()):
             return [ready[w] - process.spawned for w, process in pool.processes.items()]
         time.sleep(0.02)
@@ -276,7 +291,9 @@ def _completion_tokens(answer) -> int:
     usage = answer.get("usage") if isinstance(answer, dict) else None
     if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
         return usage["completion_tokens"]
-    return sum(len(_choice_text(c).split()) or len(((c.get("message") or {}).get("content") or "").split()) for c in answer.get("choices", []))
+    return sum(
+        len(_choice_text(c).split()) or len(((c.get("message") or {}).get("content") or "").split()) for c in answer.get("choices", [])
+    )
 
 
 async def _load(emulator, pool, request, jobs, concurrency, progress, openai=False, job_timeout=JOB_TIMEOUT) -> tuple[list[dict], float]:
@@ -303,7 +320,9 @@ async def _load(emulator, pool, request, jobs, concurrency, progress, openai=Fal
                 # The emulator answers by then; RunPod's ?wait= takes 1-300 s.
                 wait = max(1.0, min(emulator.runsync_wait, job_timeout, 300.0))
                 async with session.post(
-                    f"{base}/runsync", params={"wait": str(int(wait * 1000))}, json=request,
+                    f"{base}/runsync",
+                    params={"wait": str(int(wait * 1000))},
+                    json=request,
                     timeout=aiohttp.ClientTimeout(total=wait + 30),
                 ) as response:
                     state = await response.json()
@@ -401,15 +420,19 @@ def format_report(report: dict) -> str:
     rows.append(("cold start, s", [cold(run) for run in runs]))
     rows.append(("throughput, jobs/s", [f"{run['throughput_jobs_per_s']:.1f}" for run in runs]))
     for part in ("queue", "execution", "total"):
-        rows.append(
-            (f"{part} p50/p95/p99, ms", ["/".join(_ms(run["latency_ms"][part][p]) for p in ("p50", "p95", "p99")) for run in runs])
-        )
+        rows.append((f"{part} p50/p95/p99, ms", ["/".join(_ms(run["latency_ms"][part][p]) for p in ("p50", "p95", "p99")) for run in runs]))
     if any("batches" in run for run in runs):
+
         def batch(run, part):
             b = run.get("batches")
             return "/".join(_ms(b[part][p]) for p in ("p50", "p95", "p99")) if b else "-"
 
-        rows.append(("batches (mean size)", [f"{run['batches']['count']} ({run['batches']['mean_size']:.1f})" if "batches" in run else "-" for run in runs]))
+        rows.append(
+            (
+                "batches (mean size)",
+                [f"{run['batches']['count']} ({run['batches']['mean_size']:.1f})" if "batches" in run else "-" for run in runs],
+            )
+        )
         rows.append(("  batch wait p50/p95/p99, ms", [batch(run, "wait_ms") for run in runs]))
         rows.append(("  batch call p50/p95/p99, ms", [batch(run, "call_ms") for run in runs]))
     rows.append(("emulator CPU per job, ms", [f"{run['emulator_cpu_ms_per_job']:.2f}" for run in runs]))
@@ -417,7 +440,10 @@ def format_report(report: dict) -> str:
         rows.append(("tokens/s", [f"{run['openai']['tokens_per_s']:.1f}" for run in runs]))
         if all(run["openai"]["stream"] for run in runs):
             rows.append(
-                ("first chunk p50/p95/p99, ms", ["/".join(_ms(run["openai"]["first_chunk_ms"][p]) for p in ("p50", "p95", "p99")) for run in runs])
+                (
+                    "first chunk p50/p95/p99, ms",
+                    ["/".join(_ms(run["openai"]["first_chunk_ms"][p]) for p in ("p50", "p95", "p99")) for run in runs],
+                )
             )
     for count in ("completed", "failed", "lost", "duplicated"):
         rows.append((count, [str(run[count]) for run in runs]))
@@ -446,7 +472,10 @@ def format_report(report: dict) -> str:
 def histogram(sizes: dict[str, int], width: int = 30) -> str:
     """Batch sizes seen, one bar per size: `size count bar`, largest size first."""
     most = max(sizes.values())
-    bars = [f"{size:>4} x{count:<6}{'#' * max(1, round(count / most * width))}" for size, count in sorted(sizes.items(), key=lambda kv: -int(kv[0]))]
+    bars = [
+        f"{size:>4} x{count:<6}{'#' * max(1, round(count / most * width))}"
+        for size, count in sorted(sizes.items(), key=lambda kv: -int(kv[0]))
+    ]
     return "\n" + "\n".join("    " + bar for bar in bars)
 
 

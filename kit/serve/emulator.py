@@ -20,7 +20,8 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -99,8 +100,14 @@ class QueueEmulator:
         # The key workers present (RUNPOD_AI_API_KEY), distinct from the client key.
         self._worker_key = secrets.token_hex(16)
         self._api = EndpointAPI(
-            self.queue, self._waiters, api_key=api_key, worker_key=self._worker_key,
-            long_poll=long_poll, runsync_wait=runsync_wait, stream_hold=stream_hold, body_timeout=idle_timeout,
+            self.queue,
+            self._waiters,
+            api_key=api_key,
+            worker_key=self._worker_key,
+            long_poll=long_poll,
+            runsync_wait=runsync_wait,
+            stream_hold=stream_hold,
+            body_timeout=idle_timeout,
             clock=self.queue.clock,
         )
         self.runsync_wait = runsync_wait  # how long /runsync holds a request (seconds): bench's clients wait that long
@@ -119,7 +126,7 @@ class QueueEmulator:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "QueueEmulator":
+    def start(self) -> QueueEmulator:
         started = threading.Event()
         failure: list[BaseException] = []
 
@@ -159,7 +166,7 @@ class QueueEmulator:
         self._thread.join(timeout=10)
         self._thread = None
 
-    def __enter__(self) -> "QueueEmulator":
+    def __enter__(self) -> QueueEmulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:

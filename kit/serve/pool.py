@@ -19,15 +19,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from kit import platform
 from kit.errors import KitEnvironmentError, KitError
-from kit.serve.emulator import QueueEmulator
 from kit.platform import PRESTART_FAILED, prestart_failure
 from kit.processes import kill_group
+from kit.serve.emulator import QueueEmulator
 
 # A worker that dies this many times in a row before taking its first job is
 # broken (an import error, a bad requirement): stop instead of looping.
@@ -209,6 +209,7 @@ class WorkerPool:
     def remove_logs(self) -> None:
         """Remove the log folder (after `stop`), when nothing in it is worth keeping."""
         shutil.rmtree(self.log_dir, ignore_errors=True)
+
 
 def _setup_failure_in_log(process: _Process) -> str | None:
     """The prestart failure runpod 2.0 logged (`prestart_failed | {json}`) since this process started, if any."""

@@ -25,8 +25,9 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from kit import platform
 
@@ -472,8 +473,7 @@ class Queue:
                     self._finish(
                         self.jobs[job_id],
                         Status.FAILED,
-                        error=f"worker {worker.id} stopped sending pings for {silent:.0f} s "
-                        "(frozen or hung) while running this job",
+                        error=f"worker {worker.id} stopped sending pings for {silent:.0f} s (frozen or hung) while running this job",
                     )
 
     def _expire(self, job: Job) -> None:

@@ -19,12 +19,13 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from kit.serve.queue import Job, Queue, RequestError, Status
 from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT  # RunPod's payload limits (decimal MB)
+from kit.serve.queue import Job, Queue, RequestError, Status
 
 log = logging.getLogger("kit.serve")
 # The largest body the emulator reads at all (a job-done result, an OpenAI request).
@@ -392,7 +393,8 @@ class EndpointAPI:
         except web.HTTPRequestEntityTooLarge:
             try:
                 self.queue.fail_result(
-                    worker_id, job_id,
+                    worker_id,
+                    job_id,
                     f"the worker's {what} is over the emulator's {BODY_LIMIT // 1024**2} MiB body limit "
                     f"(RunPod accepts at most {RUNSYNC_LIMIT // 1000**2} MB): nothing was stored",
                 )
@@ -410,7 +412,9 @@ class EndpointAPI:
         return web.json_response({})
 
     async def _done(self, request: web.Request) -> web.Response:
-        return await self._posted(request, lambda worker, job, body, raw: self.queue.done(worker, job, body, _output_text(body, raw)), "result")
+        return await self._posted(
+            request, lambda worker, job, body, raw: self.queue.done(worker, job, body, _output_text(body, raw)), "result"
+        )
 
     async def _stream_post(self, request: web.Request) -> web.Response:
         return await self._posted(request, lambda worker, job, body, raw: self.queue.stream(worker, job, body), "stream chunk")

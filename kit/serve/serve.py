@@ -78,9 +78,17 @@ def serve(
     try:
         options = {} if execution_timeout is None else {"execution_timeout": execution_timeout}
         watcher = Watcher(target, say=say_line) if watch else None
-        with (watcher.serving() if watcher else worker_dir(target)) as path, QueueEmulator(
-            host, port, api_key, on_job_end=lambda state: say_line(job_line(state)), say=say_line, **options,
-        ) as emulator:
+        with (
+            watcher.serving() if watcher else worker_dir(target) as path,
+            QueueEmulator(
+                host,
+                port,
+                api_key,
+                on_job_end=lambda state: say_line(job_line(state)),
+                say=say_line,
+                **options,
+            ) as emulator,
+        ):
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
             pool = WorkerPool(path, emulator, workers, log_dir=log_dir, **(watcher.pool_options() if watcher else {}))
             clean = False

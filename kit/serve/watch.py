@@ -24,10 +24,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from kit import percent, workerdir
 from kit.errors import KitEnvironmentError, KitError
@@ -50,7 +50,7 @@ class Version:
     modules: dict[str, bytes]  # local modules copied beside handler.py, by name
 
     @classmethod
-    def read(cls, path: Path) -> "Version":
+    def read(cls, path: Path) -> Version:
         parsed = percent.parse((path / workerdir.HANDLER).read_text(encoding="utf-8"))
         manifest = workerdir.Manifest.read(path)
         modules = {}
@@ -222,7 +222,9 @@ class Watcher:
             self.down = False
             pool.restart(path)
         else:
-            self.pending = _Pending(self.number, saved_at, f"reload {self.number}: {cells} changed — warm: setup kept, new handler code swapped in")
+            self.pending = _Pending(
+                self.number, saved_at, f"reload {self.number}: {cells} changed — warm: setup kept, new handler code swapped in"
+            )
             pool.reload()
 
     def _report(self, pool) -> None:

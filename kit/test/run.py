@@ -17,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from kit import platform, workerdir
-from kit.export.export import worker_dir
 from kit.errors import KitEnvironmentError, KitError
+from kit.export.export import worker_dir
 from kit.processes import kill_group
 from kit.test import events
 from kit.test.events import Event, Failure, Frame
@@ -117,7 +117,9 @@ def _without(event: dict, key: str) -> dict:
 # --------------------------------------------------------------------------- running
 
 
-def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[dict, TestReport], None] | None = None) -> TestReport:
+def run_worker_tests(
+    path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[dict, TestReport], None] | None = None
+) -> TestReport:
     """Run the harness on the worker directory `path`; `on_event(event, report)` sees each event as it arrives."""
     path = Path(path).resolve()
     manifest = workerdir.Manifest.read(path)
@@ -163,7 +165,7 @@ def run_worker_tests(path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_e
                         show(event, report)
                     except BrokenPipeError:
                         show = None  # whoever read our output left; keep draining the harness
-                    except Exception as error:  # noqa: BLE001 - the caller's callback; report it, keep draining
+                    except Exception as error:
                         phase["problems"].append(f"the on_event callback raised {type(error).__name__}: {error}")
                         show = None
 
@@ -207,7 +209,9 @@ def _during(last: Event | None, manifest: workerdir.Manifest | None = None) -> s
     return "while running the jobs"
 
 
-def run_notebook_tests(target: str | Path, *, out_dir: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT, on_event=None, on_export=None) -> TestReport:
+def run_notebook_tests(
+    target: str | Path, *, out_dir: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT, on_event=None, on_export=None
+) -> TestReport:
     """Export `target` (a notebook; a worker directory is used as is) and test the worker."""
     with worker_dir(target, out_dir, on_export=on_export) as path:
         return run_worker_tests(path, timeout=timeout, on_event=on_event)
@@ -262,7 +266,11 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
     if isinstance(event, events.SetupCell):
         if event.ok:
             return [_row("", _cell_name(event), event.seconds)]
-        return [_row("FAIL", _cell_name(event), event.seconds, "the worker fails to start")] + _failure_lines(event.error, report) + _output_lines(event.output)
+        return (
+            [_row("FAIL", _cell_name(event), event.seconds, "the worker fails to start")]
+            + _failure_lines(event.error, report)
+            + _output_lines(event.output)
+        )
     if isinstance(event, events.ColdStart):
         if not event.ok:
             return _failure_lines(event.error, report) if event.error else []
@@ -271,7 +279,11 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
     if isinstance(event, events.Phase) and event.name == "tests":
         return ["test cells, in the worker's namespace:"]
     if isinstance(event, events.Phase) and event.name == "jobs":
-        runner = "rp_job.run_job_generator, streamed as a real worker does" if event.streaming else "rp_job.run_job, as `python handler.py --test_input` runs it"
+        runner = (
+            "rp_job.run_job_generator, streamed as a real worker does"
+            if event.streaming
+            else "rp_job.run_job, as `python handler.py --test_input` runs it"
+        )
         return [f"jobs through the runpod SDK ({runner}):"]
     if isinstance(event, events.Phase) and event.name == "batch":
         return [f"the same jobs all together, as one batch of {event.size} (batch_handler called once, each job through rp_job.run_job):"]
@@ -341,7 +353,7 @@ def summary_lines(report: TestReport) -> list[str]:
     if report.cold_start and report.cold_start.ok and not report.tests:
         lines.append("note: no `test` cells, so only the import was checked")
     if report.cold_start and report.cold_start.ok and not report.jobs:
-        lines.append("note: no job literal such as handler({\"input\": {...}}) in a test cell, so no job ran through the SDK")
+        lines.append('note: no job literal such as handler({"input": {...}}) in a test cell, so no job ran through the SDK')
     counts = []
     for name, items in (("test cell", report.tests), ("job", report.jobs), ("batched job", report.batch_jobs)):
         if items:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from nbconvert.exporters import Exporter
 
+from kit.errors import KitError
 from kit.export.export import Worker, build_worker
 from kit.export.notebook import notebook_from_dict
-from kit.errors import KitError
 
 # A fixed timestamp makes the zip of an unchanged notebook byte-for-byte the same.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import platform
-from kit.export.notebook import Notebook, read_notebook
 from kit.errors import KitError
-from kit.worker.batching import result_problem, single_job_handler
-from kit.ui.runner import HandlerRun, call_handler
+from kit.export.notebook import Notebook, read_notebook
 from kit.ui import serving
+from kit.ui.runner import HandlerRun, call_handler
 from kit.ui.serving import LocalEndpoint
+from kit.worker.batching import result_problem, single_job_handler
 
 TAGGING_HELP = (
     "Tag a cell <code>setup</code>, <code>handler</code> or <code>test</code> — "
@@ -156,7 +156,9 @@ class Panel:
         self.run_button = w.Button(description="Run", icon="play", tooltip="call handler(job) in this kernel")
         self.export_button = w.Button(description="Export", icon="download", tooltip="save, then kit export")
         self.test_button = w.Button(description="Test", icon="check", tooltip="save, then kit test in a subprocess")
-        self.serve_button = w.Button(description="Serve", icon="server", tooltip="a local RunPod endpoint for this notebook, reloaded on every save")
+        self.serve_button = w.Button(
+            description="Serve", icon="server", tooltip="a local RunPod endpoint for this notebook, reloaded on every save"
+        )
         for button, css in (
             (self.run_button, "kit-run"),
             (self.export_button, "kit-export"),
@@ -185,7 +187,9 @@ class Panel:
         self.widget = w.VBox(
             [
                 self.header,
-                w.HTML("<b>Job</b> (the JSON RunPod passes to <code>handler(job)</code>; a list of jobs runs <code>batch_handler(jobs)</code>)"),
+                w.HTML(
+                    "<b>Job</b> (the JSON RunPod passes to <code>handler(job)</code>; a list of jobs runs <code>batch_handler(jobs)</code>)"
+                ),
                 self.job,
                 w.HBox([self.run_button, self.export_button, self.test_button, self.serve_button, self.use_endpoint]),
                 self.status,
@@ -231,7 +235,7 @@ class Panel:
             self.job.value = json.dumps(summary.job if summary.job is not None else {"input": {}}, indent=2)
 
     def _title(self) -> str:
-        return f'<div><b>RunPod kit</b> — <code>{html.escape(str(_shortest(self.path)))}</code></div>'
+        return f"<div><b>RunPod kit</b> — <code>{html.escape(str(_shortest(self.path)))}</code></div>"
 
     def _start(self, action) -> None:
         """Run `action` in a thread; one action at a time."""
@@ -273,7 +277,9 @@ class Panel:
             return
         notes = []
         if not isinstance(job, dict) or "input" not in job:
-            notes.append(_note('RunPod jobs are objects with an "input" key: the worker fails this job before calling the handler', "warning"))
+            notes.append(
+                _note('RunPod jobs are objects with an "input" key: the worker fails this job before calling the handler', "warning")
+            )
         elif "id" not in job:
             job = {"id": "panel-test", **job}
         if self.use_endpoint.value and self.endpoint is not None and self.endpoint.running:
@@ -311,11 +317,15 @@ class Panel:
         """A list of jobs: one batch_handler(jobs) call, as the worker makes for a batch."""
         batch_handler = self.namespace.get("batch_handler")
         if not callable(batch_handler):
-            self.status.value = _note("a list of jobs runs as one batch through batch_handler(jobs): define it in a `handler` cell and run that cell", "error")
+            self.status.value = _note(
+                "a list of jobs runs as one batch through batch_handler(jobs): define it in a `handler` cell and run that cell", "error"
+            )
             return
         notes = []
         if not all(isinstance(job, dict) and "input" in job for job in jobs):
-            notes.append(_note('RunPod jobs are objects with an "input" key: the worker fails such a job before calling the handler', "warning"))
+            notes.append(
+                _note('RunPod jobs are objects with an "input" key: the worker fails such a job before calling the handler', "warning")
+            )
         jobs = [{"id": f"panel-test-{n}", **job} if isinstance(job, dict) and "id" not in job else job for n, job in enumerate(jobs, 1)]
         self.status.value = _note(f"running batch_handler on {len(jobs)} job(s)…")
         printed: list[str] = []

@@ -50,6 +50,7 @@ def call_handler(handler, job: dict, on_chunk=None, on_print=None) -> HandlerRun
     caller = threading.get_ident()
     saved = sys.stdout, sys.stderr
     if on_print is not None:
+
         def ours():
             return threading.get_ident() in (caller, HANDLER_LOOP.thread_id)
 

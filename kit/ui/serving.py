@@ -21,9 +21,9 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
 
 from kit.processes import kill_group
 
@@ -61,14 +61,14 @@ class _Spawner:
             future, args, kwargs = self._requests.get()
             try:
                 future.set_result(subprocess.Popen(*args, preexec_fn=_die_with_parent, **kwargs))
-            except BaseException as error:  # noqa: BLE001 - handed to the caller
+            except BaseException as error:
                 future.set_exception(error)
 
 
 _SPAWNER = _Spawner()
 
 # The endpoint serving each notebook in this kernel: a panel made again (its cell re-run) takes it over.
-RUNNING: dict[Path, "LocalEndpoint"] = {}
+RUNNING: dict[Path, LocalEndpoint] = {}
 
 
 class LocalEndpoint:
@@ -145,7 +145,7 @@ class LocalEndpoint:
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout + 10) as answer:  # noqa: S310 - our own local endpoint
+            with urllib.request.urlopen(request, timeout=timeout + 10) as answer:
                 return json.loads(answer.read())
         except urllib.error.HTTPError as error:
             return {"status": f"HTTP {error.code}", "error": error.read().decode(errors="replace")}

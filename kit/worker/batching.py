@@ -135,7 +135,13 @@ class BatchQueue:
 class Batcher:
     """Runs `batch_handler` on batches of the jobs that `handle(job)` is called with."""
 
-    def __init__(self, batch_handler, max_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS, report_dir: str | None = None):
+    def __init__(
+        self,
+        batch_handler,
+        max_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS,
+        report_dir: str | None = None,
+    ):
         self.batch_handler = batch_handler
         self.max_size = max_size
         self.max_wait_ms = max_wait_ms
@@ -151,7 +157,7 @@ class Batcher:
             self._report = open(os.path.join(report_dir, f"batches-{os.getpid()}.txt"), "a", buffering=1, encoding="utf-8")
 
     @classmethod
-    def from_namespace(cls, namespace: dict) -> "Batcher":
+    def from_namespace(cls, namespace: dict) -> Batcher:
         """The batcher handler.py starts: its batch_handler and settings, the env vars overriding them."""
         return cls(
             namespace["batch_handler"],

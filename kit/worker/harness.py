@@ -40,9 +40,9 @@ import ast
 import asyncio
 import copy
 import functools
-import json
 import inspect
 import io
+import json
 import os
 import re
 import reprlib
@@ -185,7 +185,7 @@ class SourceMap:
 def failure(error: BaseException, sources: SourceMap) -> Failure:
     try:
         message = str(error)
-    except Exception:  # noqa: BLE001 - an exception whose __str__ raises is still the user's failure
+    except Exception:
         message = f"<{type(error).__name__} whose str() raised>"
     frames = sources.frames_of(error)
     if isinstance(error, AssertionError) and not message and frames:
@@ -238,11 +238,13 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
                 code = compile("\n" * (cell.start_line - 1) + cell.source, str(path), "exec", flags, dont_inherit=True)
                 exec(code, module.__dict__)
                 error = None
-            except BaseException as raised:  # noqa: BLE001 - SystemExit in setup is the user's failure too
+            except BaseException as raised:
                 error = failure(raised, sources)
             seconds = time.perf_counter() - started
         total += seconds
-        report.emit(events.SetupCell(cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error))
+        report.emit(
+            events.SetupCell(cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error)
+        )
         if error:
             report.emit(events.ColdStart(ok=False, seconds=total))
             return None
@@ -342,10 +344,21 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
                 value = run_cell(path, cell, namespace, loop)
                 shown = show(value, loop)
                 error = None
-            except BaseException as raised:  # noqa: BLE001 - a test calling sys.exit() fails that test
+            except BaseException as raised:
                 error = failure(raised, sources)
             seconds = time.perf_counter() - started
-        report.emit(events.TestCell(cell=cell.cell, tag=cell.tag, seconds=seconds, ok=error is None, output=output.getvalue(), error=error, shown=shown, **updates.fields()))
+        report.emit(
+            events.TestCell(
+                cell=cell.cell,
+                tag=cell.tag,
+                seconds=seconds,
+                ok=error is None,
+                output=output.getvalue(),
+                error=error,
+                shown=shown,
+                **updates.fields(),
+            )
+        )
         if error:
             direct_calls.forget(cell.cell)  # a failed test expects nothing of its calls
         elif not _asserts(cell.source):
@@ -368,7 +381,7 @@ def run_cell(path: Path, cell, namespace: dict, loop):
         tree.body[-1] = ast.fix_missing_locations(ast.copy_location(assign, last))
     code = compile(tree, str(path), "exec", flags, dont_inherit=True)
     namespace.pop(VALUE_NAME, None)
-    result = eval(code, namespace)  # noqa: S307 - running the user's own test cell is the point
+    result = eval(code, namespace)
     if code.co_flags & inspect.CO_COROUTINE:
         loop.run_until_complete(result)
     return namespace.pop(VALUE_NAME, None)
@@ -431,7 +444,7 @@ class DirectCalls:
     def _returned(self, job, value) -> None:
         try:
             value = copy.deepcopy(value)  # the test may change the result after the call
-        except Exception:  # noqa: BLE001 - an uncopyable result cannot be compared
+        except Exception:
             return
         if isinstance(value, dict) and value.get("error"):
             returned = platform.parse_sdk_error(value["error"])  # as job_error reads the SDK's copy of it
@@ -535,7 +548,11 @@ def compare_with_direct(expected: dict | None, body: dict, error: Failure | None
         return error, [], False
     where = f"the direct call in cell {expected['cell']}"
     if expected["kind"] == "error":
-        said = f"{expected['type']}: {expected['message']}" if expected["type"] != "returned error" else f"returned error: {expected['message']}"
+        said = (
+            f"{expected['type']}: {expected['message']}"
+            if expected["type"] != "returned error"
+            else f"returned error: {expected['message']}"
+        )
         if error is None:
             return Failure("not the expected error", f"{where} gave {said}, but through the SDK the job succeeded"), [], False
         same_type = expected["type"] == error.type.rsplit(".", 1)[-1]
@@ -547,11 +564,20 @@ def compare_with_direct(expected: dict | None, body: dict, error: Failure | None
     direct = as_the_sdk_returns(expected["value"])
     try:
         same = bool(direct == body.get("output"))
-    except Exception:  # noqa: BLE001 - arrays and the like do not compare to a bool
+    except Exception:
         return None, [], False
     if same:
         return None, [], False
-    return None, [Problem("warn", f"the result differs from what {where} returned ({preview(direct, 80)}); a handler that samples or reads the clock differs on every call")], False
+    return (
+        None,
+        [
+            Problem(
+                "warn",
+                f"the result differs from what {where} returned ({preview(direct, 80)}); a handler that samples or reads the clock differs on every call",
+            )
+        ],
+        False,
+    )
 
 
 # --------------------------------------------------------------------------- progress updates
@@ -629,7 +655,7 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap, ag
             try:
                 body, chunks = loop.run_until_complete(run_streaming(handler, job) if streaming else run_plain(handler, job))
                 error = None
-            except BaseException as raised:  # noqa: BLE001 - SystemExit/KeyboardInterrupt escape the SDK's own catch
+            except BaseException as raised:
                 body, chunks, error = {}, None, failure(raised, sources)
             seconds = time.perf_counter() - started
         if error is None:
@@ -684,7 +710,9 @@ async def run_streaming(handler, job):
 def run_batch(worker: Path, batch_handler, loop, report: Report, sources: SourceMap) -> None:
     """The test jobs all together, as ONE batch: the worker's own batching (its batching.py) calling
     `batch_handler` once, each job through the SDK's run_job as the worker loop runs it."""
-    entries = [entry for entry in workerdir.jobs_to_test(worker) if isinstance(entry["job"], dict) and entry["job"].get("input") is not None]
+    entries = [
+        entry for entry in workerdir.jobs_to_test(worker) if isinstance(entry["job"], dict) and entry["job"].get("input") is not None
+    ]
     if not callable(batch_handler) or not entries:
         return
     try:
@@ -744,7 +772,9 @@ def check_result(body: dict) -> tuple[int | None, list[Problem]]:
     check = platform.check_payload(output)
     problems = [] if check.level == "ok" else [Problem(check.level, check.message, check.hint)]
     if check.size is not None and not platform.is_finite(output):
-        problems.append(Problem("warn", "the result holds NaN or Infinity, which is not valid JSON for most clients", "replace them with None"))
+        problems.append(
+            Problem("warn", "the result holds NaN or Infinity, which is not valid JSON for most clients", "replace them with None")
+        )
     return check.size, problems
 
 
@@ -753,7 +783,10 @@ def check_result(body: dict) -> tuple[int | None, list[Problem]]:
 
 def aggregation(worker: Path, module) -> dict:
     """Whether handler.py's start passes return_aggregate_stream, and who decided it."""
-    for config, source in ((getattr(module, "RUNPOD_CONFIG", None), "RUNPOD_CONFIG"), (START_CALLS[-1] if START_CALLS else None, "start call")):
+    for config, source in (
+        (getattr(module, "RUNPOD_CONFIG", None), "RUNPOD_CONFIG"),
+        (START_CALLS[-1] if START_CALLS else None, "start call"),
+    ):
         if isinstance(config, dict) and "return_aggregate_stream" in config:
             return {"on": bool(config["return_aggregate_stream"]), "set_by": source}
     manifest = workerdir.Manifest.read(worker)
@@ -772,7 +805,10 @@ def aggregation_problem(setting: dict | None) -> Problem | None:
             "handler.py does not aggregate this generator's chunks (the export could not tell `handler` is a generator), so /runsync and /status give the output []",
             'set RUNPOD_CONFIG = {"return_aggregate_stream": True} in a handler cell',
         )
-    return Problem("warn", f"return_aggregate_stream is off ({setting['set_by']}): /runsync and /status give the output []; clients read the chunks from /stream")
+    return Problem(
+        "warn",
+        f"return_aggregate_stream is off ({setting['set_by']}): /runsync and /status give the output []; clients read the chunks from /stream",
+    )
 
 
 def started_handler(module):
@@ -782,7 +818,6 @@ def started_handler(module):
         if isinstance(config, dict) and callable(config.get("handler")):
             return config["handler"]
     return module.handler
-
 
 
 def main(argv: list[str]) -> int:

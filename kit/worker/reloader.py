@@ -92,7 +92,7 @@ class Launcher:
         sys.modules["__main__"] = module  # as `python handler.py`: the user's code is __main__
         header_code = compile(header, str(self.path), "exec", dont_inherit=True)
         self.flags = header_code.co_flags & FUTURE_FLAGS
-        exec(header_code, module.__dict__)  # noqa: S102 - running the user's worker is the point
+        exec(header_code, module.__dict__)
         for cell in cells:
             self._run_cell(self.path, cell, module)
         generation = read_json(self.control / GENERATION_FILE) if self.control else None
@@ -102,7 +102,7 @@ class Launcher:
 
     def _run_cell(self, path: Path, cell: PercentCell, module: types.ModuleType) -> None:
         code = compile("\n" * (cell.start_line - 1) + cell.source, str(path), "exec", self.flags, dont_inherit=True)
-        exec(code, module.__dict__)  # noqa: S102
+        exec(code, module.__dict__)
 
     # ------------------------------------------------------------ warm reload
     def reload(self) -> None:
@@ -125,7 +125,7 @@ class Launcher:
                         self._run_cell(path, cell, module)
                 if _family(module.__dict__.get("handler")) != _family_of(self.kind):
                     raise TypeError("the handler's kind changed: a warm reload cannot change it")
-            except BaseException as error:  # noqa: BLE001 - the user's code failed: keep serving the old one
+            except BaseException as error:
                 self._write(number, error=self._locate(error))
                 return
             self.current = Generation(number, module)
@@ -212,7 +212,7 @@ class Launcher:
             "handler": self.handler(),
             "concurrency_modifier": self.concurrency_modifier,
         }
-        exec(compile(self.footer, str(self.path), "exec", dont_inherit=True), namespace)  # noqa: S102
+        exec(compile(self.footer, str(self.path), "exec", dont_inherit=True), namespace)
 
 
 async def _then(awaitable, after):

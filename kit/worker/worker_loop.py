@@ -100,7 +100,7 @@ def _why_not_these_internals() -> str | None:
             return f"rp_scale.JobScaler has no {'async ' if is_async else ''}method {name}()"
     try:
         probe = scaler({"handler": lambda job: None})
-    except Exception as error:  # noqa: BLE001 - any failure means the fast loop cannot build on it
+    except Exception as error:
         return f"rp_scale.JobScaler(config) raised {type(error).__name__}: {error}"
     for name, kind in SCALER_ATTRIBUTES.items():
         if not isinstance(getattr(probe, name, None), kind):
@@ -284,6 +284,7 @@ def _wrap_handler(handler, *, short_results: bool):
             os._exit(0)
 
     if inspect.isasyncgenfunction(handler):
+
         async def wrapped(job):
             chunks = handler(job)
             try:
@@ -293,6 +294,7 @@ def _wrap_handler(handler, *, short_results: bool):
                 await chunks.aclose()
                 leave_if_forked()
     elif inspect.isgeneratorfunction(handler):
+
         def wrapped(job):
             chunks = handler(job)
             try:
@@ -302,12 +304,14 @@ def _wrap_handler(handler, *, short_results: bool):
                 chunks.close()
                 leave_if_forked()
     elif inspect.iscoroutinefunction(handler):
+
         async def wrapped(job):
             try:
                 return out(await handler(job))
             finally:
                 leave_if_forked()
     else:
+
         def wrapped(job):
             try:
                 result = handler(job)
@@ -315,6 +319,7 @@ def _wrap_handler(handler, *, short_results: bool):
                 return result if inspect.isawaitable(result) else out(result)
             finally:
                 leave_if_forked()
+
     return functools.update_wrapper(wrapped, handler)
 
 
