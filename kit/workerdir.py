@@ -7,8 +7,10 @@ which files the kit wrote, so a re-export replaces exactly those.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 HANDLER = "handler.py"
@@ -22,8 +24,47 @@ BATCHING = "batching.py"  # only beside a handler.py whose notebook defines batc
 # Every name the kit itself generates; a local module of the notebook may not take one.
 GENERATED = (HANDLER, REQUIREMENTS, TESTS, TEST_INPUT, MANIFEST, WORKER_LOOP, BATCHING)
 
-HANDLER_KINDS = ("function", "async", "generator", "async_generator")
-GENERATOR_KINDS = ("generator", "async_generator")
+
+class HandlerKind(str, Enum):
+    """How the SDK calls a handler: the one classification every step reads.
+
+    The values are what kit.json's `handler_kind` holds. worker_loop.py, which never
+    imports the kit, keeps its own copy of `of` (tests/test_workerdir.py checks they agree).
+    """
+
+    FUNCTION = "function"
+    ASYNC = "async"
+    GENERATOR = "generator"
+    ASYNC_GENERATOR = "async_generator"
+
+    @classmethod
+    def of(cls, function: object) -> HandlerKind:
+        """The kind of a live function (a handler, or a batch_handler: FUNCTION or ASYNC)."""
+        if inspect.isasyncgenfunction(function):
+            return cls.ASYNC_GENERATOR
+        if inspect.isgeneratorfunction(function):
+            return cls.GENERATOR
+        return cls.ASYNC if inspect.iscoroutinefunction(function) else cls.FUNCTION
+
+    @classmethod
+    def from_syntax(cls, is_async: bool, is_generator: bool) -> HandlerKind:
+        """The kind of a `def` read from source: `async def` and whether its own body yields."""
+        if is_generator:
+            return cls.ASYNC_GENERATOR if is_async else cls.GENERATOR
+        return cls.ASYNC if is_async else cls.FUNCTION
+
+    @property
+    def streaming(self) -> bool:
+        """Generator kinds: the SDK streams their chunks and aggregates them for /runsync."""
+        return self in (HandlerKind.GENERATOR, HandlerKind.ASYNC_GENERATOR)
+
+    @property
+    def is_async(self) -> bool:
+        return self in (HandlerKind.ASYNC, HandlerKind.ASYNC_GENERATOR)
+
+
+HANDLER_KINDS = tuple(kind.value for kind in HandlerKind)
+GENERATOR_KINDS = tuple(kind.value for kind in HandlerKind if kind.streaming)
 
 
 @dataclass
