@@ -72,7 +72,12 @@ $(JS_DIR)/node_modules/runpod-sdk/package.json: tests/js/package.json
 bench: setup
 	$(PY) bench/export_speed.py
 
+# ruff (rules in pyproject.toml), its formatter, mypy on kit/ (strict on the contract modules),
+# shellcheck and hadolint.
 lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/shellcheck start.sh docker/bake-worker.sh docker/image.sh
 	$(VENV)/bin/hadolint Dockerfile docker/base.Containerfile
 
