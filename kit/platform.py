@@ -1,4 +1,4 @@
-"""RunPod's platform facts the kit relies on: one home for each (see RUNPOD.md).
+"""RunPod's platform facts the kit relies on: one home for each (RunPod's docs, docs.runpod.io, state them).
 
 - Payload limits and the one check of a result against them (`check_payload`),
   used by `kit test`'s harness, the notebook panel and the local endpoint.
@@ -58,7 +58,7 @@ HINT_JSON = "return only dicts, lists, strings, numbers, booleans and None: RunP
 HINT_SIZE = "upload large results (a bucket, the network volume) and return their URL or path instead"
 
 
-def check_payload(output) -> PayloadCheck:
+def check_payload(output: object) -> PayloadCheck:
     """How a job's result fares on RunPod, measured as the body the worker posts (`{"output": ...}`)."""
     try:
         text = json.dumps({"output": output}, ensure_ascii=False)  # as the SDK's rp_http serialises it
@@ -88,7 +88,7 @@ def check_payload(output) -> PayloadCheck:
     return PayloadCheck(size, "ok", f"{format_size(size)} as JSON: within RunPod's limits ({limits})")
 
 
-def json_hint(value) -> str:
+def json_hint(value: object) -> str:
     module = type(value).__module__.split(".")[0]
     if module in ("numpy", "torch", "tensorflow", "jax", "jaxlib", "cupy"):
         return "convert it with .tolist() (a tensor: .cpu().tolist(); a scalar: .item())"
@@ -101,9 +101,9 @@ def json_hint(value) -> str:
     return HINT_JSON
 
 
-def first_non_json(value, path: str):
+def first_non_json(value: object, path: str) -> tuple[str, object]:
     """The first value inside `value` that json.dumps cannot write, with its path (iterative: any depth)."""
-    stack = [(value, path)]
+    stack: list[tuple[object, str]] = [(value, path)]
     while stack:
         item, where = stack.pop()
         if item is None or isinstance(item, (str, int, float, bool)):
@@ -120,7 +120,7 @@ def first_non_json(value, path: str):
     return path, None
 
 
-def is_finite(value) -> bool:
+def is_finite(value: object) -> bool:
     """False when `value` holds NaN or Infinity, which json.dumps writes but most clients reject."""
     stack = [value]
     while stack:
@@ -146,7 +146,7 @@ class SdkError:
     traceback: str | None = None
 
 
-def parse_sdk_error(error) -> SdkError:
+def parse_sdk_error(error: object) -> SdkError:
     """Read a job's `error` as the SDK wrote it.
 
     An exception in a plain or async handler is a JSON string with
@@ -175,7 +175,7 @@ def parse_sdk_error(error) -> SdkError:
 PRESTART_FAILED = "prestart_failed"  # the `event` of runpod 2.0's prestart-failure payload
 
 
-def prestart_failure(error) -> str | None:
+def prestart_failure(error: object) -> str | None:
     """ "Type: message" when a job-done error is runpod 2.0's prestart failure (the worker's setup raised), else None.
 
     The SDK sends it as `{"error": "<json: event, error_type, error_message, ...>"}`
@@ -193,7 +193,7 @@ def prestart_failure(error) -> str | None:
     return f"{parsed.type}: {parsed.message}"
 
 
-def _short_repr(value, limit: int = 300) -> str:
+def _short_repr(value: object, limit: int = 300) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
@@ -201,7 +201,7 @@ def _short_repr(value, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def error_summary(error) -> str:
+def error_summary(error: object) -> str:
     """One line for a job's error: the exception's type and message, or what the handler returned."""
     parsed = parse_sdk_error(error)
     if parsed.type == "returned error":
@@ -248,7 +248,9 @@ def template_constant(name: str, template: Path = WORKER_LOOP_TEMPLATE) -> str:
     tree = ast.parse(template.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            return ast.literal_eval(node.value)
+            value = ast.literal_eval(node.value)
+            if isinstance(value, str):
+                return value
     raise LookupError(f"{template.name} defines no {name}")
 
 

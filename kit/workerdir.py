@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 HANDLER = "handler.py"
 REQUIREMENTS = "requirements.txt"
@@ -76,7 +77,7 @@ class Manifest:
     setup_cells: list[int] = field(default_factory=list)
     handler_cells: list[int] = field(default_factory=list)
     test_cells: list[int] = field(default_factory=list)
-    jobs: list[dict] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
     batch_handler_kind: str | None = None  # "function" or "async" when a handler cell defines batch_handler(jobs)
     command: str | None = None  # the command that wrote the directory, as run
     files: list[str] = field(default_factory=list)  # what the export wrote, local module copies included
@@ -109,7 +110,7 @@ def is_worker_dir(path: str | Path) -> bool:
     return (Path(path) / HANDLER).is_file()
 
 
-def jobs_to_test(directory: str | Path) -> list[dict]:
+def jobs_to_test(directory: str | Path) -> list[dict[str, Any]]:
     """The jobs `kit test` runs: the manifest's, or test_input.json's in a worker written by hand."""
     manifest = Manifest.read(directory)
     if manifest is not None:
@@ -120,7 +121,7 @@ def jobs_to_test(directory: str | Path) -> list[dict]:
     return []
 
 
-def example_job(directory: str | Path) -> dict | None:
+def example_job(directory: str | Path) -> dict[str, Any] | None:
     """The worker's test job (test_input.json), for the banner of `kit serve` and the load of `kit bench`."""
     path = Path(directory) / TEST_INPUT
     if not path.is_file():

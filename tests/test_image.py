@@ -305,12 +305,12 @@ def test_the_kits_install_builds_without_setuptools_warnings(tmp_path):
         assert warning not in output, output[output.find(warning) - 2000 :][:4000]
 
 
-# --- the README's GitHub Actions recipe, step by step in a fresh venv --------
+# --- the docs' GitHub Actions recipe, step by step in a fresh venv ----------
 
 
 def readme_ci_steps() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("#### `kit test` in your CI (GitHub Actions)", 1)[1]
+    readme = (ROOT / "docs" / "commands.md").read_text()
+    section = readme.split("### `kit test` in your CI (GitHub Actions)", 1)[1]
     workflow = yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
     steps = next(iter(workflow["jobs"].values()))["steps"]
     return [step["run"] for step in steps if "run" in step]
@@ -337,9 +337,14 @@ def test_readme_github_actions_steps_pass_in_a_fresh_venv(tmp_path):
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(tmp_path / "venv")}
     env.pop("PYTHONPATH", None)
 
+    # The kit's wheel, committed into the user's repository as the recipe says.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(repo / ".kit"), str(ROOT)], check=True, timeout=600
+    )
     steps = readme_ci_steps()
-    assert steps and "git+https://" in steps[0]  # the kit from its repository: here, this checkout
-    steps[0] = f"pip install --quiet {shlex.quote(str(ROOT))}"
+    assert steps and steps[0].startswith("pip install .kit/"), steps
+    wheel = steps[0].split()[-1]
+    assert (repo / wheel).is_file(), f"the recipe installs {wheel}; the kit's wheel is {sorted(p.name for p in (repo / '.kit').iterdir())}"
     for step in steps:
         result = subprocess.run(["bash", "-eo", "pipefail", "-c", step], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{step}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -51,7 +51,7 @@ class Problem:
 class Event:
     kind: ClassVar[str] = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"event": self.kind, **dataclasses.asdict(self)}
 
 
