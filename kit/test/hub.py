@@ -11,6 +11,7 @@ as on the Hub. One line per test; hub.json and tests.json are checked first
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit import platform
-from kit.errors import KitError
+from kit.errors import KitEnvironmentError, KitError
 from kit.export import hub
 
 DEFAULT_TIMEOUT_MS = 300_000  # the Hub's when a test gives none is not documented; the kit assumes 5 minutes
@@ -59,16 +60,24 @@ def run_hub_tests(directory: Path, say: Callable[[str], None] = print) -> list[H
     checked = hub.read_repo(directory)
     if checked is None:
         raise KitError(f"{directory}: no {hub.TESTS}", "export with --repo to write one")
-    _, tests = checked
+    hub_json, tests = checked
     env = {str(item["key"]): _env_value(item["value"]) for item in tests["config"].get("env", [])}
+    # The worker's own env inputs come from tests.json alone, as on the Hub: not from this shell.
+    declared = {str(item["key"]) for item in hub_json["config"].get("env", [])}
+    base = {key: value for key, value in os.environ.items() if key not in declared}
     results: list[HubTest] = []
     with tempfile.TemporaryDirectory(prefix="kit-hub-logs-") as logs, QueueEmulator("127.0.0.1", 0, say=lambda _: None) as emulator:
-        pool = WorkerPool(directory, emulator, 1, log_dir=Path(logs), env=env, say=lambda _: None)
+        pool = WorkerPool(directory, emulator, 1, log_dir=Path(logs), env=env, say=lambda _: None, base_env=base)
         pool.start()
         try:
             for test in tests["tests"]:
                 results.append(_run_one(test, emulator, pool))
                 say(results[-1].line())
+        except KitEnvironmentError as error:  # its log goes with the temporary folder: say what the Hub would need
+            raise KitEnvironmentError(
+                f"{hub.TESTS}: the worker did not start: {error.message}",
+                "the Hub starts it with the env of tests.json's config.env only: give there what the setup reads",
+            ) from None
         finally:
             pool.stop()
     return results
