@@ -95,9 +95,10 @@ host_pip_config() {
 
 # A failed multi-stage build can leave its working container mounted: remove
 # the build containers this run created, and only those.
+# Build (buildah) containers only, shown as "Storage": never a container someone runs.
 build_containers() {
-    podman ps --all --external --format '{{.ID}} {{.Image}} {{.Names}}' 2>/dev/null |
-        awk '{print $1}' | sort
+    podman ps --all --external --format '{{.ID}} {{.Status}}' 2>/dev/null |
+        awk '$2 == "Storage" {print $1}' | sort
 }
 
 podman_build() {

@@ -239,3 +239,43 @@ def test_cli_repo_flags(tmp_path):
     assert "--repo" in manifest["command"] and set(manifest["hashes"]) == set(repo.REPO_FILES)
     bad = run_kit("export", notebook, "-o", tmp_path / "repo", "--repo", "--category", "music")
     assert bad.returncode == 2 and "invalid choice: 'music'" in bad.stderr
+
+
+# --- the proof: the folder alone builds an image that passes its Hub tests ----
+
+
+@pytest.mark.image
+@pytest.mark.timeout(3600)
+def test_repo_folder_alone_builds_an_image_that_passes_every_hub_test(tmp_path):
+    # As RunPod's GitHub integration builds it: the folder's Dockerfile, the folder as the
+    # context, nothing beside it; BASE_IMAGE is the stand-in for runpod/pytorch.
+    import shutil
+    import time
+
+    from test_image import Container, image_sh, podman_or_skip
+
+    from kit.serve.emulator import QueueEmulator
+
+    podman_or_skip()
+    export_notebook(NOTEBOOKS / "embeddings.ipynb", tmp_path / "export", repo=True)
+    context = tmp_path / "alone" / "embeddings"
+    shutil.copytree(tmp_path / "export", context)
+    assert sorted(p.name for p in context.parent.iterdir()) == ["embeddings"]
+    tag = "localhost/kit-repo-embeddings:latest"
+    started = time.monotonic()
+    image_sh("build-dir", tag, str(context), timeout=1800)
+    print(f"\nbuild: {time.monotonic() - started:.0f} s; {image_sh('sizes', tag).stdout.strip()}")
+
+    tests = read(context, hub.TESTS)
+    env = {item["key"]: item["value"] for item in tests["config"].get("env", [])}
+    with QueueEmulator(host="127.0.0.1", port=0) as emu:
+        container = Container(tag, **emu.worker_env("repo-1"), **env)
+        try:
+            for test in tests["tests"]:
+                job_id = emu.submit({"input": test["input"]})
+                state = emu.wait(job_id, timeout=test["timeout"] / 1000)
+                assert state["status"] == "COMPLETED", (test["name"], state, container.logs()[-3000:])
+                output = state["output"]
+                assert output["dimensions"] == 384 and len(output["embeddings"]) == len(test["input"]["sentences"])
+        finally:
+            container.remove()
