@@ -279,3 +279,21 @@ def test_repo_folder_alone_builds_an_image_that_passes_every_hub_test(tmp_path):
                 assert output["dimensions"] == 384 and len(output["embeddings"]) == len(test["input"]["sentences"])
         finally:
             container.remove()
+
+
+def test_the_kits_jupyterlab_records_cell_timing_for_the_hub_timeouts(tmp_path):
+    # What the image copies into JupyterLab's settings, loaded as JupyterLab loads it.
+    import shutil
+
+    from jupyterlab.commands import get_app_dir
+    from jupyterlab_server.settings_utils import get_settings
+
+    shutil.copytree(ROOT / "docker" / "jupyter" / "overrides.d", tmp_path / "settings" / "overrides.d")
+    settings, warnings = get_settings(
+        str(tmp_path / "settings"),
+        str(Path(get_app_dir()) / "schemas"),
+        str(tmp_path / "user"),
+        schema_name="@jupyterlab/notebook-extension:tracker",
+    )
+    assert not any(warnings), warnings
+    assert settings["schema"]["properties"]["recordTiming"]["default"] is True
