@@ -191,10 +191,10 @@ def test_kit_test_reports_a_broken_tests_json_in_one_line_before_running(tmp_pat
     tests_json.write_text(tests_json.read_text().replace('"timeout": 300000', '"timeout": 300000,'))
     result = run_kit("test", out)
     assert result.returncode == 2
-    assert result.stderr.startswith("error: .runpod/tests.json: line ") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: {out}/.runpod/tests.json: line ") and result.stderr.count("\n") == 1
     assert result.stdout == ""  # nothing ran
     (out / ".runpod" / "hub.json").write_text(
         json.dumps(changed(json.loads((out / ".runpod" / "hub.json").read_text()), "category", "music"))
     )
     result = run_kit("test", out)
-    assert result.returncode == 2 and result.stderr.startswith('error: .runpod/hub.json: category: "music" is not one of')
+    assert result.returncode == 2 and result.stderr.startswith(f'error: {out}/.runpod/hub.json: category: "music" is not one of')

@@ -83,5 +83,5 @@ def test_hub_tests_start_the_worker_with_tests_json_env_only(repo, tmp_path):
     tests_path.write_text(json.dumps(tests))
     result = run_kit("test", repo, timeout=240, env={"MODE": "from-the-shell"})  # the notebook's tests pass with it
     assert result.returncode == 3
-    assert result.stderr.startswith("error: .runpod/tests.json: the worker did not start: ") and "KeyError: 'MODE'" in result.stderr
+    assert result.stderr.startswith(f"error: {repo}/.runpod/tests.json: the worker did not start: ") and "KeyError: 'MODE'" in result.stderr
     assert "config.env" in result.stderr and result.stderr.count("\n") == 1

@@ -265,7 +265,7 @@ def read_repo(directory: Path) -> tuple[dict, dict] | None:
         return None
     hub_path = directory / HUB
     if not hub_path.exists():
-        raise KitError(f"{TESTS} has no {HUB} beside it", "the Hub needs both: write it, or export with --repo")
-    hub = check_hub(read_json(hub_path, HUB), HUB)
-    tests = check_tests(read_json(tests_path, TESTS), TESTS, hub=hub)
+        raise KitError(f"{tests_path} has no {HUB} beside it", "the Hub needs both: write it, or export with --repo")
+    hub = check_hub(read_json(hub_path, str(hub_path)), str(hub_path))
+    tests = check_tests(read_json(tests_path, str(tests_path)), str(tests_path), hub=hub)
     return hub, tests

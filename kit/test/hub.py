@@ -75,7 +75,7 @@ def run_hub_tests(directory: Path, say: Callable[[str], None] = print) -> list[H
                 say(results[-1].line())
         except KitEnvironmentError as error:  # its log goes with the temporary folder: say what the Hub would need
             raise KitEnvironmentError(
-                f"{hub.TESTS}: the worker did not start: {error.message}",
+                f"{directory / hub.TESTS}: the worker did not start: {error.message}",
                 "the Hub starts it with the env of tests.json's config.env only: give there what the setup reads",
             ) from None
         finally:
