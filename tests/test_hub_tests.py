@@ -44,8 +44,13 @@ def hub_lines(output: str) -> list[str]:
 @pytest.mark.process
 @pytest.mark.timeout(300)
 def test_kit_test_runs_every_hub_test_through_the_local_endpoint(repo):
-    result = run_kit("test", repo, timeout=240, env={"MODE": "local"})
+    result = run_kit("test", repo, "--json", repo.parent / "report.json", timeout=240, env={"MODE": "local"})
     assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((repo.parent / "report.json").read_text())
+    assert [(t["name"], t["status"], t["ok"]) for t in report["hub_tests"]] == [
+        ("cell_5_line_1", "COMPLETED", True),
+        ("cell_5_line_2", "COMPLETED", True),
+    ]
     lines = hub_lines(result.stdout)
     assert [line.split()[:3] for line in lines] == [["PASS", "hub", "test"]] * 2
     assert "cell_5_line_1" in lines[0] and "cell_5_line_2" in lines[1]
@@ -64,8 +69,9 @@ def test_a_hub_test_fails_when_its_job_fails_or_outlives_its_timeout(repo):
         {"name": "fine", "input": {"word": "ok"}, "timeout": 60_000},
     ]
     tests_path.write_text(json.dumps(tests))
-    result = run_kit("test", repo, timeout=240, env={"MODE": "local"})
+    result = run_kit("test", repo, "--json", repo.parent / "report.json", timeout=240, env={"MODE": "local"})
     assert result.returncode == 1
+    assert json.loads((repo.parent / "report.json").read_text())["ok"] is False  # the notebook's own tests passed
     lines = hub_lines(result.stdout)
     assert lines[0].startswith("FAIL  hub test fails") and "FAILED" in lines[0] and "asked to fail" in lines[0]
     assert lines[1].startswith("FAIL  hub test slow") and "TIMED_OUT" in lines[1] and "not done within its timeout of 2000 ms" in lines[1]

@@ -239,15 +239,17 @@ def run_tests(target, *, out_dir=None, json_path=None, timeout: float | None = N
             _write_json({"ok": False, "notebook": str(target), "error": str(error)}, json_path)
         raise
     _print(summary_lines(report), stream)
-    hub_ok = True
+    hub_ok, hub_json = True, None
     if repo is not None:
         _print([f"{hub_tests.hub.TESTS}: each test as a job through the local endpoint, as the Hub runs them"], stream)
         results = hub_tests.run_hub_tests(repo, say=lambda line: _print([line], stream))
         hub_ok = all(r.ok for r in results)
         passed = sum(r.ok for r in results)
         _print([f"hub tests: {passed} of {len(results)} passed"], stream)
+        hub_json = [{**vars(r), "ok": r.ok} for r in results]
     if json_path:
-        _write_json(report.to_json(), json_path)
+        hub_part = {"ok": report.ok and hub_ok, "hub_tests": hub_json} if hub_json is not None else {}
+        _write_json({**report.to_json(), **hub_part}, json_path)
     return 0 if report.ok and hub_ok else 1
 
 
