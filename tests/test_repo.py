@@ -297,3 +297,15 @@ def test_the_kits_jupyterlab_records_cell_timing_for_the_hub_timeouts(tmp_path):
     )
     assert not any(warnings), warnings
     assert settings["schema"]["properties"]["recordTiming"]["default"] is True
+
+
+def test_jobs_of_one_batch_call_get_names_of_their_own_and_non_json_inputs_are_left_out(tmp_path):
+    cells = [
+        ("handler", "def batch_handler(jobs):\n    return [job['input'] for job in jobs]"),
+        ("test", "batch_handler([{'input': {'a': 1}}, {'input': {'a': 2}}, {'input': {'a': 3}}])\nhandler({'input': {'x': 1e999}})"),
+    ]
+    result, out = export_repo(tmp_path, cells=cells, category="language")
+    names = [test["name"] for test in read(out, hub.TESTS)["tests"]]
+    assert names == ["cell_2_line_1_job_1", "cell_2_line_1_job_2", "cell_2_line_1_job_3"]
+    assert any("cell_2_line_2" in note and "NaN or infinity" in note for note in result.notes)
+    json.loads((out / hub.TESTS).read_text(), parse_constant=lambda word: pytest.fail(f"{word} in tests.json"))

@@ -76,11 +76,12 @@ class Job:
     line: int
     input: dict
     timeout_ms: int
-    expected_failure: str | None = None  # why the notebook expects it to fail
+    expected_failure: str | None = None  # why it is left out: the notebook expects it to fail, or it is no JSON
+    number: int = 0  # among several jobs of one call (batch_handler([...])): 1, 2, ...
 
     @property
     def name(self) -> str:
-        return f"cell_{self.cell}_line_{self.line}"
+        return f"cell_{self.cell}_line_{self.line}" + (f"_job_{self.number}" if self.number else "")
 
 
 @dataclass
@@ -354,7 +355,15 @@ def _jobs(worker: Worker, timing: dict[int, float], setup: list[int]) -> tuple[l
             measured += 1
         else:
             timeout = DEFAULT_TIMEOUT_MS
-        jobs.append(Job(cell, line, body["input"], timeout, failing.get((cell, line))))
+        reason = failing.get((cell, line))
+        try:
+            json.dumps(body["input"], allow_nan=False)
+        except ValueError:
+            reason = "its input holds NaN or infinity, which JSON cannot carry"
+        same = [j for j in jobs if (j.cell, j.line) == (cell, line)]
+        if len(same) == 1:
+            same[0].number = 1
+        jobs.append(Job(cell, line, body["input"], timeout, reason, len(same) + 1 if same else 0))
     if jobs and measured == len(jobs):
         note = (
             f"test timeouts from the run times the notebook recorded (setup cells and each job's test cell): "
