@@ -343,7 +343,8 @@ def _cell_seconds(cell: dict | None) -> float | None:
 def _jobs(worker: Worker, timing: dict[int, float], setup: list[int]) -> tuple[list[Job], str]:
     failing = _expected_failures(worker)
     setup_time = sum(timing[i] for i in setup if i in timing) if all(i in timing for i in setup) else None
-    jobs, measured = [], 0
+    jobs: list[Job] = []
+    measured = 0
     for entry in worker.jobs:
         body = entry["job"]
         if not isinstance(body.get("input"), dict):
