@@ -91,3 +91,12 @@ def test_hub_tests_start_the_worker_with_tests_json_env_only(repo, tmp_path):
     assert result.returncode == 3
     assert result.stderr.startswith(f"error: {repo}/.runpod/tests.json: the worker did not start: ") and "KeyError: 'MODE'" in result.stderr
     assert "config.env" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.process
+@pytest.mark.timeout(300)
+def test_hub_tests_are_not_run_when_the_worker_does_not_start(repo):
+    result = run_kit("test", repo, timeout=240)  # no MODE anywhere: the setup raises KeyError
+    assert result.returncode == 1
+    assert "hub tests: not run (.runpod/tests.json): the worker does not start" in result.stdout
+    assert not hub_lines(result.stdout)

@@ -240,7 +240,10 @@ def run_tests(target, *, out_dir=None, json_path=None, timeout: float | None = N
         raise
     _print(summary_lines(report), stream)
     hub_ok, hub_json = True, None
-    if repo is not None:
+    if repo is not None and not (report.cold_start and report.cold_start.ok):
+        _print([f"hub tests: not run ({hub_tests.hub.TESTS}): the worker does not start"], stream)
+        hub_ok = False
+    elif repo is not None:
         _print([f"{hub_tests.hub.TESTS}: each test as a job through the local endpoint, as the Hub runs them"], stream)
         results = hub_tests.run_hub_tests(repo, say=lambda line: _print([line], stream))
         hub_ok = all(r.ok for r in results)
