@@ -9,6 +9,9 @@
 #   docker/image.sh build TAG [ARG=VALUE...]
 #                                       podman build of the Dockerfile on BASE_TAG, with build args,
 #                                       e.g. NOTEBOOK=notebooks/hello.ipynb or WORKER=build/hello
+#   docker/image.sh build-dir TAG DIR [ARG=VALUE...]
+#                                       podman build of DIR's own Dockerfile with DIR alone as the
+#                                       context (a `kit export --repo` folder), on BASE_TAG
 #   docker/image.sh podman ARGS...      podman with this machine's settings (for `run`, `stop`, ...)
 #   docker/image.sh sizes TAG...        the images' sizes
 #
@@ -92,14 +95,19 @@ host_pip_config() {
 
 # A failed multi-stage build can leave its working container mounted: remove
 # the build containers this run created, and only those.
+# Build (buildah) containers only, shown as "Storage": never a container someone runs.
 build_containers() {
-    podman ps --all --external --format '{{.ID}} {{.Image}} {{.Names}}' 2>/dev/null |
-        awk '{print $1}' | sort
+    podman ps --all --external --format '{{.ID}} {{.Status}}' 2>/dev/null |
+        awk '$2 == "Storage" {print $1}' | sort
 }
 
 podman_build() {
     local before status=0 leftover
     host_pip_config
+    # One build at a time on this machine: the cleanup below would otherwise take another
+    # build's working containers, made while this one ran, for leftovers of its own.
+    exec {build_lock}>"$STATE_DIR/build.lock"
+    flock "$build_lock"
     before=$(build_containers)
     podman build --format docker --network host --force-rm "${PIP_MOUNTS[@]}" "$@" || status=$?
     leftover=$(comm -13 <(printf '%s\n' "$before") <(build_containers) || true)
@@ -172,6 +180,15 @@ build_image() {
     podman_build --build-arg "BASE_IMAGE=$BASE_TAG" "${args[@]}" -t "$tag" "$ROOT"
 }
 
+build_dir() {
+    local tag=${1:?usage: image.sh build-dir TAG DIR [ARG=VALUE...]} dir=${2:?usage: image.sh build-dir TAG DIR [ARG=VALUE...]} args=() arg
+    shift 2
+    [[ -f $dir/Dockerfile ]] || die "$dir has no Dockerfile (export the notebook with --repo)"
+    for arg in "$@"; do args+=(--build-arg "$arg"); done
+    podman image exists "$BASE_TAG" || build_base
+    podman_build --build-arg "BASE_IMAGE=$BASE_TAG" "${args[@]}" -t "$tag" "$dir"
+}
+
 sizes() {
     local tag
     for tag in "$@"; do
@@ -186,10 +203,11 @@ main() {
     case $command in
         base) setup_podman && build_base ;;
         build) setup_podman && build_image "$@" ;;
+        build-dir) setup_podman && build_dir "$@" ;;
         podman) setup_podman && exec podman "$@" ;;
         sizes) setup_podman && sizes "$@" ;;
         *)
-            echo "usage: $0 base | build TAG [ARG=VALUE...] | podman ARGS... | sizes TAG..." >&2
+            echo "usage: $0 base | build TAG [ARG=VALUE...] | build-dir TAG DIR [ARG=VALUE...] | podman ARGS... | sizes TAG..." >&2
             exit 2
             ;;
     esac

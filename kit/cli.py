@@ -17,12 +17,22 @@ from kit.errors import KitError
 def _cmd_export(args) -> int:
     from kit.export.export import export_notebook
 
-    result = export_notebook(args.notebook, args.output, extra=args.extra, exclude=args.exclude, include_secrets=args.include_secrets)
+    result = export_notebook(
+        args.notebook,
+        args.output,
+        extra=args.extra,
+        exclude=args.exclude,
+        include_secrets=args.include_secrets,
+        repo=args.repo,
+        category=args.category,
+    )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"exported {result.notebook} -> {result.out_dir}/")
     for name in result.files:
         print(f"  {name}")
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -151,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebook", help="the .ipynb file")
     p.add_argument("-o", "--output", default=None, metavar="DIR", help="worker directory (default: build/<notebook stem>)")
     _add_requirement_options(p)
+    p.add_argument(
+        "--repo",
+        action="store_true",
+        help="also write a repository RunPod builds by itself (GitHub integration, the Hub): "
+        "Dockerfile, .dockerignore, README.md, .runpod/hub.json and .runpod/tests.json",
+    )
+    p.add_argument(
+        "--category",
+        choices=("audio", "embedding", "language", "video", "image"),
+        default=None,
+        help="the Hub category of --repo's hub.json (default: guessed from the code, and said so)",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("deps", help="print the worker's inferred requirements and why, writing nothing")

@@ -81,6 +81,8 @@ class Manifest:
     batch_handler_kind: str | None = None  # "function" or "async" when a handler cell defines batch_handler(jobs)
     command: str | None = None  # the command that wrote the directory, as run
     files: list[str] = field(default_factory=list)  # what the export wrote, local module copies included
+    # sha256 of each repository file (kit export --repo) as the kit wrote it: rewritten only while unchanged
+    hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def streaming(self) -> bool:

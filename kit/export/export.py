@@ -57,6 +57,8 @@ class ExportResult:
     requirements: Requirements
     handler_kind: str
     jobs: list[dict]
+    notes: list[str] = field(default_factory=list)  # what --repo decided, for the CLI to print
+    kept: list[str] = field(default_factory=list)  # repository files left as the user has them
 
 
 def default_out_dir(notebook_path: str | Path) -> Path:
@@ -142,7 +144,9 @@ def comment_text(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def export_command(notebook: str, out_dir: str | Path | None = None, *, extra=(), exclude=()) -> str:
+def export_command(
+    notebook: str, out_dir: str | Path | None = None, *, extra=(), exclude=(), repo: bool = False, category: str | None = None
+) -> str:
     """The `kit export` command line that writes this worker, as the files print it to regenerate them."""
     words = ["kit", "export", str(notebook)]
     if out_dir is not None:
@@ -151,6 +155,8 @@ def export_command(notebook: str, out_dir: str | Path | None = None, *, extra=()
         words += ["--extra", requirement]
     for name in exclude:
         words += ["--exclude", name]
+    if repo:
+        words += ["--repo"] + (["--category", category] if category else [])
     return shlex.join(words)
 
 
@@ -198,14 +204,25 @@ def _render_tests(notebook: Notebook, test_cells, command: str) -> str:
 
 
 def export_notebook(
-    path: str | Path, out_dir: str | Path | None = None, *, extra=(), exclude=(), include_secrets: bool = False
+    path: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    extra=(),
+    exclude=(),
+    include_secrets: bool = False,
+    repo: bool = False,
+    category: str | None = None,
 ) -> ExportResult:
-    """Export the notebook at `path` into `out_dir` (default build/<stem>)."""
+    """Export the notebook at `path` into `out_dir` (default build/<stem>); `repo`: also the
+    files that make it a repository RunPod builds by itself (kit.export.repo)."""
+    from kit.export.repo import with_repo
+
     notebook = read_notebook(path)
     out = Path(out_dir) if out_dir is not None else default_out_dir(path)
-    command = export_command(notebook.name, out_dir, extra=extra, exclude=exclude)
+    command = export_command(notebook.name, out_dir, extra=extra, exclude=exclude, repo=repo, category=category)
     worker = build_worker(notebook, extra=extra, exclude=exclude, command=command, include_secrets=include_secrets)
-    write_worker(worker, out)
+    worker, keep, made = with_repo(worker, out, repo=repo, category=category)
+    write_worker(worker, out, keep=keep)
     return ExportResult(
         notebook=notebook.name,
         out_dir=out,
@@ -214,10 +231,12 @@ def export_notebook(
         requirements=worker.requirements,
         handler_kind=worker.analysis.handler_kind,
         jobs=worker.jobs,
+        notes=made.notes,
+        kept=sorted(keep) if repo else [],
     )
 
 
-def write_worker(worker: Worker, out_dir: Path) -> None:
+def write_worker(worker: Worker, out_dir: Path, *, keep: set[str] | frozenset[str] = frozenset()) -> None:
     """Write the worker's files into `out_dir`, replacing only what an earlier export wrote.
 
     The new files are written to a temporary sibling directory first. A new
@@ -225,8 +244,11 @@ def write_worker(worker: Worker, out_dir: Path) -> None:
     manifest (kit.json) does not list: the listed files are moved aside, the new
     ones moved in, and any failure moves everything back, so a failed export
     leaves the old output as it was and no file the kit did not write is touched.
+    `keep`: files an earlier export wrote that stay as they are (repository files the user changed).
     """
     previous = _previous_files(worker, out_dir)
+    if previous is not None:
+        previous = [name for name in previous if name not in keep]
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

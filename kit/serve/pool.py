@@ -62,6 +62,7 @@ class WorkerPool:
         env: dict[str, str] | None = None,
         say: Callable[[str], None] = print,
         command: list[str] | None = None,
+        base_env: dict[str, str] | None = None,
     ):
         if count < 1:
             raise KitError(f"--workers must be at least 1, not {count}")
@@ -70,6 +71,7 @@ class WorkerPool:
         self.count = count
         self.log_dir = Path(log_dir)
         self.env = env or {}
+        self.base_env = base_env  # the environment the workers start from (default: this process's)
         self.say = say
         # What each worker process runs in the worker directory: the exported handler.py, or
         # (kit serve --watch) kit.worker.reloader, which runs it with warm reload.
@@ -84,7 +86,7 @@ class WorkerPool:
             self._spawn(f"worker-{n}")
 
     def _spawn(self, worker_id: str) -> None:
-        env = platform.worker_env({**self.env, **self.emulator.worker_env(worker_id)})
+        env = platform.worker_env({**self.env, **self.emulator.worker_env(worker_id)}, base=self.base_env)
         log_path = self.log_dir / f"{worker_id}.log"
         watched, lifeline = os.pipe()
         try:

@@ -221,6 +221,11 @@ def run_tests(target, *, out_dir=None, json_path=None, timeout: float | None = N
     """`kit test`: print the report as it happens; 0 if everything passed, else 1."""
     timeout = timeout or DEFAULT_TIMEOUT
     stream = sys.stderr if json_path == "-" else sys.stdout
+    from kit.test import hub as hub_tests
+
+    repo = Path(target) if Path(target).is_dir() and hub_tests.has_hub_tests(Path(target)) else None
+    if repo is not None:
+        hub_tests.hub.read_repo(repo)  # a broken hub.json or tests.json: one line, before anything runs
     try:
         report = run_notebook_tests(
             target,
@@ -234,9 +239,21 @@ def run_tests(target, *, out_dir=None, json_path=None, timeout: float | None = N
             _write_json({"ok": False, "notebook": str(target), "error": str(error)}, json_path)
         raise
     _print(summary_lines(report), stream)
+    hub_ok, hub_json = True, None
+    if repo is not None and not (report.cold_start and report.cold_start.ok):
+        _print([f"hub tests: not run ({hub_tests.hub.TESTS}): the worker does not start"], stream)
+        hub_ok = False
+    elif repo is not None:
+        _print([f"{hub_tests.hub.TESTS}: each test as a job through the local endpoint, as the Hub runs them"], stream)
+        results = hub_tests.run_hub_tests(repo, say=lambda line: _print([line], stream))
+        hub_ok = all(r.ok for r in results)
+        passed = sum(r.ok for r in results)
+        _print([f"hub tests: {passed} of {len(results)} passed"], stream)
+        hub_json = [{**vars(r), "ok": r.ok} for r in results]
     if json_path:
-        _write_json(report.to_json(), json_path)
-    return 0 if report.ok else 1
+        hub_part = {"ok": report.ok and hub_ok, "hub_tests": hub_json} if hub_json is not None else {}
+        _write_json({**report.to_json(), **hub_part}, json_path)
+    return 0 if report.ok and hub_ok else 1
 
 
 def _print(lines: list[str], stream) -> None:
