@@ -248,7 +248,7 @@ def test_generator_handler_chunks_are_iterated_and_streamed(tmp_path, capsys, ki
     )
     code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
     assert code == 0, out
-    assert "rp_job.run_job_generator, streamed" in out
+    assert "JobScaler.handle_job: rp_job.run_job_generator, streamed" in out
     assert out.count("3 chunks:") == 2  # the test cell's value and the streamed job
     assert "[2] {'token': 'three'}" in out
     job = json.loads((tmp_path / "r.json").read_text())["jobs"][0]
@@ -478,9 +478,9 @@ def test_an_error_path_test_passes_and_its_job_shows_the_expected_error(tmp_path
     code, out, _ = kit_test(capsys, nb)
     assert code == 0, out
     assert line_with(out, "job from cell 3").split()[0] == "PASS"
-    assert 'expected error, as the direct call in cell 3 gave: returned error: ["prompt is a required input."]' in out
+    assert 'expected error: the direct call in cell 3 returned the error: ["prompt is a required input."] too' in out
     assert line_with(out, "job from cell 4").split()[0] == "PASS"
-    assert "expected error, as the direct call in cell 4 gave: ValueError: boom!" in out
+    assert "expected error: the direct call in cell 4 raised ValueError: boom! too" in out
     assert out.splitlines()[-1] == "OK: 3/3 test cells passed, 3/3 jobs passed (2 with the error its test expects)"
 
 

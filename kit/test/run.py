@@ -26,7 +26,7 @@ from kit.errors import KitEnvironmentError, KitError
 from kit.export.export import worker_dir
 from kit.processes import kill_group
 from kit.test import events
-from kit.test.events import Event, Failure, Frame
+from kit.test.events import Event, Failure, Frame, what_it_gave
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; a model download in a setup cell can be slow
 OUTPUT_LINES_SHOWN = 12
@@ -279,14 +279,12 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
     if isinstance(event, events.Phase) and event.name == "tests":
         return ["test cells, in the worker's namespace:"]
     if isinstance(event, events.Phase) and event.name == "jobs":
-        runner = (
-            "rp_job.run_job_generator, streamed as a real worker does"
-            if event.streaming
-            else "rp_job.run_job, as `python handler.py --test_input` runs it"
-        )
-        return [f"jobs through the runpod SDK ({runner}):"]
+        runner = "JobScaler.handle_job: rp_job.run_job_generator, streamed" if event.streaming else "JobScaler.handle_job: rp_job.run_job"
+        return [f"jobs through the runpod SDK, one after another as its worker loop runs them ({runner}):"]
     if isinstance(event, events.Phase) and event.name == "batch":
-        return [f"the same jobs all together, as one batch of {event.size} (batch_handler called once, each job through rp_job.run_job):"]
+        return [
+            f"the same jobs all together, as one batch of {event.size} (batch_handler called once, each job through JobScaler.handle_job):"
+        ]
     if isinstance(event, events.TestCell):
         lines = [_row("PASS" if event.ok else "FAIL", _cell_name(event), event.seconds)]
         lines += _output_lines(event.output) + _value_lines(event.shown) + _progress_lines(event)
@@ -328,8 +326,8 @@ INDENT = " " * 7
 def _expected_error_lines(event: events.Job) -> list[str]:
     """A job whose error is what its direct call in a test cell gave: the error path works."""
     error = event.error
-    message = f"{error.type}: {error.message}" if error.message else error.type
-    return [f"{INDENT}expected error, as the direct call in cell {event.expected_error} gave: {message}"]
+    said = what_it_gave(error.type, error.message)
+    return [f"{INDENT}expected error: the direct call in cell {event.expected_error} {said} too"]
 
 
 def _progress_lines(event: events.TestCell | events.Job) -> list[str]:
@@ -381,6 +379,8 @@ def _failure_lines(error: Failure, report: TestReport) -> list[str]:
         lines.append(f"{INDENT}at {_location(frames[-1], report)}")
         if len(frames) > 1 and frames[0].cell != frames[-1].cell:
             lines.append(f"{INDENT}called from {_location(frames[0], report)}")
+    if error.hint:
+        lines.append(f"{INDENT}hint: {error.hint}")
     return lines
 
 
