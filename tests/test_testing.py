@@ -821,8 +821,8 @@ def test_a_hand_written_worker_without_worker_loop_imports_runpod_itself(tmp_pat
 
 
 @pytest.mark.process
-def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
-    """A forked daemon that leaves the process group must not keep kit test's event pipe open."""
+def test_a_daemon_the_handler_starts_does_not_hold_kit_test_nor_outlive_it(tmp_path):
+    """A forked daemon that leaves the process group must not keep kit test's event pipe open, nor run on."""
     import os
     import signal
     import threading
@@ -836,12 +836,17 @@ def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
             ("setup", "import os\nimport time"),
             (
                 "handler",
+                # A daemon as daemons are made: fork, setsid, fork again, the middle process exits,
+                # so the daemon is an orphan outside kit test's process group.
                 "def handler(job):\n"
-                "    if os.fork() == 0:\n"
+                "    child = os.fork()\n"
+                "    if child == 0:\n"
                 "        os.setsid()\n"
-                f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-                "        time.sleep(120)\n"
+                "        if os.fork() == 0:\n"
+                f"            open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                "            time.sleep(120)\n"
                 "        os._exit(0)\n"
+                "    os.waitpid(child, 0)\n"
                 "    return 1",
             ),
             ("test", "assert handler({'input': {}}) == 1"),
@@ -852,8 +857,13 @@ def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
         assert report.error is None and report.events[-1].kind == "end"
         # kit test returned because the harness ended, not because a wait for the daemon gave up.
         assert not [t for t in threading.enumerate() if t.name == "kit-test-events"]
+        # ...and the daemon (one per call: the test cell's and the job's) did not outlive it: ended and named.
+        daemon = int(pid_file.read_text())
+        assert not running(daemon)
+        assert f"{daemon} (python" in " ".join(report.ended) and len(report.ended) == 2
+        assert f"ended 2 processes the worker left running: {', '.join(report.ended)}" in report.lines()
     finally:
-        if pid_file.exists():
+        if pid_file.exists() and running(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 

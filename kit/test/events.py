@@ -160,6 +160,7 @@ class BatchJob(Job):
 @dataclass
 class End(Event):
     kind: ClassVar[str] = "end"
+    ended: list[str] = field(default_factory=list)  # "PID (name)" of each process the worker left running, ended
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (Start, SetupCell, ColdStart, Phase, TestCell, Job, BatchJob, End)}

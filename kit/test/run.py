@@ -71,6 +71,11 @@ class TestReport:
         return self._of(events.BatchJob)
 
     @property
+    def ended(self) -> list[str]:
+        """The processes the worker left running, which the harness ended ("PID (name)")."""
+        return next((e.ended for e in self._of(events.End)), [])
+
+    @property
     def ok(self) -> bool:
         return (
             self.error is None
@@ -99,6 +104,7 @@ class TestReport:
             "tests": [plain(e) for e in self.tests],
             "jobs": [plain(e) for e in self.jobs],
             "batch_jobs": [plain(e) for e in self.batch_jobs],
+            "ended": self.ended,
             "error": self.error,
         }
 
@@ -291,6 +297,9 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
         if not event.ok and event.error:
             lines += _failure_lines(event.error, report)
         return lines
+    if isinstance(event, events.End) and event.ended:
+        count = len(event.ended)
+        return [f"ended {count} process{'' if count == 1 else 'es'} the worker left running: {', '.join(event.ended)}"]
     if isinstance(event, events.Job):
         status = "PASS" if event.ok else "FAIL"
         if event.ok and any(p.level == "warn" for p in event.problems):

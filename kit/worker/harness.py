@@ -48,7 +48,7 @@ import types
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from kit import platform, workerdir
+from kit import platform, processes, workerdir
 from kit.percent import split_percent
 from kit.test import events
 from kit.test.events import Failure, Problem, Shown
@@ -533,6 +533,7 @@ def started_handler(module):
 
 def main(argv: list[str]) -> int:
     report = Report(int(argv[1]))
+    processes.become_subreaper()  # a daemon the worker starts stays ours to end (see finish)
     worker = Path.cwd()
     report.emit(events.Start(worker=str(worker), python=sys.version.split()[0], pid=os.getpid()))
     results = sdk_jobs.ResultSink()
@@ -540,8 +541,7 @@ def main(argv: list[str]) -> int:
     sources = SourceMap()
     module = import_worker(worker, report, sources)
     if module is None:
-        report.emit(events.End())
-        return 0
+        return finish(report)
     handler = started_handler(module)  # what the worker loop gets, whatever the tests rebind later
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -549,7 +549,12 @@ def main(argv: list[str]) -> int:
     results.serve()
     run_jobs(worker, handler, loop, report, sources, results, aggregation(worker, module))
     run_batch(worker, getattr(module, "batch_handler", None), loop, report, sources, results)
-    report.emit(events.End())
+    return finish(report)
+
+
+def finish(report: Report) -> int:
+    """End every process the worker started and left running (named in the End event), then say so."""
+    report.emit(events.End(ended=processes.end_descendants()))
     return 0
 
 
