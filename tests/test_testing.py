@@ -268,6 +268,12 @@ def test_generator_failing_mid_stream(tmp_path, capsys):
     assert line_with(out, "job from cell 3, line 1").split()[0] == "FAIL"
     assert out.count("RuntimeError: stream broke") == 2
     assert out.count(f"at {nb} cell 2, line 4") == 2
+    # The tracebacks in the JSON report name notebook cells, not the temporary worker directory.
+    code, _, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    for trace in (report["tests"][0]["error"]["traceback"], report["jobs"][0]["error"]["traceback"]):
+        assert 'File "handler.py", line ' in trace and "(notebook cell 2, line 4)" in trace
+        assert "kit-worker-" not in trace
 
 
 def test_generator_chunk_that_is_not_json(tmp_path, capsys):
@@ -907,3 +913,101 @@ def test_the_batched_embeddings_example_passes_with_batch_results_equal_to_singl
     assert code == 0, out
     assert "batch vs single jobs: largest difference" in out
     assert "2/2 batched jobs passed" in out
+
+
+# --------------------------------------------------------------------------- the SDK's per-job path
+
+
+SDK_FEATURES_SETUP = (
+    "setup",
+    "import os\n"
+    "import runpod\n"
+    "from runpod.serverless.utils import rp_cleanup, rp_debugger\n"
+    "from runpod.serverless.utils.rp_validator import validate\n"
+    "SCHEMA = {'text': {'type': str, 'required': True}}",
+)
+# The SDK features official workers use, as they use them (worker-template, worker-sdxl): a timed
+# handler, a validated input, a progress update, the job's files cleaned up after it.
+SDK_FEATURES_HANDLER = (
+    "handler",
+    "@rp_debugger.FunctionTimer\n"
+    "def handler(job):\n"
+    "    checked = validate(job['input'], SCHEMA)\n"
+    "    if 'errors' in checked:\n"
+    "        return {'error': checked['errors']}\n"
+    "    os.makedirs('input_objects', exist_ok=True)\n"
+    "    open('input_objects/text.txt', 'w').write(job['input']['text'])\n"
+    "    runpod.serverless.progress_update(job, 'half way')\n"
+    "    with rp_debugger.LineTimer('upper'):\n"
+    "        text = job['input']['text'].upper()\n"
+    "    rp_cleanup.clean(['input_objects'])\n"
+    "    return {'text': text, 'cleaned': not os.path.exists('input_objects')}",
+)
+
+
+def test_jobs_run_one_after_another_as_the_sdks_worker_loop_runs_them(tmp_path, capsys):
+    """rp_debugger's timers add a checkpoint per call, which the SDK's loop clears after each job."""
+    nb = write_notebook(
+        tmp_path / "sdk.ipynb",
+        SDK_FEATURES_SETUP,
+        SDK_FEATURES_HANDLER,
+        ("test", "assert handler({'id': 'a', 'input': {'text': 'one'}}) == {'text': 'ONE', 'cleaned': True}"),
+        ("test", "assert handler({'id': 'b', 'input': {'text': 'two'}})['text'] == 'TWO'\nassert 'error' in handler({'id': 'c', 'input': {}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert "Checkpoint name" not in out
+    assert "one after another as its worker loop runs them (JobScaler.handle_job: rp_job.run_job)" in out
+    assert [line.split()[0] for line in out.splitlines() if "job from cell" in line] == ["PASS"] * 3
+    assert out.count("progress_update: 'half way'") == 4  # two direct calls, two jobs
+    assert "-> {'cleaned': True, 'text': 'ONE'}" in out
+    assert 'expected error: the direct call in cell 5 returned the error: ["text is a required input."] too' in out
+    assert out.splitlines()[-1] == "OK: 2/2 test cells passed, 3/3 jobs passed (1 with the error its test expects)"
+
+
+BATCH_WITH_AN_ERROR = (
+    "handler",
+    "def batch_handler(jobs):\n"
+    "    return [{'error': 'n must be positive'} if job['input']['n'] < 0 else {'n': job['input']['n']} for job in jobs]",
+)
+
+
+def test_a_batch_element_the_test_expects_to_be_an_error_passes_one_by_one_and_in_the_batch(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "batched.ipynb",
+        BATCH_WITH_AN_ERROR,
+        (
+            "test",
+            "results = batch_handler([{'input': {'n': 1}}, {'input': {'n': -1}}])\nassert results[1] == {'error': 'n must be positive'}",
+        ),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert out.count("expected error: the direct call in cell 3 returned the error: n must be positive too") == 2
+    assert out.splitlines()[-1] == (
+        "OK: 1/1 test cells passed, 2/2 jobs passed (1 with the error its test expects), "
+        "2/2 batched jobs passed (1 with the error its test expects)"
+    )
+
+
+def test_a_batch_element_error_nothing_checked_still_fails(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "batched.ipynb", BATCH_WITH_AN_ERROR, ("test", "batch_handler([{'input': {'n': -1}}])"))
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1, out
+    assert out.splitlines()[-1] == "FAILED: 1/1 test cells passed, 0/1 jobs passed, 0/1 batched jobs passed"
+
+
+def test_a_requirement_missing_from_the_kits_python_is_named_with_how_to_install_it(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "pip.ipynb",
+        ("setup", "%pip install kit-test-not-installed==1.0\nimport kit_test_not_installed"),
+        ("handler", "def handler(job):\n    return 1"),
+        ("test", "handler({'input': {}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert "ModuleNotFoundError: No module named 'kit_test_not_installed'" in out
+    hint = line_with(out, "hint: ")
+    assert "kit-test-not-installed==1.0 (requirements.txt: %pip (cell 2))" in hint
+    assert f"not installed in the Python running the kit ({sys.executable})" in hint
+    assert hint.endswith(f"install it there: {sys.executable} -m pip install kit-test-not-installed==1.0")

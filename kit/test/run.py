@@ -366,9 +366,9 @@ def summary_lines(report: TestReport) -> list[str]:
         if items:
             failed = sum(not item.ok for item in items)
             counts.append(f"{len(items) - failed}/{len(items)} {name}s passed")
-    expected_errors = sum(job.expected_error is not None for job in report.jobs)
-    if expected_errors:
-        counts[-1] += f" ({expected_errors} with the error its test expects)"
+            expected_errors = sum(getattr(item, "expected_error", None) is not None for item in items)
+            if expected_errors:
+                counts[-1] += f" ({expected_errors} with the error its test expects)"
     verdict = "OK" if report.ok else "FAILED"
     lines.append(f"{verdict}: " + (", ".join(counts) if counts else ("only the import was checked" if report.ok else "nothing ran")))
     return lines

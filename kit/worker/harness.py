@@ -474,7 +474,7 @@ def job_error(body: dict, sources: SourceMap) -> Failure | None:
         return None
     error = platform.parse_sdk_error(body["error"])
     where = sources.frames_in_text(error.traceback) if error.traceback else []
-    return Failure(error.type, error.message, where, error.traceback or "")
+    return Failure(error.type, error.message, where, sources.mapped_text(error.traceback or ""))
 
 
 def check_result(body: dict) -> tuple[int | None, list[Problem]]:
