@@ -385,6 +385,31 @@ def test_timeout_kills_the_worker_and_everything_it_started(tmp_path, capsys):
     assert not running(child)
 
 
+def test_a_timeout_also_ends_a_daemon_that_left_the_process_group(tmp_path, capsys):
+    pid_file = tmp_path / "daemon.pid"
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (worker / "handler.py").write_text(
+        "import os, time\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "        time.sleep(300)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+        "time.sleep(300)\n\ndef handler(job):\n    return 1\n"
+    )
+    try:
+        code, out, _ = kit_test(capsys, worker, "--timeout", 5)
+        assert code == 1 and "error: timed out after 5 s" in out
+        assert not running(int(pid_file.read_text()))
+    finally:
+        if pid_file.exists() and running(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), 9)
+
+
 def running(pid: int) -> bool:
     """True while `pid` runs (a killed process whose parent is gone may stay a zombie until init reaps it)."""
     try:
@@ -952,7 +977,10 @@ def test_jobs_run_one_after_another_as_the_sdks_worker_loop_runs_them(tmp_path, 
         SDK_FEATURES_SETUP,
         SDK_FEATURES_HANDLER,
         ("test", "assert handler({'id': 'a', 'input': {'text': 'one'}}) == {'text': 'ONE', 'cleaned': True}"),
-        ("test", "assert handler({'id': 'b', 'input': {'text': 'two'}})['text'] == 'TWO'\nassert 'error' in handler({'id': 'c', 'input': {}})"),
+        (
+            "test",
+            "assert handler({'id': 'b', 'input': {'text': 'two'}})['text'] == 'TWO'\nassert 'error' in handler({'id': 'c', 'input': {}})",
+        ),
     )
     code, out, _ = kit_test(capsys, nb)
     assert code == 0, out

@@ -59,7 +59,7 @@ def what_it_gave(kind: str, message: str) -> str:
 class Event:
     kind: ClassVar[str] = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"event": self.kind, **dataclasses.asdict(self)}
 
 

@@ -26,10 +26,11 @@ from kit.errors import KitEnvironmentError, KitError
 from kit.export.export import worker_dir
 from kit.processes import kill_group
 from kit.test import events
-from kit.test.events import Event, Failure, Frame, what_it_gave
+from kit.test.events import BatchJob, ColdStart, Event, Failure, Frame, Job, SetupCell, TestCell, what_it_gave
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; a model download in a setup cell can be slow
 OUTPUT_LINES_SHOWN = 12
+ENDING_GRACE = 3.0  # seconds a timed-out harness gets to end the worker's processes before it is killed
 
 
 @dataclass
@@ -50,23 +51,23 @@ class TestReport:
         return next((e.python for e in self._of(events.Start)), None)
 
     @property
-    def cold_start(self) -> events.ColdStart | None:
+    def cold_start(self) -> ColdStart | None:
         return next(iter(self._of(events.ColdStart)), None)
 
     @property
-    def setup_cells(self) -> list[events.SetupCell]:
+    def setup_cells(self) -> list[SetupCell]:
         return self._of(events.SetupCell)
 
     @property
-    def tests(self) -> list[events.TestCell]:
+    def tests(self) -> list[TestCell]:
         return self._of(events.TestCell)
 
     @property
-    def jobs(self) -> list[events.Job]:
+    def jobs(self) -> list[Job]:
         return self._of(events.Job)
 
     @property
-    def batch_jobs(self) -> list[events.BatchJob]:
+    def batch_jobs(self) -> list[BatchJob]:
         """The test jobs run again all together as one batch (a worker with batch_handler)."""
         return self._of(events.BatchJob)
 
@@ -124,7 +125,7 @@ def _without(event: dict, key: str) -> dict:
 
 
 def run_worker_tests(
-    path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[dict, TestReport], None] | None = None
+    path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[Event, TestReport], None] | None = None
 ) -> TestReport:
     """Run the harness on the worker directory `path`; `on_event(event, report)` sees each event as it arrives."""
     path = Path(path).resolve()
@@ -182,6 +183,11 @@ def run_worker_tests(
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
+            process.terminate()  # the harness ends what the worker started (daemons that left the group too)
+            try:
+                process.wait(timeout=ENDING_GRACE)
+            except subprocess.TimeoutExpired:
+                pass  # stuck outside Python: the group goes below all the same
         finally:
             kill_group(process)
         reader.join(timeout=10)
@@ -274,14 +280,14 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
             return [_row("", _cell_name(event), event.seconds)]
         return (
             [_row("FAIL", _cell_name(event), event.seconds, "the worker fails to start")]
-            + _failure_lines(event.error, report)
+            + (_failure_lines(event.error, report) if event.error else [])
             + _output_lines(event.output)
         )
     if isinstance(event, events.ColdStart):
         if not event.ok:
             return _failure_lines(event.error, report) if event.error else []
         label = "import runpod" + (f" ({event.runpod_import})" if event.runpod_import else "")
-        return [_row("", label, event.runpod_import_seconds), _row("", "total", event.seconds)]
+        return [_row("", label, event.runpod_import_seconds or 0.0), _row("", "total", event.seconds)]
     if isinstance(event, events.Phase) and event.name == "tests":
         return ["test cells, in the worker's namespace:"]
     if isinstance(event, events.Phase) and event.name == "jobs":
@@ -334,7 +340,7 @@ INDENT = " " * 7
 
 def _expected_error_lines(event: events.Job) -> list[str]:
     """A job whose error is what its direct call in a test cell gave: the error path works."""
-    error = event.error
+    error = event.error or Failure("error", "")
     said = what_it_gave(error.type, error.message)
     return [f"{INDENT}expected error: the direct call in cell {event.expected_error} {said} too"]
 

@@ -101,7 +101,7 @@ class HandlerLoop:
     as in a worker; the kernel's own loop is busy running the kernel.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread_id: int | None = None

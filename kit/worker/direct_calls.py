@@ -17,6 +17,7 @@ import inspect
 import json
 import reprlib
 from collections.abc import Callable
+from typing import Any
 
 from kit import platform
 from kit.test.events import Failure, Problem, what_it_gave
@@ -56,7 +57,7 @@ class DirectCalls:
         key = _job_key(job)
         return self.by_job.get(key) if key else None
 
-    def forget(self, cell: int, returned_errors_only: bool = False) -> None:
+    def forget(self, cell: int | None, returned_errors_only: bool = False) -> None:
         def kept(outcome: dict) -> bool:
             if outcome["cell"] != cell:
                 return True
@@ -86,9 +87,10 @@ class DirectCalls:
         if isinstance(error, Exception):  # what the SDK turns into a failed job
             self._record(job, {"kind": "error", "type": type(error).__name__, "message": str(error)})
 
-    def wrap(self, handler):
+    def wrap(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """`handler`, recording each call's outcome; of the same kind (sync, async, generator...)."""
         kind = HandlerKind.of(handler)
+        recorded: Callable[..., Any]  # of the handler's kind: one variant per branch
         if kind is HandlerKind.ASYNC_GENERATOR:
 
             async def recorded(job, *args, **kwargs):
@@ -151,8 +153,9 @@ class DirectCalls:
             for job in jobs:  # an exception fails every job of the batch with it
                 self._raised(job, error)
 
-    def wrap_batch(self, batch_handler):
+    def wrap_batch(self, batch_handler: Callable[..., Any]) -> Callable[..., Any]:
         """`batch_handler`, recording each job's outcome; sync or async as it is."""
+        recorded: Callable[..., Any]
         if HandlerKind.of(batch_handler) is HandlerKind.ASYNC:
 
             async def recorded(jobs, *args, **kwargs):

@@ -41,6 +41,7 @@ import copy
 import inspect
 import io
 import os
+import signal
 import sys
 import time
 import traceback
@@ -86,7 +87,7 @@ def _detach(fd: int) -> None:
 class BoundedText(io.TextIOBase):
     """A text sink that keeps the first MAX_CAPTURE characters (a 25 MB print must not travel)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._parts: list[str] = []
         self._kept = 0
         self.dropped = 0
@@ -385,7 +386,7 @@ def run_jobs(
                 seconds=seconds,
                 output=output.getvalue(),
                 shown=shown_chunks(chunks or []) if streaming else Shown(value=preview(body["output"])) if "output" in body else Shown(),
-                expected_error=expected["cell"] if expected_error else None,
+                expected_error=expected["cell"] if expected and expected_error else None,
                 **updates.fields(),
             )
         )
@@ -463,7 +464,7 @@ def run_batch(worker: Path, batch_handler, loop, report: Report, sources: Source
                 seconds=seconds,
                 output=output.getvalue(),
                 shown=Shown(value=preview(body["output"])) if "output" in body else Shown(),
-                expected_error=direct_calls.expected(entry["job"])["cell"] if expected_error else None,
+                expected_error=(direct_calls.expected(entry["job"]) or {}).get("cell") if expected_error else None,
             )
         )
 
@@ -534,6 +535,7 @@ def started_handler(module):
 def main(argv: list[str]) -> int:
     report = Report(int(argv[1]))
     processes.become_subreaper()  # a daemon the worker starts stays ours to end (see finish)
+    signal.signal(signal.SIGTERM, _end_on_sigterm)
     worker = Path.cwd()
     report.emit(events.Start(worker=str(worker), python=sys.version.split()[0], pid=os.getpid()))
     results = sdk_jobs.ResultSink()
@@ -550,6 +552,12 @@ def main(argv: list[str]) -> int:
     run_jobs(worker, handler, loop, report, sources, results, aggregation(worker, module))
     run_batch(worker, getattr(module, "batch_handler", None), loop, report, sources, results)
     return finish(report)
+
+
+def _end_on_sigterm(signum: int, frame: object) -> None:
+    """kit test timed out: end what the worker started before this process is killed with its group."""
+    processes.end_descendants()
+    os._exit(128 + signum)
 
 
 def finish(report: Report) -> int:

@@ -74,10 +74,11 @@ class Launcher:
         self.path = worker / workerdir.HANDLER
         self.sources = SourceMap()
         self.lock = threading.Lock()
-        self.current: Generation | None = None
+        self.current: Generation  # set by load()
         self.loaded: str = str(self.path)
         self.footer = ""
         self.flags = 0
+        self.kind = HandlerKind.FUNCTION  # the loaded handler's, set by load()
         self._report: dict = {"worker": worker_id, "pid": os.getpid()}
 
     # ------------------------------------------------------------ startup: handler.py as it is
@@ -87,7 +88,7 @@ class Launcher:
         self.footer = source.footer
         module = types.ModuleType("__main__")
         module.__file__ = str(self.path)
-        module.__builtins__ = __builtins__  # type: ignore[attr-defined]  # a module's namespace needs them for exec
+        module.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = module  # as `python handler.py`: the user's code is __main__
         self.flags = loader.run_header(source, module.__dict__)
         for cell in source.cells:

@@ -30,6 +30,7 @@ import socket
 import threading
 import types
 import urllib.parse
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,9 +147,10 @@ class Returned:
     def take(self, job_id: str, default: Any = None) -> Any:
         return self._values.pop(job_id, default)
 
-    def wrap(self, handler):
+    def wrap(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         values = self._values
         kind = HandlerKind.of(handler)
+        recorded: Callable[..., Any]  # of the handler's kind: one variant per branch
         if kind is HandlerKind.ASYNC_GENERATOR:
 
             async def recorded(job):
@@ -253,7 +255,7 @@ class ProgressUpdates:
     update under the cell or job that sent it, in order.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.current: list | None = None
 
     def install(self) -> None:
@@ -283,7 +285,7 @@ class ProgressUpdates:
 
 
 class _Updates:
-    def __init__(self):
+    def __init__(self) -> None:
         self.items: list[str] = []
 
     def fields(self) -> dict:
