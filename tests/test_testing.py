@@ -248,7 +248,7 @@ def test_generator_handler_chunks_are_iterated_and_streamed(tmp_path, capsys, ki
     )
     code, out, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
     assert code == 0, out
-    assert "rp_job.run_job_generator, streamed" in out
+    assert "JobScaler.handle_job: rp_job.run_job_generator, streamed" in out
     assert out.count("3 chunks:") == 2  # the test cell's value and the streamed job
     assert "[2] {'token': 'three'}" in out
     job = json.loads((tmp_path / "r.json").read_text())["jobs"][0]
@@ -268,6 +268,12 @@ def test_generator_failing_mid_stream(tmp_path, capsys):
     assert line_with(out, "job from cell 3, line 1").split()[0] == "FAIL"
     assert out.count("RuntimeError: stream broke") == 2
     assert out.count(f"at {nb} cell 2, line 4") == 2
+    # The tracebacks in the JSON report name notebook cells, not the temporary worker directory.
+    code, _, _ = kit_test(capsys, nb, "--json", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    for trace in (report["tests"][0]["error"]["traceback"], report["jobs"][0]["error"]["traceback"]):
+        assert 'File "handler.py", line ' in trace and "(notebook cell 2, line 4)" in trace
+        assert "kit-worker-" not in trace
 
 
 def test_generator_chunk_that_is_not_json(tmp_path, capsys):
@@ -379,6 +385,31 @@ def test_timeout_kills_the_worker_and_everything_it_started(tmp_path, capsys):
     assert not running(child)
 
 
+def test_a_timeout_also_ends_a_daemon_that_left_the_process_group(tmp_path, capsys):
+    pid_file = tmp_path / "daemon.pid"
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (worker / "handler.py").write_text(
+        "import os, time\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "        time.sleep(300)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+        "time.sleep(300)\n\ndef handler(job):\n    return 1\n"
+    )
+    try:
+        code, out, _ = kit_test(capsys, worker, "--timeout", 5)
+        assert code == 1 and "error: timed out after 5 s" in out
+        assert not running(int(pid_file.read_text()))
+    finally:
+        if pid_file.exists() and running(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), 9)
+
+
 def running(pid: int) -> bool:
     """True while `pid` runs (a killed process whose parent is gone may stay a zombie until init reaps it)."""
     try:
@@ -478,9 +509,9 @@ def test_an_error_path_test_passes_and_its_job_shows_the_expected_error(tmp_path
     code, out, _ = kit_test(capsys, nb)
     assert code == 0, out
     assert line_with(out, "job from cell 3").split()[0] == "PASS"
-    assert 'expected error, as the direct call in cell 3 gave: returned error: ["prompt is a required input."]' in out
+    assert 'expected error: the direct call in cell 3 returned the error: ["prompt is a required input."] too' in out
     assert line_with(out, "job from cell 4").split()[0] == "PASS"
-    assert "expected error, as the direct call in cell 4 gave: ValueError: boom!" in out
+    assert "expected error: the direct call in cell 4 raised ValueError: boom! too" in out
     assert out.splitlines()[-1] == "OK: 3/3 test cells passed, 3/3 jobs passed (2 with the error its test expects)"
 
 
@@ -821,8 +852,8 @@ def test_a_hand_written_worker_without_worker_loop_imports_runpod_itself(tmp_pat
 
 
 @pytest.mark.process
-def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
-    """A forked daemon that leaves the process group must not keep kit test's event pipe open."""
+def test_a_daemon_the_handler_starts_does_not_hold_kit_test_nor_outlive_it(tmp_path):
+    """A forked daemon that leaves the process group must not keep kit test's event pipe open, nor run on."""
     import os
     import signal
     import threading
@@ -836,12 +867,17 @@ def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
             ("setup", "import os\nimport time"),
             (
                 "handler",
+                # A daemon as daemons are made: fork, setsid, fork again, the middle process exits,
+                # so the daemon is an orphan outside kit test's process group.
                 "def handler(job):\n"
-                "    if os.fork() == 0:\n"
+                "    child = os.fork()\n"
+                "    if child == 0:\n"
                 "        os.setsid()\n"
-                f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-                "        time.sleep(120)\n"
+                "        if os.fork() == 0:\n"
+                f"            open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                "            time.sleep(120)\n"
                 "        os._exit(0)\n"
+                "    os.waitpid(child, 0)\n"
                 "    return 1",
             ),
             ("test", "assert handler({'input': {}}) == 1"),
@@ -852,8 +888,13 @@ def test_a_daemon_the_handler_starts_does_not_hold_kit_test(tmp_path):
         assert report.error is None and report.events[-1].kind == "end"
         # kit test returned because the harness ended, not because a wait for the daemon gave up.
         assert not [t for t in threading.enumerate() if t.name == "kit-test-events"]
+        # ...and the daemon (one per call: the test cell's and the job's) did not outlive it: ended and named.
+        daemon = int(pid_file.read_text())
+        assert not running(daemon)
+        assert f"{daemon} (python" in " ".join(report.ended) and len(report.ended) == 2
+        assert f"ended 2 processes the worker left running: {', '.join(report.ended)}" in report.lines()
     finally:
-        if pid_file.exists():
+        if pid_file.exists() and running(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
@@ -897,3 +938,104 @@ def test_the_batched_embeddings_example_passes_with_batch_results_equal_to_singl
     assert code == 0, out
     assert "batch vs single jobs: largest difference" in out
     assert "2/2 batched jobs passed" in out
+
+
+# --------------------------------------------------------------------------- the SDK's per-job path
+
+
+SDK_FEATURES_SETUP = (
+    "setup",
+    "import os\n"
+    "import runpod\n"
+    "from runpod.serverless.utils import rp_cleanup, rp_debugger\n"
+    "from runpod.serverless.utils.rp_validator import validate\n"
+    "SCHEMA = {'text': {'type': str, 'required': True}}",
+)
+# The SDK features official workers use, as they use them (worker-template, worker-sdxl): a timed
+# handler, a validated input, a progress update, the job's files cleaned up after it.
+SDK_FEATURES_HANDLER = (
+    "handler",
+    "@rp_debugger.FunctionTimer\n"
+    "def handler(job):\n"
+    "    checked = validate(job['input'], SCHEMA)\n"
+    "    if 'errors' in checked:\n"
+    "        return {'error': checked['errors']}\n"
+    "    os.makedirs('input_objects', exist_ok=True)\n"
+    "    open('input_objects/text.txt', 'w').write(job['input']['text'])\n"
+    "    runpod.serverless.progress_update(job, 'half way')\n"
+    "    with rp_debugger.LineTimer('upper'):\n"
+    "        text = job['input']['text'].upper()\n"
+    "    rp_cleanup.clean(['input_objects'])\n"
+    "    return {'text': text, 'cleaned': not os.path.exists('input_objects')}",
+)
+
+
+def test_jobs_run_one_after_another_as_the_sdks_worker_loop_runs_them(tmp_path, capsys):
+    """rp_debugger's timers add a checkpoint per call, which the SDK's loop clears after each job."""
+    nb = write_notebook(
+        tmp_path / "sdk.ipynb",
+        SDK_FEATURES_SETUP,
+        SDK_FEATURES_HANDLER,
+        ("test", "assert handler({'id': 'a', 'input': {'text': 'one'}}) == {'text': 'ONE', 'cleaned': True}"),
+        (
+            "test",
+            "assert handler({'id': 'b', 'input': {'text': 'two'}})['text'] == 'TWO'\nassert 'error' in handler({'id': 'c', 'input': {}})",
+        ),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert "Checkpoint name" not in out
+    assert "one after another as its worker loop runs them (JobScaler.handle_job: rp_job.run_job)" in out
+    assert [line.split()[0] for line in out.splitlines() if "job from cell" in line] == ["PASS"] * 3
+    assert out.count("progress_update: 'half way'") == 4  # two direct calls, two jobs
+    assert "-> {'cleaned': True, 'text': 'ONE'}" in out
+    assert 'expected error: the direct call in cell 5 returned the error: ["text is a required input."] too' in out
+    assert out.splitlines()[-1] == "OK: 2/2 test cells passed, 3/3 jobs passed (1 with the error its test expects)"
+
+
+BATCH_WITH_AN_ERROR = (
+    "handler",
+    "def batch_handler(jobs):\n"
+    "    return [{'error': 'n must be positive'} if job['input']['n'] < 0 else {'n': job['input']['n']} for job in jobs]",
+)
+
+
+def test_a_batch_element_the_test_expects_to_be_an_error_passes_one_by_one_and_in_the_batch(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "batched.ipynb",
+        BATCH_WITH_AN_ERROR,
+        (
+            "test",
+            "results = batch_handler([{'input': {'n': 1}}, {'input': {'n': -1}}])\nassert results[1] == {'error': 'n must be positive'}",
+        ),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 0, out
+    assert out.count("expected error: the direct call in cell 3 returned the error: n must be positive too") == 2
+    assert out.splitlines()[-1] == (
+        "OK: 1/1 test cells passed, 2/2 jobs passed (1 with the error its test expects), "
+        "2/2 batched jobs passed (1 with the error its test expects)"
+    )
+
+
+def test_a_batch_element_error_nothing_checked_still_fails(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "batched.ipynb", BATCH_WITH_AN_ERROR, ("test", "batch_handler([{'input': {'n': -1}}])"))
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1, out
+    assert out.splitlines()[-1] == "FAILED: 1/1 test cells passed, 0/1 jobs passed, 0/1 batched jobs passed"
+
+
+def test_a_requirement_missing_from_the_kits_python_is_named_with_how_to_install_it(tmp_path, capsys):
+    nb = write_notebook(
+        tmp_path / "pip.ipynb",
+        ("setup", "%pip install kit-test-not-installed==1.0\nimport kit_test_not_installed"),
+        ("handler", "def handler(job):\n    return 1"),
+        ("test", "handler({'input': {}})"),
+    )
+    code, out, _ = kit_test(capsys, nb)
+    assert code == 1
+    assert "ModuleNotFoundError: No module named 'kit_test_not_installed'" in out
+    hint = line_with(out, "hint: ")
+    assert "kit-test-not-installed==1.0 (requirements.txt: %pip (cell 2))" in hint
+    assert f"not installed in the Python running the kit ({sys.executable})" in hint
+    assert hint.endswith(f"install it there: {sys.executable} -m pip install kit-test-not-installed==1.0")

@@ -36,6 +36,7 @@ class Failure:
     message: str
     where: list[Frame] = field(default_factory=list)
     traceback: str = ""
+    hint: str | None = None  # what to do about it, when the kit knows
 
 
 @dataclass
@@ -45,6 +46,13 @@ class Problem:
     level: str
     message: str
     hint: str | None = None
+
+
+def what_it_gave(kind: str, message: str) -> str:
+    """A direct call's error in words: "returned the error: ..." or "raised ValueError: ..."."""
+    if kind == "returned error":
+        return f"returned the error: {message}"
+    return f"raised {kind}: {message}" if message else f"raised {kind}"
 
 
 @dataclass
@@ -152,6 +160,7 @@ class BatchJob(Job):
 @dataclass
 class End(Event):
     kind: ClassVar[str] = "end"
+    ended: list[str] = field(default_factory=list)  # "PID (name)" of each process the worker left running, ended
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (Start, SetupCell, ColdStart, Phase, TestCell, Job, BatchJob, End)}

@@ -26,10 +26,11 @@ from kit.errors import KitEnvironmentError, KitError
 from kit.export.export import worker_dir
 from kit.processes import kill_group
 from kit.test import events
-from kit.test.events import Event, Failure, Frame
+from kit.test.events import BatchJob, ColdStart, Event, Failure, Frame, Job, SetupCell, TestCell, what_it_gave
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; a model download in a setup cell can be slow
 OUTPUT_LINES_SHOWN = 12
+ENDING_GRACE = 3.0  # seconds a timed-out harness gets to end the worker's processes before it is killed
 
 
 @dataclass
@@ -50,25 +51,30 @@ class TestReport:
         return next((e.python for e in self._of(events.Start)), None)
 
     @property
-    def cold_start(self) -> events.ColdStart | None:
+    def cold_start(self) -> ColdStart | None:
         return next(iter(self._of(events.ColdStart)), None)
 
     @property
-    def setup_cells(self) -> list[events.SetupCell]:
+    def setup_cells(self) -> list[SetupCell]:
         return self._of(events.SetupCell)
 
     @property
-    def tests(self) -> list[events.TestCell]:
+    def tests(self) -> list[TestCell]:
         return self._of(events.TestCell)
 
     @property
-    def jobs(self) -> list[events.Job]:
+    def jobs(self) -> list[Job]:
         return self._of(events.Job)
 
     @property
-    def batch_jobs(self) -> list[events.BatchJob]:
+    def batch_jobs(self) -> list[BatchJob]:
         """The test jobs run again all together as one batch (a worker with batch_handler)."""
         return self._of(events.BatchJob)
+
+    @property
+    def ended(self) -> list[str]:
+        """The processes the worker left running, which the harness ended ("PID (name)")."""
+        return next((e.ended for e in self._of(events.End)), [])
 
     @property
     def ok(self) -> bool:
@@ -99,6 +105,7 @@ class TestReport:
             "tests": [plain(e) for e in self.tests],
             "jobs": [plain(e) for e in self.jobs],
             "batch_jobs": [plain(e) for e in self.batch_jobs],
+            "ended": self.ended,
             "error": self.error,
         }
 
@@ -118,7 +125,7 @@ def _without(event: dict, key: str) -> dict:
 
 
 def run_worker_tests(
-    path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[dict, TestReport], None] | None = None
+    path: str | Path, *, timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[Event, TestReport], None] | None = None
 ) -> TestReport:
     """Run the harness on the worker directory `path`; `on_event(event, report)` sees each event as it arrives."""
     path = Path(path).resolve()
@@ -176,6 +183,11 @@ def run_worker_tests(
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
+            process.terminate()  # the harness ends what the worker started (daemons that left the group too)
+            try:
+                process.wait(timeout=ENDING_GRACE)
+            except subprocess.TimeoutExpired:
+                pass  # stuck outside Python: the group goes below all the same
         finally:
             kill_group(process)
         reader.join(timeout=10)
@@ -285,31 +297,32 @@ def event_lines(event: Event, report: TestReport) -> list[str]:
             return [_row("", _cell_name(event), event.seconds)]
         return (
             [_row("FAIL", _cell_name(event), event.seconds, "the worker fails to start")]
-            + _failure_lines(event.error, report)
+            + (_failure_lines(event.error, report) if event.error else [])
             + _output_lines(event.output)
         )
     if isinstance(event, events.ColdStart):
         if not event.ok:
             return _failure_lines(event.error, report) if event.error else []
         label = "import runpod" + (f" ({event.runpod_import})" if event.runpod_import else "")
-        return [_row("", label, event.runpod_import_seconds), _row("", "total", event.seconds)]
+        return [_row("", label, event.runpod_import_seconds or 0.0), _row("", "total", event.seconds)]
     if isinstance(event, events.Phase) and event.name == "tests":
         return ["test cells, in the worker's namespace:"]
     if isinstance(event, events.Phase) and event.name == "jobs":
-        runner = (
-            "rp_job.run_job_generator, streamed as a real worker does"
-            if event.streaming
-            else "rp_job.run_job, as `python handler.py --test_input` runs it"
-        )
-        return [f"jobs through the runpod SDK ({runner}):"]
+        runner = "JobScaler.handle_job: rp_job.run_job_generator, streamed" if event.streaming else "JobScaler.handle_job: rp_job.run_job"
+        return [f"jobs through the runpod SDK, one after another as its worker loop runs them ({runner}):"]
     if isinstance(event, events.Phase) and event.name == "batch":
-        return [f"the same jobs all together, as one batch of {event.size} (batch_handler called once, each job through rp_job.run_job):"]
+        return [
+            f"the same jobs all together, as one batch of {event.size} (batch_handler called once, each job through JobScaler.handle_job):"
+        ]
     if isinstance(event, events.TestCell):
         lines = [_row("PASS" if event.ok else "FAIL", _cell_name(event), event.seconds)]
         lines += _output_lines(event.output) + _value_lines(event.shown) + _progress_lines(event)
         if not event.ok and event.error:
             lines += _failure_lines(event.error, report)
         return lines
+    if isinstance(event, events.End) and event.ended:
+        count = len(event.ended)
+        return [f"ended {count} process{'' if count == 1 else 'es'} the worker left running: {', '.join(event.ended)}"]
     if isinstance(event, events.Job):
         status = "PASS" if event.ok else "FAIL"
         if event.ok and any(p.level == "warn" for p in event.problems):
@@ -344,9 +357,9 @@ INDENT = " " * 7
 
 def _expected_error_lines(event: events.Job) -> list[str]:
     """A job whose error is what its direct call in a test cell gave: the error path works."""
-    error = event.error
-    message = f"{error.type}: {error.message}" if error.message else error.type
-    return [f"{INDENT}expected error, as the direct call in cell {event.expected_error} gave: {message}"]
+    error = event.error or Failure("error", "")
+    said = what_it_gave(error.type, error.message)
+    return [f"{INDENT}expected error: the direct call in cell {event.expected_error} {said} too"]
 
 
 def _progress_lines(event: events.TestCell | events.Job) -> list[str]:
@@ -376,9 +389,9 @@ def summary_lines(report: TestReport) -> list[str]:
         if items:
             failed = sum(not item.ok for item in items)
             counts.append(f"{len(items) - failed}/{len(items)} {name}s passed")
-    expected_errors = sum(job.expected_error is not None for job in report.jobs)
-    if expected_errors:
-        counts[-1] += f" ({expected_errors} with the error its test expects)"
+            expected_errors = sum(getattr(item, "expected_error", None) is not None for item in items)
+            if expected_errors:
+                counts[-1] += f" ({expected_errors} with the error its test expects)"
     verdict = "OK" if report.ok else "FAILED"
     lines.append(f"{verdict}: " + (", ".join(counts) if counts else ("only the import was checked" if report.ok else "nothing ran")))
     return lines
@@ -398,6 +411,8 @@ def _failure_lines(error: Failure, report: TestReport) -> list[str]:
         lines.append(f"{INDENT}at {_location(frames[-1], report)}")
         if len(frames) > 1 and frames[0].cell != frames[-1].cell:
             lines.append(f"{INDENT}called from {_location(frames[0], report)}")
+    if error.hint:
+        lines.append(f"{INDENT}hint: {error.hint}")
     return lines
 
 

@@ -310,7 +310,7 @@ class Panel:
         self.status.value = (
             _note(f"handler raised after {run.seconds:.3f} s: the job FAILS on RunPod", "error")
             if run.error
-            else _note(f"done in {run.seconds:.3f} s ({run.kind} handler)", "ok")
+            else _note(f"done in {run.seconds:.3f} s ({run.kind.value} handler)", "ok")
         )
 
     def _run_batch(self, jobs: list) -> None:

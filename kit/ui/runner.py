@@ -16,20 +16,23 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from kit.workerdir import GENERATOR_KINDS
+from kit.workerdir import HandlerKind
 
 
 @dataclass
 class HandlerRun:
-    kind: str  # "function", "async", "generator" or "async_generator"
+    kind: HandlerKind  # what the call gave: a value, a coroutine, a generator or an async generator
     seconds: float
     output: object = None  # the return value (None for generators)
     chunks: list = field(default_factory=list)  # what a generator yielded
     error: str | None = None  # the traceback when the handler raised
 
+    def __post_init__(self) -> None:
+        self.kind = HandlerKind(self.kind)  # a kind given by its kit.json name is the same kind
+
     @property
     def streamed(self) -> bool:
-        return self.kind in GENERATOR_KINDS
+        return self.kind.streaming
 
     @property
     def result(self):
@@ -46,7 +49,7 @@ def call_handler(handler, job: dict, on_chunk=None, on_print=None) -> HandlerRun
     the handler prints to `on_print` (when given).
     """
     on_chunk = on_chunk or (lambda chunk: None)
-    run = HandlerRun(kind="function", seconds=0.0)
+    run = HandlerRun(kind=HandlerKind.of(handler), seconds=0.0)
     caller = threading.get_ident()
     saved = sys.stdout, sys.stderr
     if on_print is not None:
@@ -59,16 +62,17 @@ def call_handler(handler, job: dict, on_chunk=None, on_print=None) -> HandlerRun
     started = time.perf_counter()
     try:
         value = handler(job)
+        # What the call gave decides: a wrapper or a partial of any kind runs as what it returns.
         if inspect.isasyncgen(value):
-            run.kind = "async_generator"
+            run.kind = HandlerKind.ASYNC_GENERATOR
             HANDLER_LOOP.run(_drain_async(value, run.chunks, on_chunk))
         elif inspect.isgenerator(value):
-            run.kind = "generator"
+            run.kind = HandlerKind.GENERATOR
             for chunk in value:
                 run.chunks.append(chunk)
                 on_chunk(chunk)
         elif inspect.isawaitable(value):
-            run.kind = "async"
+            run.kind = HandlerKind.ASYNC
             run.output = HANDLER_LOOP.run(_await(value))
         else:
             run.output = value
@@ -97,7 +101,7 @@ class HandlerLoop:
     as in a worker; the kernel's own loop is busy running the kernel.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread_id: int | None = None

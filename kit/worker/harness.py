@@ -15,16 +15,16 @@ What it does, in order:
 2. runs each test cell of tests.py in that module's namespace, as the notebook
    runs it (top-level ``await``; a generator left as the cell's value is
    iterated and its chunks shown);
-3. runs each job literal of kit.json through the SDK's own job runners
-   (``rp_job.run_job``, what ``python handler.py --test_input`` calls, and
-   ``rp_job.run_job_generator``, the streaming path of a real worker), judges
-   it against what the test cell's direct call of ``handler(job)`` gave (the
-   same output, or the same error: an error the test expects passes), then
-   checks the result as RunPod carries it: JSON, and its size against the
-   platform's limits;
+3. runs each job literal of kit.json, one after another, through the SDK's
+   own per-job path (``JobScaler.handle_job``: ``rp_job.run_job`` or
+   ``run_job_generator``, the result posted, the SDK's per-job state cleared;
+   see `kit.worker.sdk_jobs`), judges it against what the test cell's direct
+   call of ``handler(job)`` gave (the same output, or the same error: an error
+   the test expects passes), then checks the result as RunPod carries it:
+   JSON, and its size against the platform's limits;
 4. when handler.py defines ``batch_handler(jobs)``, runs those jobs again all
-   together as one batch, through the worker's own batching and ``run_job``,
-   and checks each job's result the same way.
+   together as one batch, through the worker's own batching and the same
+   per-job path, and checks each job's result the same way.
 
 Exported cells run as ``__main__`` with ``sys.argv == ["handler.py"]``, as in
 the worker and in Jupyter; ``progress_update`` calls are recorded and shown,
@@ -34,18 +34,14 @@ The worker code never sees the kit: only this harness imports it.
 """
 
 from __future__ import annotations
-import __future__
 
 import ast
 import asyncio
 import copy
-import functools
 import inspect
 import io
-import json
 import os
-import re
-import reprlib
+import signal
 import sys
 import time
 import traceback
@@ -53,28 +49,17 @@ import types
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from kit import percent, platform, workerdir
-from kit.percent import PercentCell, split_percent
+from kit import platform, processes, workerdir
+from kit.percent import split_percent
 from kit.test import events
-from kit.test.events import Failure, Frame, Problem, Shown
+from kit.test.events import Failure, Problem, Shown
+from kit.worker import loader, sdk_jobs
+from kit.worker.direct_calls import DirectCalls, as_the_sdk_returns, asserts, compare_with_direct, preview
+from kit.worker.loader import SourceMap, WorkerSource
+from kit.workerdir import HandlerKind
 
 MAX_CAPTURE = 20_000  # characters of output kept per cell or job
 MAX_CHUNKS_SHOWN = 20
-FUTURE_FLAGS = 0
-for _name in __future__.all_feature_names:
-    FUTURE_FLAGS |= getattr(__future__, _name).compiler_flag
-
-_preview = reprlib.Repr()
-_preview.maxstring = 80
-_preview.maxother = 80
-_preview.maxlist = _preview.maxtuple = _preview.maxdict = 4
-_preview.maxlevel = 3
-
-
-def preview(value, limit: int = 160) -> str:
-    text = _preview.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 # --------------------------------------------------------------------------- report
 
@@ -102,7 +87,7 @@ def _detach(fd: int) -> None:
 class BoundedText(io.TextIOBase):
     """A text sink that keeps the first MAX_CAPTURE characters (a 25 MB print must not travel)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._parts: list[str] = []
         self._kept = 0
         self.dropped = 0
@@ -132,56 +117,6 @@ def captured():
         yield sink
 
 
-# --------------------------------------------------------------------------- locations
-
-
-class SourceMap:
-    """Maps lines of handler.py and tests.py back to notebook cells."""
-
-    def __init__(self):
-        self._files: dict[str, tuple[str, list]] = {}
-
-    def add(self, path: Path, cells) -> None:
-        self._files[str(path)] = (path.name, cells)
-
-    def frame(self, filename: str, lineno: int, code: str | None) -> Frame | None:
-        if filename not in self._files:
-            return None
-        name, cells = self._files[filename]
-        where = Frame(file=name, file_line=lineno, code=(code or "").strip())
-        for cell in reversed(cells):
-            if cell.start_line <= lineno:
-                where.cell, where.tag, where.line = cell.cell, cell.tag, lineno - cell.start_line + 1
-                break
-        return where
-
-    def frames_of(self, error: BaseException) -> list[Frame]:
-        """The frames of `error`'s traceback that are the user's code, outermost first."""
-        found = []
-        for entry in traceback.extract_tb(error.__traceback__):
-            where = self.frame(entry.filename, entry.lineno, entry.line)
-            if where:
-                found.append(where)
-        if isinstance(error, SyntaxError) and error.filename and error.lineno:
-            where = self.frame(error.filename, error.lineno, error.text)
-            if where:
-                found.append(where)
-        return found
-
-    def frames_in_text(self, text: str) -> list[Frame]:
-        """The same, from a traceback the SDK formatted as text."""
-        found = []
-        lines = text.splitlines()
-        for number, line in enumerate(lines):
-            match = re.match(r'\s*File "(.+)", line (\d+)', line)
-            if match:
-                code = lines[number + 1] if number + 1 < len(lines) else ""
-                where = self.frame(match.group(1), int(match.group(2)), code)
-                if where:
-                    found.append(where)
-        return found
-
-
 def failure(error: BaseException, sources: SourceMap) -> Failure:
     try:
         message = str(error)
@@ -194,7 +129,7 @@ def failure(error: BaseException, sources: SourceMap) -> Failure:
         type=type(error).__name__,
         message=message,
         where=frames,
-        traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        traceback=sources.mapped_text("".join(traceback.format_exception(type(error), error, error.__traceback__))),
     )
 
 
@@ -203,28 +138,21 @@ def failure(error: BaseException, sources: SourceMap) -> Failure:
 
 def import_worker(worker: Path, report: Report, sources: SourceMap):
     """Import handler.py as module `handler`, cell by cell. Returns the module, or None if it failed."""
-    path = worker / "handler.py"
-    text = path.read_text(encoding="utf-8")
-    parsed = percent.parse(text)
-    if parsed.cells:  # exported: the header holds comments and `from __future__` imports
-        header, cells = parsed.header, parsed.cells
-    else:  # a handler.py written by hand: one chunk
-        header, cells = "", [PercentCell(None, "module", text, 1)]
+    source = WorkerSource.read(worker / workerdir.HANDLER)
+    path, cells = source.path, source.cells
     sources.add(path, cells)
     module = types.ModuleType("handler")
     module.__file__ = str(path)
     sys.modules["handler"] = module
 
-    header_code = compile(header, str(path), "exec", dont_inherit=True)
-    flags = header_code.co_flags & FUTURE_FLAGS
     # The header runs as in `python handler.py`: its `if __name__ == "__main__": import worker_loop`
     # imports the SDK before the setup cells (the cold start's "import runpod" row).
     module.__name__ = "__main__"
     started = time.perf_counter()
     with captured():
-        exec(header_code, module.__dict__)
+        flags = loader.run_header(source, module.__dict__)
     header_seconds = time.perf_counter() - started
-    if cells[0].tag != "module":  # exported: the start call is the footer, which is not run here
+    if source.exported:  # the start call is the footer, which is not run here
         run_as_main(module, path)
     else:  # by hand: its start call may run at import, so runpod comes first, its start recorded
         module.__name__ = "handler"
@@ -235,11 +163,12 @@ def import_worker(worker: Path, report: Report, sources: SourceMap):
         with captured() as output:
             started = time.perf_counter()
             try:
-                code = compile("\n" * (cell.start_line - 1) + cell.source, str(path), "exec", flags, dont_inherit=True)
-                exec(code, module.__dict__)
+                loader.run_cell(path, cell, module.__dict__, flags)
                 error = None
             except BaseException as raised:
                 error = failure(raised, sources)
+                if isinstance(raised, ImportError):
+                    error.hint = loader.missing_requirements_hint(worker)
             seconds = time.perf_counter() - started
         total += seconds
         report.emit(
@@ -332,16 +261,16 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
     namespace = module.__dict__
     if cells:
         report.emit(events.Phase(name="tests"))
-    handler = namespace.get("handler")
-    if callable(handler):
-        namespace["handler"] = direct_calls.wrap(handler)
+    originals = {name: namespace[name] for name in ("handler", "batch_handler") if callable(namespace.get(name))}
+    for name, original in originals.items():
+        namespace[name] = direct_calls.wrap(original) if name == "handler" else direct_calls.wrap_batch(original)
     for cell in cells:
         shown = Shown()
         direct_calls.cell = cell.cell
         with captured() as output, progress.capturing() as updates:
             started = time.perf_counter()
             try:
-                value = run_cell(path, cell, namespace, loop)
+                value = run_test_cell(path, cell, namespace, loop)
                 shown = show(value, loop)
                 error = None
             except BaseException as raised:
@@ -361,16 +290,17 @@ def run_test_cells(worker: Path, module, loop, report: Report, sources: SourceMa
         )
         if error:
             direct_calls.forget(cell.cell)  # a failed test expects nothing of its calls
-        elif not _asserts(cell.source):
+        elif not asserts(cell.source):
             direct_calls.forget(cell.cell, returned_errors_only=True)  # nothing checked the {"error": ...} it got
-    if callable(handler) and getattr(namespace.get("handler"), "__wrapped__", None) is handler:
-        namespace["handler"] = handler  # unless a test rebound it
+    for name, original in originals.items():
+        if getattr(namespace.get(name), "__wrapped__", None) is original:
+            namespace[name] = original  # unless a test rebound it
 
 
 VALUE_NAME = "__kit_cell_value__"
 
 
-def run_cell(path: Path, cell, namespace: dict, loop):
+def run_test_cell(path: Path, cell, namespace: dict, loop):
     """Run one test cell as IPython would: top-level await allowed; returns the last expression's value."""
     source = "\n" * (cell.start_line - 1) + cell.source
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -408,240 +338,26 @@ async def _collect(agen) -> list:
     return [chunk async for chunk in agen]
 
 
-# --------------------------------------------------------------------------- direct calls
-
-
-class DirectCalls:
-    """What the test cells' own calls of `handler(job)` gave, by job.
-
-    The SDK run of a job literal must give what calling the handler directly
-    gave in the notebook: the same output, or the same error. A test that sends
-    a bad job and asserts the error is an error path working as intended, not a
-    failure of the worker.
-    """
-
-    def __init__(self):
-        self.by_job: dict[str, dict] = {}
-        self.cell: int | None = None
-
-    def expected(self, job) -> dict | None:
-        key = _job_key(job)
-        return self.by_job.get(key) if key else None
-
-    def forget(self, cell: int, returned_errors_only: bool = False) -> None:
-        def kept(outcome: dict) -> bool:
-            if outcome["cell"] != cell:
-                return True
-            return returned_errors_only and outcome.get("type") != "returned error"
-
-        self.by_job = {key: outcome for key, outcome in self.by_job.items() if kept(outcome)}
-
-    def _record(self, job, outcome: dict) -> None:
-        key = _job_key(job)
-        if key and key not in self.by_job:
-            self.by_job[key] = {"cell": self.cell, **outcome}
-
-    def _returned(self, job, value) -> None:
-        try:
-            value = copy.deepcopy(value)  # the test may change the result after the call
-        except Exception:
-            return
-        if isinstance(value, dict) and value.get("error"):
-            returned = platform.parse_sdk_error(value["error"])  # as job_error reads the SDK's copy of it
-            self._record(job, {"kind": "error", "type": returned.type, "message": returned.message})
-            return
-        self._record(job, {"kind": "output", "value": value})
-
-    def _raised(self, job, error: BaseException) -> None:
-        if isinstance(error, Exception):  # what the SDK turns into a failed job
-            self._record(job, {"kind": "error", "type": type(error).__name__, "message": str(error)})
-
-    def wrap(self, handler):
-        """`handler`, recording each call's outcome; of the same kind (sync, async, generator...)."""
-        if inspect.isasyncgenfunction(handler):
-
-            async def recorded(job, *args, **kwargs):
-                chunks = []
-                try:
-                    async for chunk in handler(job, *args, **kwargs):
-                        chunks.append(chunk)
-                        yield chunk
-                except Exception as error:
-                    self._raised(job, error)
-                    raise
-                self._returned(job, chunks)
-
-        elif inspect.isgeneratorfunction(handler):
-
-            def recorded(job, *args, **kwargs):
-                chunks = []
-                try:
-                    for chunk in handler(job, *args, **kwargs):
-                        chunks.append(chunk)
-                        yield chunk
-                except Exception as error:
-                    self._raised(job, error)
-                    raise
-                self._returned(job, chunks)
-
-        elif inspect.iscoroutinefunction(handler):
-
-            async def recorded(job, *args, **kwargs):
-                try:
-                    value = await handler(job, *args, **kwargs)
-                except Exception as error:
-                    self._raised(job, error)
-                    raise
-                self._returned(job, value)
-                return value
-
-        else:
-
-            def recorded(job, *args, **kwargs):
-                try:
-                    value = handler(job, *args, **kwargs)
-                except Exception as error:
-                    self._raised(job, error)
-                    raise
-                if not inspect.isawaitable(value):
-                    self._returned(job, value)
-                return value
-
-        return functools.wraps(handler)(recorded)
-
-
-def _asserts(source: str) -> bool:
-    """Whether a test cell checks anything: a returned {"error": ...} is expected only then.
-
-    (A raised exception is expected when the cell passed: something caught it.)
-    """
-    try:
-        tree = compile(source, "<test>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
-    except (SyntaxError, ValueError):
-        return False
-    return any(isinstance(node, ast.Assert) for node in ast.walk(tree))
-
-
-def _job_key(job) -> str | None:
-    if not isinstance(job, dict):
-        return None
-    try:
-        return json.dumps(job, sort_keys=True)
-    except (TypeError, ValueError):
-        return None
-
-
-def as_the_sdk_returns(value):
-    """A handler's return value as the SDK's run_job passes it on (`error` and `refresh_worker` taken out)."""
-    if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if k not in ("error", "refresh_worker")}
-        return value or None
-    return value
-
-
-def compare_with_direct(expected: dict | None, body: dict, error: Failure | None) -> tuple[Failure | None, list[Problem], bool]:
-    """(error, problems, expected_error) for a job, judged against what its direct call gave.
-
-    Without a direct call (the job literal's call did not run), a job must succeed.
-    """
-    if expected is None:
-        return error, [], False
-    where = f"the direct call in cell {expected['cell']}"
-    if expected["kind"] == "error":
-        said = (
-            f"{expected['type']}: {expected['message']}"
-            if expected["type"] != "returned error"
-            else f"returned error: {expected['message']}"
-        )
-        if error is None:
-            return Failure("not the expected error", f"{where} gave {said}, but through the SDK the job succeeded"), [], False
-        same_type = expected["type"] == error.type.rsplit(".", 1)[-1]
-        if same_type and str(expected["message"]).strip() == str(error.message).strip():
-            return error, [], True
-        return error, [Problem("fail", f"{where} gave {said}: the SDK run gave another error")], False
-    if error is not None:
-        return error, [Problem("fail", f"{where} returned a result: the job fails only through the SDK")], False
-    direct = as_the_sdk_returns(expected["value"])
-    try:
-        same = bool(direct == body.get("output"))
-    except Exception:
-        return None, [], False
-    if same:
-        return None, [], False
-    return (
-        None,
-        [
-            Problem(
-                "warn",
-                f"the result differs from what {where} returned ({preview(direct, 80)}); a handler that samples or reads the clock differs on every call",
-            )
-        ],
-        False,
-    )
-
-
-# --------------------------------------------------------------------------- progress updates
-
-
-class ProgressUpdates:
-    """`runpod.serverless.progress_update(job, progress)` during kit test: recorded, not posted.
-
-    With no queue there is nowhere to post them (the SDK would log "Failed to
-    return job results"); the report shows them under the cell or job instead.
-    """
-
-    def __init__(self):
-        self.current: list | None = None
-
-    def install(self) -> None:
-        from runpod.serverless.modules import rp_progress
-
-        updates = self
-
-        class InlineThread:  # progress_update posts from a thread: record at once, in order
-            def __init__(self, target=None, args=(), kwargs=None, daemon=None):
-                self._args = args
-
-            def start(self):
-                job, progress = self._args
-                if updates.current is not None:
-                    updates.current.append(preview(progress))
-
-        rp_progress.threading = types.SimpleNamespace(Thread=InlineThread)
-
-    @contextmanager
-    def capturing(self):
-        captured = _Updates()
-        self.current = captured.items
-        try:
-            yield captured
-        finally:
-            self.current = None
-
-
-class _Updates:
-    def __init__(self):
-        self.items: list[str] = []
-
-    def fields(self) -> dict:
-        return {"progress": self.items[:MAX_CHUNKS_SHOWN], "progress_count": len(self.items)} if self.items else {}
-
-
-direct_calls = DirectCalls()
-progress = ProgressUpdates()
-
-
 # --------------------------------------------------------------------------- 3. jobs
 
+direct_calls = DirectCalls(after_call=sdk_jobs.clear_per_job_state)
+progress = sdk_jobs.ProgressUpdates()
 
-def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap, aggregation: dict | None = None) -> None:
-    from runpod.serverless.modules.rp_handler import is_generator
 
-    streaming = is_generator(handler)
+def run_jobs(
+    worker: Path, handler, loop, report: Report, sources: SourceMap, results: sdk_jobs.ResultSink, aggregation: dict | None = None
+) -> None:
+    """Each job literal, one after another, through the SDK's per-job path (see sdk_jobs)."""
+    streaming = HandlerKind.of(handler).streaming
     unaggregated = aggregation_problem(aggregation) if streaming else None
     jobs = workerdir.jobs_to_test(worker)
     if jobs:
         report.emit(events.Phase(name="jobs", streaming=streaming))
+    returned = sdk_jobs.Returned()
+    config = {"handler": returned.wrap(handler), "return_aggregate_stream": bool(aggregation and aggregation["on"]), "rp_args": {}}
+    runner = sdk_jobs.JobRunner(config, results)
+    if jobs:
+        loop.run_until_complete(runner.open())
     for entry in jobs:
         job = copy.deepcopy(entry["job"])
         job.setdefault("id", "local_test")
@@ -653,63 +369,55 @@ def run_jobs(worker: Path, handler, loop, report: Report, sources: SourceMap, ag
         with captured() as output, progress.capturing() as updates:
             started = time.perf_counter()
             try:
-                body, chunks = loop.run_until_complete(run_streaming(handler, job) if streaming else run_plain(handler, job))
-                error = None
+                posted, error = loop.run_until_complete(runner.run(job)), None
             except BaseException as raised:
-                body, chunks, error = {}, None, failure(raised, sources)
+                posted, error = sdk_jobs.Posted(), failure(raised, sources)
             seconds = time.perf_counter() - started
-        if error is None:
-            error = job_error(body, sources)
-        error, compared, expected_error = compare_with_direct(expected, body if chunks is None else {"output": chunks}, error)
+        value = returned.take(job["id"])
+        body, chunks = job_body(posted, value, streaming)
+        error = error or job_error(posted.result or {}, sources)
+        error, compared, expected_error = compare_with_direct(expected, {"output": chunks} if streaming else body, error)
         if unaggregated and error is None:
-            body = {"output": []}  # what handle_job posts as the final output without return_aggregate_stream
-            compared.append(unaggregated)
-        size, problems = (None, []) if error else check_result(body)
-        problems = compared + problems
-        shown = Shown()
-        if chunks is not None:
-            shown = shown_chunks(chunks)
-        elif "output" in body:
-            shown = Shown(value=preview(body["output"]))
+            compared.append(unaggregated)  # handle_job posted the output [] for the job
         report.emit(
             events.Job(
                 **where,
-                ok=(error is None or expected_error) and not any(p.level == "fail" for p in problems),
+                **judged(body, error, expected_error, compared + [Problem("fail", p) for p in posted.problems], posted),
                 seconds=seconds,
-                size=size,
-                error=error,
-                problems=problems,
                 output=output.getvalue(),
-                shown=shown,
-                expected_error=expected["cell"] if expected_error else None,
+                shown=shown_chunks(chunks or []) if streaming else Shown(value=preview(body["output"])) if "output" in body else Shown(),
+                expected_error=expected["cell"] if expected and expected_error else None,
                 **updates.fields(),
             )
         )
+    loop.run_until_complete(runner.close())
 
 
-async def run_plain(handler, job):
-    from runpod.serverless.modules.rp_job import run_job
-
-    return await run_job(handler, job), None
-
-
-async def run_streaming(handler, job):
-    """What the worker loop's handle_job does with a generator handler (return_aggregate_stream on)."""
-    from runpod.serverless.modules.rp_job import run_job_generator
-
-    chunks = []
-    async for streamed in run_job_generator(handler, job):
-        if isinstance(streamed.get("output"), dict) and streamed["output"].get("error"):
-            return {"error": str(streamed["output"]["error"])}, chunks
-        if streamed.get("error"):
-            return {"error": streamed["error"]}, chunks
-        chunks.append(streamed["output"])
-    return {"output": chunks}, chunks
+def job_body(posted: sdk_jobs.Posted, value, streaming: bool) -> tuple[dict, list | None]:
+    """(the job's result as the SDK posts it, the chunks), from the Python objects the handler gave:
+    the checks see them even when the SDK could not serialise them to post."""
+    if streaming:
+        chunks = value if isinstance(value, list) else []
+        unaggregated = isinstance(posted.result, dict) and posted.result.get("output") == []  # return_aggregate_stream off
+        return {"output": [] if unaggregated else chunks}, chunks
+    if posted.result is not None and "output" not in posted.result:
+        return {}, None
+    return {"output": as_the_sdk_returns(value)}, None
 
 
-def run_batch(worker: Path, batch_handler, loop, report: Report, sources: SourceMap) -> None:
+def judged(body: dict, error: Failure | None, expected_error: bool, problems: list[Problem], posted: sdk_jobs.Posted) -> dict:
+    """ok, size, error and problems of a job, its result checked as RunPod carries it."""
+    size, checked = (None, []) if error else check_result(body)
+    problems = problems + checked
+    if error is None and posted.result is None and not any(p.level == "fail" for p in problems):
+        problems.append(Problem("fail", "the SDK posted no result for the job (its log line above says why)"))
+    ok = (error is None or expected_error) and not any(p.level == "fail" for p in problems)
+    return {"ok": ok, "size": size, "error": error, "problems": problems}
+
+
+def run_batch(worker: Path, batch_handler, loop, report: Report, sources: SourceMap, results: sdk_jobs.ResultSink) -> None:
     """The test jobs all together, as ONE batch: the worker's own batching (its batching.py) calling
-    `batch_handler` once, each job through the SDK's run_job as the worker loop runs it."""
+    `batch_handler` once, each job through the SDK's per-job path as the worker loop runs it."""
     entries = [
         entry for entry in workerdir.jobs_to_test(worker) if isinstance(entry["job"], dict) and entry["job"].get("input") is not None
     ]
@@ -719,7 +427,6 @@ def run_batch(worker: Path, batch_handler, loop, report: Report, sources: Source
         import batching  # the copy exported beside handler.py (sys.path[0] is the worker directory)
     except ImportError:
         from kit.worker import batching
-    from runpod.serverless.modules.rp_job import run_job
 
     jobs = []
     for number, entry in enumerate(entries, start=1):
@@ -727,32 +434,37 @@ def run_batch(worker: Path, batch_handler, loop, report: Report, sources: Source
         job["id"] = f"{job.get('id', 'local_test')}-{number}"  # distinct ids, as a real batch has
         jobs.append(job)
     batcher = batching.Batcher(batch_handler, max_size=len(jobs), max_wait_ms=1000.0)  # full at once: no wait
+    returned = sdk_jobs.Returned()
+    runner = sdk_jobs.JobRunner({"handler": returned.wrap(batcher.handle), "rp_args": {}}, results)
     report.emit(events.Phase(name="batch", size=len(jobs)))
+    loop.run_until_complete(runner.open())
 
     async def together():
-        return await asyncio.gather(*(run_job(batcher.handle, job) for job in jobs), return_exceptions=True)
+        tasks = [await runner.start(job) for job in jobs]  # all taken before any runs, as a worker holding them
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.close()
+        return [results.take(job["id"]) for job in jobs]
 
     with captured() as output:
         started = time.perf_counter()
-        bodies = loop.run_until_complete(together())
+        everything = loop.run_until_complete(together())
         seconds = time.perf_counter() - started
-    for entry, job, body in zip(entries, jobs, bodies):
-        error = failure(body, sources) if isinstance(body, BaseException) else job_error(body, sources)
-        size, problems = (None, []) if error else check_result(body)
-        shown = Shown(value=preview(body["output"])) if isinstance(body, dict) and "output" in body else Shown()
+    for entry, job, posted in zip(entries, jobs, everything):
+        body, _ = job_body(posted, returned.take(job["id"]), streaming=False)
+        error, compared, expected_error = compare_with_direct(
+            direct_calls.expected(entry["job"]), body, job_error(posted.result or {}, sources)
+        )
         report.emit(
             events.BatchJob(
                 cell=entry.get("cell"),
                 line=entry.get("line"),
                 streaming=False,
                 input=job.get("input"),
-                ok=error is None and not any(p.level == "fail" for p in problems),
+                **judged(body, error, expected_error, compared + [Problem("fail", p) for p in posted.problems], posted),
                 seconds=seconds,
-                size=size,
-                error=error,
-                problems=problems,
                 output=output.getvalue(),
-                shown=shown,
+                shown=Shown(value=preview(body["output"])) if "output" in body else Shown(),
+                expected_error=(direct_calls.expected(entry["job"]) or {}).get("cell") if expected_error else None,
             )
         )
 
@@ -763,7 +475,7 @@ def job_error(body: dict, sources: SourceMap) -> Failure | None:
         return None
     error = platform.parse_sdk_error(body["error"])
     where = sources.frames_in_text(error.traceback) if error.traceback else []
-    return Failure(error.type, error.message, where, error.traceback or "")
+    return Failure(error.type, error.message, where, sources.mapped_text(error.traceback or ""))
 
 
 def check_result(body: dict) -> tuple[int | None, list[Problem]]:
@@ -822,20 +534,35 @@ def started_handler(module):
 
 def main(argv: list[str]) -> int:
     report = Report(int(argv[1]))
+    processes.become_subreaper()  # a daemon the worker starts stays ours to end (see finish)
+    signal.signal(signal.SIGTERM, _end_on_sigterm)
     worker = Path.cwd()
     report.emit(events.Start(worker=str(worker), python=sys.version.split()[0], pid=os.getpid()))
+    results = sdk_jobs.ResultSink()
+    sdk_jobs.install(results)  # before the worker's code imports runpod, which reads the result URLs once
     sources = SourceMap()
     module = import_worker(worker, report, sources)
     if module is None:
-        report.emit(events.End())
-        return 0
+        return finish(report)
     handler = started_handler(module)  # what the worker loop gets, whatever the tests rebind later
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     run_test_cells(worker, module, loop, report, sources)
-    run_jobs(worker, handler, loop, report, sources, aggregation(worker, module))
-    run_batch(worker, getattr(module, "batch_handler", None), loop, report, sources)
-    report.emit(events.End())
+    results.serve()
+    run_jobs(worker, handler, loop, report, sources, results, aggregation(worker, module))
+    run_batch(worker, getattr(module, "batch_handler", None), loop, report, sources, results)
+    return finish(report)
+
+
+def _end_on_sigterm(signum: int, frame: object) -> None:
+    """kit test timed out: end what the worker started before this process is killed with its group."""
+    processes.end_descendants()
+    os._exit(128 + signum)
+
+
+def finish(report: Report) -> int:
+    """End every process the worker started and left running (named in the End event), then say so."""
+    report.emit(events.End(ended=processes.end_descendants()))
     return 0
 
 

@@ -32,9 +32,10 @@ import traceback
 import types
 from pathlib import Path
 
-from kit import percent, workerdir
-from kit.percent import PercentCell
-from kit.worker.harness import FUTURE_FLAGS, SourceMap
+from kit import workerdir
+from kit.worker import loader
+from kit.worker.loader import SourceMap, WorkerSource
+from kit.workerdir import HandlerKind
 
 CONTROL_ENV = "KIT_RELOAD_DIR"
 GENERATION_FILE = "generation.json"
@@ -73,36 +74,29 @@ class Launcher:
         self.path = worker / workerdir.HANDLER
         self.sources = SourceMap()
         self.lock = threading.Lock()
-        self.current: Generation | None = None
+        self.current: Generation  # set by load()
         self.loaded: str = str(self.path)
         self.footer = ""
         self.flags = 0
+        self.kind = HandlerKind.FUNCTION  # the loaded handler's, set by load()
         self._report: dict = {"worker": worker_id, "pid": os.getpid()}
 
     # ------------------------------------------------------------ startup: handler.py as it is
     def load(self) -> None:
-        parsed = percent.parse(self.path.read_text(encoding="utf-8"))
-        cells = parsed.cells or [PercentCell(None, "module", parsed.header, 1)]
-        header = parsed.header if parsed.cells else ""
-        self.sources.add(self.path, cells)
-        self.footer = parsed.footer
+        source = WorkerSource.read(self.path)
+        self.sources.add(self.path, source.cells)
+        self.footer = source.footer
         module = types.ModuleType("__main__")
         module.__file__ = str(self.path)
-        module.__builtins__ = __builtins__
+        module.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = module  # as `python handler.py`: the user's code is __main__
-        header_code = compile(header, str(self.path), "exec", dont_inherit=True)
-        self.flags = header_code.co_flags & FUTURE_FLAGS
-        exec(header_code, module.__dict__)
-        for cell in cells:
-            self._run_cell(self.path, cell, module)
+        self.flags = loader.run_header(source, module.__dict__)
+        for cell in source.cells:
+            loader.run_cell(self.path, cell, module.__dict__, self.flags)
         generation = read_json(self.control / GENERATION_FILE) if self.control else None
         number = generation.get("generation", 0) if generation and generation.get("handler") == str(self.path) else 0
         self.current = Generation(number, module)
-        self.kind = _kind(module.__dict__.get("handler"))
-
-    def _run_cell(self, path: Path, cell: PercentCell, module: types.ModuleType) -> None:
-        code = compile("\n" * (cell.start_line - 1) + cell.source, str(path), "exec", self.flags, dont_inherit=True)
-        exec(code, module.__dict__)
+        self.kind = HandlerKind.of(module.__dict__.get("handler"))
 
     # ------------------------------------------------------------ warm reload
     def reload(self) -> None:
@@ -115,29 +109,22 @@ class Launcher:
                 return
             number, path = wanted["generation"], Path(str(wanted.get("handler")))
             try:
-                parsed = percent.parse(path.read_text(encoding="utf-8"))
+                source = WorkerSource.read(path)
                 module = types.ModuleType("__main__")
                 module.__dict__.update(self.current.module.__dict__)  # setup's objects, shared
                 module.__file__ = str(path)
-                self.sources.add(path, parsed.cells)
-                for cell in parsed.cells:
+                self.sources.add(path, source.cells)
+                for cell in source.cells:
                     if cell.tag == "handler":
-                        self._run_cell(path, cell, module)
-                if _family(module.__dict__.get("handler")) != _family_of(self.kind):
+                        loader.run_cell(path, cell, module.__dict__, self.flags)
+                if _family(HandlerKind.of(module.__dict__.get("handler"))) != _family(self.kind):
                     raise TypeError("the handler's kind changed: a warm reload cannot change it")
             except BaseException as error:
-                self._write(number, error=self._locate(error))
+                self._write(number, error=self.sources.locate(error))
                 return
             self.current = Generation(number, module)
             sys.modules["__main__"] = module
             self._write(number, loaded=time.time())
-
-    def _locate(self, error: BaseException) -> str:
-        frames = self.sources.frames_of(error)
-        where = ""
-        if frames and frames[-1].cell is not None:
-            where = f"cell {frames[-1].cell}, line {frames[-1].line}: "
-        return f"{where}{type(error).__name__}: {error}"
 
     def _write(self, number: int, **fields) -> None:
         if self.control is None:
@@ -165,7 +152,7 @@ class Launcher:
         """A function of the handler's kind that calls the current generation's handler."""
         launcher = self
 
-        if self.kind == "async_generator":
+        if self.kind is HandlerKind.ASYNC_GENERATOR:
 
             async def handler(job):
                 generation = launcher.current
@@ -175,7 +162,7 @@ class Launcher:
                 finally:
                     launcher._served(generation, job)
 
-        elif self.kind == "generator":
+        elif self.kind is HandlerKind.GENERATOR:
 
             def handler(job):
                 generation = launcher.current
@@ -222,21 +209,9 @@ async def _then(awaitable, after):
         after()
 
 
-def _kind(handler) -> str:
-    if inspect.isasyncgenfunction(handler):
-        return "async_generator"
-    if inspect.isgeneratorfunction(handler):
-        return "generator"
-    return "async" if inspect.iscoroutinefunction(handler) else "function"
-
-
-def _family_of(kind: str) -> str:
+def _family(kind: HandlerKind) -> str:
     """Kinds one stand-in serves: a plain stand-in returns a coroutine as readily as a value."""
-    return kind if kind in workerdir.GENERATOR_KINDS else "plain"
-
-
-def _family(handler) -> str:
-    return _family_of(_kind(handler))
+    return kind.value if kind.streaming else "plain"
 
 
 def main() -> int:

@@ -271,6 +271,19 @@ def _short_repr(value):
     return value if short is None else short(value)
 
 
+def handler_kind(handler) -> str:
+    """How the SDK calls `handler`: "function", "async", "generator" or "async_generator".
+
+    A copy of kit.workerdir.HandlerKind.of (this file never imports the kit);
+    tests/test_workerdir.py checks that the two agree on every kind.
+    """
+    if inspect.isasyncgenfunction(handler):
+        return "async_generator"
+    if inspect.isgeneratorfunction(handler):
+        return "generator"
+    return "async" if inspect.iscoroutinefunction(handler) else "function"
+
+
 def _wrap_handler(handler, *, short_results: bool):
     """`handler`, such that a process it forks without exec (a bare `os.fork()`) stops when
     its copy of the handler call ends, instead of running a second copy of this worker
@@ -283,7 +296,8 @@ def _wrap_handler(handler, *, short_results: bool):
         if os.getpid() != owner:
             os._exit(0)
 
-    if inspect.isasyncgenfunction(handler):
+    kind = handler_kind(handler)
+    if kind == "async_generator":
 
         async def wrapped(job):
             chunks = handler(job)
@@ -293,7 +307,7 @@ def _wrap_handler(handler, *, short_results: bool):
             finally:
                 await chunks.aclose()
                 leave_if_forked()
-    elif inspect.isgeneratorfunction(handler):
+    elif kind == "generator":
 
         def wrapped(job):
             chunks = handler(job)
@@ -303,7 +317,7 @@ def _wrap_handler(handler, *, short_results: bool):
             finally:
                 chunks.close()
                 leave_if_forked()
-    elif inspect.iscoroutinefunction(handler):
+    elif kind == "async":
 
         async def wrapped(job):
             try:
