@@ -235,7 +235,11 @@ class RestStandIn:
             return 200, copy.deepcopy(template)
         if kind == "endpoints":
             if len(parts) == 1:
-                return self._create_endpoint(body) if method == "POST" else (200, [self._endpoint_answer(e, query) for e in self.endpoints.values()])
+                return (
+                    self._create_endpoint(body)
+                    if method == "POST"
+                    else (200, [self._endpoint_answer(e, query) for e in self.endpoints.values()])
+                )
             endpoint = self.endpoints.get(params["endpointId"])
             if endpoint is None:
                 return 404, {"error": "endpoint not found"}

@@ -78,7 +78,9 @@ def test_way_a_creates_template_and_endpoint_on_the_pods_volume_then_updates_the
     assert code == 0, err
     assert api.changes() == [("POST", "/templates"), ("POST", "/endpoints")]
     # The pod was asked for the fields RunPod returns only on request.
-    assert any(p.startswith(f"/pods/{POD}?") and "includeNetworkVolume=true" in p and "includeMachine=true" in p for _, p, _ in api.requests)
+    assert any(
+        p.startswith(f"/pods/{POD}?") and "includeNetworkVolume=true" in p and "includeMachine=true" in p for _, p, _ in api.requests
+    )
     [template] = api.templates.values()
     [endpoint] = api.endpoints.values()
     assert template["name"] == "hello-world" and template["isServerless"] is True

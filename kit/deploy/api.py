@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import urllib.error
 import urllib.parse
@@ -130,7 +129,7 @@ class Client:
                 raw = response.read()
         except urllib.error.HTTPError as error:
             raise _http_error(what, error.code, error.read()) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise ApiError(
                 f"{what}: RunPod's API did not answer within {self.timeout:.0f} s", "check the network and run the command again"
             ) from None

@@ -15,12 +15,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kit import workerdir
 from kit.deploy import plan, volume
 from kit.deploy.api import ApiError, ApiKey, Client, Request, base_url, find_key, path
 from kit.errors import KitEnvironmentError, KitError
+
+if TYPE_CHECKING:
+    from kit.export.export import ExportResult
 
 POD_ENV = "RUNPOD_POD_ID"
 ENDPOINT_URL = "https://api.runpod.ai/v2/{}"
@@ -75,10 +78,16 @@ def deploy(
     templates = client.get(path("/templates", includeEndpointBoundTemplates=True))
     template = plan.find_by_name(templates, settings.name, "template", serverless=True)
     endpoints = client.get(path("/endpoints"))
-    endpoint = plan.endpoint_of_template(endpoints, template["id"], settings.name) if template else plan.find_by_name(endpoints, settings.name, "endpoint")
+    endpoint = (
+        plan.endpoint_of_template(endpoints, template["id"], settings.name)
+        if template
+        else plan.find_by_name(endpoints, settings.name, "endpoint")
+    )
 
     body = plan.template_body(settings, source.image, source.env, start_command=source.start_command, create=template is None)
-    template_request = Request("POST", "/templates", body) if template is None else Request("PATCH", path("/templates/{}", template["id"]), body)
+    template_request = (
+        Request("POST", "/templates", body) if template is None else Request("PATCH", path("/templates/{}", template["id"]), body)
+    )
     if plan_only:
         template_id = NEW_TEMPLATE if template is None else template["id"]
         requests = [template_request, _endpoint_request(settings, template_id, source.pod, endpoint)]
@@ -112,7 +121,9 @@ def _id(answer: Any, request: Request) -> str:
     raise ApiError(f"{request.method} {request.path}: RunPod's answer has no id", "check the RunPod console, then run kit deploy again")
 
 
-def _source(client: Client, target: str | Path, settings: plan.Settings, env: dict[str, str], *, plan_only: bool, say) -> Source:
+def _source(
+    client: Client, target: str | Path, settings: plan.Settings, env: dict[str, str], *, plan_only: bool, say: Callable[[str], None]
+) -> Source:
     if settings.image:  # way B
         revision = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # a re-pushed tag rolls the workers too
         return Source(settings.image, [], plan.template_env(settings, env, pod=None, volume=None, revision=revision), None, [])
@@ -130,13 +141,15 @@ def _source(client: Client, target: str | Path, settings: plan.Settings, env: di
         )
     placed = _place_on_volume(target, settings.name, pod, plan_only=plan_only, say=say)
     _, notes = plan.cache_env(pod.env, pod.mount_path)
-    return Source(pod.image, plan.START_COMMAND, plan.template_env(settings, env, pod=pod, volume=placed, revision=placed.revision), pod, notes)
+    return Source(
+        pod.image, plan.START_COMMAND, plan.template_env(settings, env, pod=pod, volume=placed, revision=placed.revision), pod, notes
+    )
 
 
-def _place_on_volume(target: str | Path, name: str, pod: plan.Pod, *, plan_only: bool, say) -> plan.Volume:
+def _place_on_volume(target: str | Path, name: str, pod: plan.Pod, *, plan_only: bool, say: Callable[[str], None]) -> plan.Volume:
     from kit.export.export import worker_dir
 
-    def warn(result) -> None:
+    def warn(result: ExportResult) -> None:
         for warning in result.warnings:
             say(f"warning: {warning}")
 
@@ -161,7 +174,9 @@ def _place_on_volume(target: str | Path, name: str, pod: plan.Pod, *, plan_only:
 
 def _print_plan(requests: list[Request], key: ApiKey, *, as_json: bool, out: Callable[[str], None]) -> None:
     if as_json:
-        masked = [{"method": r.method, "path": r.path, "authorization": f"Bearer <key from {key.source}>", "body": r.body} for r in requests]
+        masked = [
+            {"method": r.method, "path": r.path, "authorization": f"Bearer <key from {key.source}>", "body": r.body} for r in requests
+        ]
         out(json.dumps({"requests": masked}, indent=2))
         return
     out("--plan: the requests kit deploy would send (nothing that changes anything was sent):")
@@ -179,7 +194,7 @@ def _print_outcome(outcome: Outcome, settings: plan.Settings, seconds: float, ou
     out(f"  health:  {outcome.url}/health")
     out("call it:")
     out(
-        f"  curl -X POST {outcome.url}/runsync -H \"Authorization: Bearer $RUNPOD_API_KEY\" "
+        f'  curl -X POST {outcome.url}/runsync -H "Authorization: Bearer $RUNPOD_API_KEY" '
         "-H 'Content-Type: application/json' -d '{\"input\": {}}'"
     )
     out(f'  python -c \'import runpod; print(runpod.Endpoint("{outcome.endpoint_id}").run_sync({{"input": {{}}}}, timeout=600))\'')

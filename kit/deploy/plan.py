@@ -48,7 +48,9 @@ def default_name(stem: str) -> str:
 
 def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
-        raise KitError(f"--name {name!r} is not a usable name", "use letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)")
+        raise KitError(
+            f"--name {name!r} is not a usable name", "use letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)"
+        )
     return name
 
 
@@ -101,13 +103,16 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
+def _object(answer: dict[str, Any], name: str) -> dict[str, Any]:
+    value = answer.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def pod_from_answer(pod_id: str, answer: Any) -> Pod:
     """The pod's facts from the API's answer; a pod without a network volume is a one-line error offering way B."""
     if not isinstance(answer, dict):
         raise KitError(f"GET /pods/{pod_id}: RunPod's answer is not a pod", "run the command again; if it persists, use --image REF")
-    volume = answer.get("networkVolume") if isinstance(answer.get("networkVolume"), dict) else {}
-    machine = answer.get("machine") if isinstance(answer.get("machine"), dict) else {}
-    gpu = answer.get("gpu") if isinstance(answer.get("gpu"), dict) else {}
+    volume, machine, gpu = (_object(answer, name) for name in ("networkVolume", "machine", "gpu"))
     volume_id = _text(volume.get("id")) or _text(answer.get("networkVolumeId"))
     if not volume_id:
         raise KitError(
@@ -121,7 +126,7 @@ def pod_from_answer(pod_id: str, answer: Any) -> Pod:
         missing = "its data center" if not data_center else "its image"
         raise KitError(f"GET /pods/{pod_id}: RunPod's answer does not name {missing}", "use --image REF instead")
     count = gpu.get("count") if isinstance(gpu.get("count"), int) else machine.get("minPodGpuCount")
-    env = answer.get("env") if isinstance(answer.get("env"), dict) else {}
+    env = _object(answer, "env")
     return Pod(
         id=pod_id,
         image=image,
@@ -177,7 +182,9 @@ class Volume:
     revision: str
 
 
-def template_env(settings: Settings, worker_env: dict[str, str], *, pod: Pod | None, volume: Volume | None, revision: str) -> dict[str, str]:
+def template_env(
+    settings: Settings, worker_env: dict[str, str], *, pod: Pod | None, volume: Volume | None, revision: str
+) -> dict[str, str]:
     """The template's env: the worker's settings, the way's own, then --env (which wins)."""
     env = {"MODE_TO_RUN": "serverless", REVISION_ENV: revision}
     env.update({k: v for k, v in worker_env.items() if k in WORKER_SETTINGS and v})

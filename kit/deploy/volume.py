@@ -24,13 +24,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit import workerdir
-from kit.errors import KitEnvironmentError, KitError
 from kit.deploy.plan import KIT_FOLDER
+from kit.errors import KitEnvironmentError, KitError
 
 KEEP_REVISIONS = 3  # a worker still starting on the previous revision finds its files
 
@@ -81,7 +81,9 @@ def resolve(requirements: str, *, image_time: float | None) -> list[Pin]:
         try:
             queue.append((Requirement(line), "requirements.txt"))
         except InvalidRequirement:
-            raise KitError(f"requirements.txt: {line!r} is not a requirement kit deploy can install on the volume", "give it as NAME==VERSION") from None
+            raise KitError(
+                f"requirements.txt: {line!r} is not a requirement kit deploy can install on the volume", "give it as NAME==VERSION"
+            ) from None
     pins: dict[str, Pin] = {}
     while queue:
         req, needed_by = queue.pop()
@@ -97,7 +99,9 @@ def resolve(requirements: str, *, image_time: float | None) -> list[Pin]:
             ) from None
         version = dist.version
         if req.specifier and not req.specifier.contains(version, prereleases=True):
-            raise KitError(f"{needed_by} asks for {req} but {dist.metadata['Name']} {version} is installed here", "export the notebook again")
+            raise KitError(
+                f"{needed_by} asks for {req} but {dist.metadata['Name']} {version} is installed here", "export the notebook again"
+            )
         installed = _metadata_time(dist)
         pins[key] = Pin(dist.metadata["Name"], version, image_time is not None and installed is not None and installed < image_time)
         for line in dist.requires or []:
@@ -132,7 +136,9 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def install_requirements(pins: list[Pin], mount_path: str, *, python: str = sys.executable, dry_run: bool = False, say=print) -> Install:
+def install_requirements(
+    pins: list[Pin], mount_path: str, *, python: str = sys.executable, dry_run: bool = False, say: Callable[[str], None] = print
+) -> Install:
     """pip install the pins that are not the image's into .kit/site/<key> on the volume, once per set."""
     missing = [p for p in pins if not p.in_image]
     if not missing:
@@ -151,7 +157,9 @@ def install_requirements(pins: list[Pin], mount_path: str, *, python: str = sys.
     if result.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         reason = next((line[7:] for line in result.stderr.splitlines() if line.startswith("ERROR: ")), f"pip exited {result.returncode}")
-        raise KitEnvironmentError(f"installing the worker's requirements onto the volume failed: {reason}", "fix the cause and run kit deploy again")
+        raise KitEnvironmentError(
+            f"installing the worker's requirements onto the volume failed: {reason}", "fix the cause and run kit deploy again"
+        )
     (staging / ".complete").write_text("\n".join(f"{p.name}=={p.version}" for p in missing) + "\n")
     try:
         staging.rename(site)
