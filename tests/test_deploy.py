@@ -252,3 +252,11 @@ def test_usage_mistakes_are_one_line(api, notebook, capsys):
         code, _, err = kit(capsys, notebook, *args)
         assert code == 2 and err.count("\n") == 1, (args, err)
     assert api.requests == []
+
+
+def test_an_unchanged_redeploy_keeps_the_revision_so_workers_do_not_roll(api, notebook, capsys):
+    assert kit(capsys, notebook)[0] == 0
+    [template] = api.templates.values()
+    revision = template["env"]["KIT_DEPLOY_REVISION"]
+    assert kit(capsys, notebook)[0] == 0
+    assert api.templates[template["id"]]["env"]["KIT_DEPLOY_REVISION"] == revision

@@ -169,13 +169,11 @@ def install_requirements(
 
 
 def revision_of(worker: Path) -> str:
-    """The worker's content: every file but kit.json (which names the folder it was written to)."""
+    """The worker's content: its files, with the folder's own path (named in the regenerate command) left out."""
     digest = hashlib.sha256()
+    own = str(worker).encode()
     for path in sorted(p for p in worker.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        rel = path.relative_to(worker).as_posix()
-        if rel == workerdir.MANIFEST:
-            continue
-        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.relative_to(worker).as_posix().encode() + b"\0" + path.read_bytes().replace(own, b"") + b"\0")
     return digest.hexdigest()[:12]
 
 
