@@ -98,6 +98,7 @@ def test_way_a_creates_template_and_endpoint_on_the_pods_volume_then_updates_the
     url = f"https://api.runpod.ai/v2/{endpoint['id']}"
     for line in (f"{url}/run", f"{url}/runsync", f"{url}/health", "curl -X POST", "runpod.Endpoint(", "cold start"):
         assert line in out
+    assert "-d '{\"input\": {\"name\": \"ada\"}}'" in out  # the notebook's test job in the curl line
     assert KEY not in out + err
 
     # An edit, then the same command: the same template and endpoint, updated; the workers roll.

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import NOTEBOOKS, ROOT
 from runpod_rest_standin import RestStandIn
-from test_image import IMAGE_SH, image_sh, podman, podman_or_skip
+from test_image import image_sh, podman, podman_or_skip
 
 from kit.serve.emulator import QueueEmulator
 
@@ -135,4 +135,3 @@ def test_way_a_worker_runs_from_the_volume_with_the_templates_start_command(whic
             assert emu.counters.completed == JOBS and emu.counters.failed == 0
         finally:
             podman("rm", "--force", "--time", "0", name, check=False)
-    assert IMAGE_SH.exists()

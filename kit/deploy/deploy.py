@@ -53,6 +53,7 @@ class Source:
     env: dict[str, str]
     pod: plan.Pod | None
     notes: list[str]
+    example: dict[str, Any] | None = None  # the worker's test job, for the curl line
 
 
 def deploy(
@@ -106,7 +107,7 @@ def deploy(
     if as_json:
         out(json.dumps(outcome.to_json()))
     else:
-        _print_outcome(outcome, settings, time.monotonic() - started, out)
+        _print_outcome(outcome, settings, source.example, time.monotonic() - started, out)
     return 0
 
 
@@ -126,7 +127,8 @@ def _source(
 ) -> Source:
     if settings.image:  # way B
         revision = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # a re-pushed tag rolls the workers too
-        return Source(settings.image, [], plan.template_env(settings, env, pod=None, volume=None, revision=revision), None, [])
+        example = workerdir.example_job(target) if Path(target).is_dir() else None
+        return Source(settings.image, [], plan.template_env(settings, env, pod=None, volume=None, revision=revision), None, [], example)
     pod_id = env.get(POD_ENV, "").strip()
     if not pod_id:
         raise KitError(
@@ -139,14 +141,21 @@ def _source(
             f"the pod's network volume should be mounted at {pod.mount_path}, which is not a directory here",
             "run kit deploy inside the pod (its RUNPOD_POD_ID names the pod the files go to)",
         )
-    placed = _place_on_volume(target, settings.name, pod, plan_only=plan_only, say=say)
+    placed, example = _place_on_volume(target, settings.name, pod, plan_only=plan_only, say=say)
     _, notes = plan.cache_env(pod.env, pod.mount_path)
     return Source(
-        pod.image, plan.START_COMMAND, plan.template_env(settings, env, pod=pod, volume=placed, revision=placed.revision), pod, notes
+        pod.image,
+        plan.START_COMMAND,
+        plan.template_env(settings, env, pod=pod, volume=placed, revision=placed.revision),
+        pod,
+        notes,
+        example,
     )
 
 
-def _place_on_volume(target: str | Path, name: str, pod: plan.Pod, *, plan_only: bool, say: Callable[[str], None]) -> plan.Volume:
+def _place_on_volume(
+    target: str | Path, name: str, pod: plan.Pod, *, plan_only: bool, say: Callable[[str], None]
+) -> tuple[plan.Volume, dict[str, Any] | None]:
     from kit.export.export import worker_dir
 
     def warn(result: ExportResult) -> None:
@@ -158,6 +167,7 @@ def _place_on_volume(target: str | Path, name: str, pod: plan.Pod, *, plan_only:
         requirements = (folder / workerdir.REQUIREMENTS).read_text(encoding="utf-8") if (folder / workerdir.REQUIREMENTS).is_file() else ""
         pins = volume.resolve(requirements, image_time=volume.image_started())
         placed, revision = volume.place_worker(folder, name, pod.mount_path, dry_run=plan_only)
+        example = workerdir.example_job(folder)
     say(f"{verb} the worker on the network volume: {placed} (revision {revision})")
     install = volume.install_requirements(pins, pod.mount_path, dry_run=plan_only, say=say)
     missing = [p for p in pins if not p.in_image]
@@ -169,7 +179,7 @@ def _place_on_volume(target: str | Path, name: str, pod: plan.Pod, *, plan_only:
         state = "would install" if plan_only and not (install.site_dir / ".complete").is_file() else "already installed"
         say(f"requirements: {state} {len(missing)} distributions in {install.site_dir}")
     site = install.site_dir.name if install.site_dir else "image"
-    return plan.Volume(str(placed), str(install.site_dir) if install.site_dir else None, sys.executable, f"{revision}-{site}")
+    return plan.Volume(str(placed), str(install.site_dir) if install.site_dir else None, sys.executable, f"{revision}-{site}"), example
 
 
 def _print_plan(requests: list[Request], key: ApiKey, *, as_json: bool, out: Callable[[str], None]) -> None:
@@ -184,7 +194,13 @@ def _print_plan(requests: list[Request], key: ApiKey, *, as_json: bool, out: Cal
         out(request.describe(key))
 
 
-def _print_outcome(outcome: Outcome, settings: plan.Settings, seconds: float, out: Callable[[str], None]) -> None:
+def _print_outcome(
+    outcome: Outcome, settings: plan.Settings, example: dict[str, Any] | None, seconds: float, out: Callable[[str], None]
+) -> None:
+    import shlex
+
+    request = example if example is not None else {"input": {}}
+    job = json.dumps(request)
     verb = "created" if outcome.created else "updated"
     idle = settings.idle_timeout or 5
     warm = settings.workers_min or 0
@@ -195,9 +211,10 @@ def _print_outcome(outcome: Outcome, settings: plan.Settings, seconds: float, ou
     out("call it:")
     out(
         f'  curl -X POST {outcome.url}/runsync -H "Authorization: Bearer $RUNPOD_API_KEY" '
-        "-H 'Content-Type: application/json' -d '{\"input\": {}}'"
+        f"-H 'Content-Type: application/json' -d {shlex.quote(job)}"
     )
-    out(f'  python -c \'import runpod; print(runpod.Endpoint("{outcome.endpoint_id}").run_sync({{"input": {{}}}}, timeout=600))\'')
+    python = f"import runpod; print(runpod.Endpoint({outcome.endpoint_id!r}).run_sync({request!r}, timeout=600))"
+    out(f"  python -c {shlex.quote(python)}")
     out("  (runpod.Endpoint reads the key from runpod.api_key: RUNPOD_API_KEY or `runpod config`)")
     if warm:
         out(f"cold starts: {warm} worker(s) kept warm (workersMin); a request beyond them waits for a cold worker.")
