@@ -5,11 +5,18 @@ temporary pod set-up: the stand-in (tests/runpod_rest_standin.py, validating eve
 against RunPod's OpenAPI spec) knows one pod whose network volume is a temporary folder.
 
     .venv/bin/python bench/deploy_standin.py [--notebook notebooks/hello.ipynb] [--rounds 3]
+    .venv/bin/python bench/deploy_standin.py --in-image localhost/kit-base:bookworm --notebook notebooks/embeddings.ipynb
 
 Prints each command's output (docs/deploy.md quotes it), then the figures: the wall time from
 starting `kit deploy` to its exit with the endpoint existing in the stand-in, for a first
 deploy (export, requirements onto the volume, template, endpoint), an unchanged redeploy and
-way B (--image); medians over rounds. On a host (not in a pod's container) every installed
+way B (--image); medians over rounds.
+
+--in-image BASE runs the pod side in a podman container of BASE (as root, via docker/image.sh)
+instead: a stock pod where the user pip-installed the kit and the notebook's libraries after
+the container started (the kit's wheel, and its "examples" extra but torch, which BASE has), so
+the requirements installed onto the volume are what such a pod adds to its image; torch stays
+the image's own. It prints that deploy's output, with the size and time of the install. On a host (not in a pod's container) every installed
 distribution is newer than the machine's first process, so the first deploy installs all the
 worker's requirements onto the volume, as on a stock pod where they were pip-installed.
 """
@@ -47,11 +54,50 @@ def run(args: list[str], env: dict[str, str], show: bool) -> tuple[float, subpro
     return seconds, result
 
 
+def in_image(base: str, notebook: str) -> None:
+    from test_deploy_image import host_pip_settings, kit_wheel
+    from test_image import podman
+
+    with tempfile.TemporaryDirectory(prefix="kit-deploy-bench-") as tmp, RestStandIn(KEY) as api:
+        volume = Path(tmp) / "volume"
+        volume.mkdir()
+        api.add_pod(
+            {
+                "id": POD,
+                "image": base,
+                "volumeMountPath": "/workspace",
+                "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1},
+                "networkVolume": {"id": "agv6w2qcg7", "name": "work", "size": 50, "dataCenterId": "EU-RO-1"},
+                "env": {"HF_HOME": "/workspace/.cache/huggingface"},
+            }
+        )
+        wheel = kit_wheel(Path(tmp))
+        pip_env, pip_mounts = host_pip_settings()
+        script = (
+            f"python -m pip install --quiet '/wheel/{wheel.name}[examples]' torch==$(python -c 'import torch; print(torch.__version__)') "
+            f"&& kit deploy /src/{notebook}"
+        )
+        started = time.monotonic()
+        result = podman(
+            "run", "--rm", "--network=host", f"--volume={volume}:/workspace", f"--volume={ROOT}:/src:ro",
+            f"--volume={wheel.parent}:/wheel:ro", *pip_env, *pip_mounts,
+            f"--env=RUNPOD_API_KEY={KEY}", f"--env=RUNPOD_REST_URL={api.url}", f"--env=RUNPOD_POD_ID={POD}",
+            base, "bash", "-c", script, timeout=1800, check=False,
+        )  # fmt: skip
+        print(f"$ kit deploy {notebook}   (in a container of {base}, after pip install of the kit and the examples' libraries)")
+        print("\n".join(line for line in (result.stdout + result.stderr).splitlines() if not line.startswith("WARNING: Location")))
+        print(f"container wall time {time.monotonic() - started:.1f} s, exit {result.returncode}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--notebook", default="notebooks/hello.ipynb")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--in-image", default=None, metavar="BASE", help="run the pod side in a container of BASE (podman)")
     options = parser.parse_args()
+    if options.in_image:
+        in_image(options.in_image, options.notebook)
+        return
     figures: dict[str, list[float]] = {"first deploy": [], "unchanged redeploy": [], "way B (--image)": []}
     for round_ in range(options.rounds):
         with tempfile.TemporaryDirectory(prefix="kit-deploy-bench-") as tmp, RestStandIn(KEY) as api:

@@ -208,14 +208,14 @@ def _print_outcome(
     out(f"  run:     {outcome.url}/run")
     out(f"  runsync: {outcome.url}/runsync")
     out(f"  health:  {outcome.url}/health")
-    out("call it:")
+    out("call it (curl, then Python):")
     out(
         f'  curl -X POST {outcome.url}/runsync -H "Authorization: Bearer $RUNPOD_API_KEY" '
         f"-H 'Content-Type: application/json' -d {shlex.quote(job)}"
     )
-    python = f"import runpod; print(runpod.Endpoint({outcome.endpoint_id!r}).run_sync({request!r}, timeout=600))"
-    out(f"  python -c {shlex.quote(python)}")
-    out("  (runpod.Endpoint reads the key from runpod.api_key: RUNPOD_API_KEY or `runpod config`)")
+    out("  # Python, the runpod SDK (its key: RUNPOD_API_KEY or `runpod config`)")
+    out("  import runpod")
+    out(f'  print(runpod.Endpoint("{outcome.endpoint_id}").run_sync({request!r}, timeout=600))')
     if warm:
         out(f"cold starts: {warm} worker(s) kept warm (workersMin); a request beyond them waits for a cold worker.")
     else:
