@@ -111,11 +111,19 @@ def path(template: str, *ids: str, **query: bool) -> str:
     return built
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib would resend the Authorization header to wherever a redirect points: never follow one."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Client:
     def __init__(self, key: ApiKey, url: str = BASE_URL, timeout: float = TIMEOUT):
         self.key = key
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def send(self, request: Request) -> Any:
         data = None if request.body is None else json.dumps(request.body).encode()
@@ -125,7 +133,7 @@ class Client:
         http = urllib.request.Request(self.url + request.path, data=data, method=request.method, headers=headers)
         what = f"{request.method} {request.path.split('?')[0]}"
         try:
-            with urllib.request.urlopen(http, timeout=self.timeout) as response:
+            with self._opener.open(http, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as error:
             raise _http_error(what, error.code, error.read()) from None
@@ -173,6 +181,12 @@ def _http_error(what: str, status: int, raw: bytes) -> ApiError:
         return ApiError(f"{what}: RunPod refused the API key ({status}: {message})", ACCOUNT_KEY_HINT, status=status)
     if status == 404:
         return ApiError(f"{what}: not found (404: {message})", "check the id, or that the key belongs to its account", status=status)
+    if 300 <= status < 400:
+        return ApiError(
+            f"{what}: the API answered with a redirect ({status}), which kit deploy does not follow with your key",
+            _reach_hint(),
+            status=status,
+        )
     if status == 429:
         return ApiError(f"{what}: too many requests (429: {message})", "wait a minute and run the command again", status=status)
     if status >= 500:
