@@ -174,7 +174,10 @@ def _place_on_volume(
     if install.site_dir is None:
         say(f"requirements: the image has all {len(pins)} distributions the worker needs")
     elif install.installed:
-        say(f"requirements: installed {len(missing)} distributions ({install.size / 1e6:.1f} MB) in {install.seconds:.1f} s")
+        biggest = ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in volume.largest(install.site_dir))
+        say(
+            f"requirements: installed {len(missing)} distributions ({install.size / 1e6:.1f} MB; largest {biggest}) in {install.seconds:.1f} s"
+        )
     else:
         state = "would install" if plan_only and not (install.site_dir / ".complete").is_file() else "already installed"
         say(f"requirements: {state} {len(missing)} distributions in {install.site_dir}")

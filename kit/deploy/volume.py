@@ -136,6 +136,12 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+def largest(site: Path, count: int = 3) -> list[tuple[str, int]]:
+    """The biggest top-level entries of an install folder (packages, mostly), to say where the size went."""
+    sizes = [(p.name, folder_size(p) if p.is_dir() else p.stat().st_size) for p in site.iterdir() if not p.name.endswith(".dist-info")]
+    return sorted(sizes, key=lambda item: -item[1])[:count]
+
+
 def install_requirements(
     pins: list[Pin], mount_path: str, *, python: str = sys.executable, dry_run: bool = False, say: Callable[[str], None] = print
 ) -> Install:
