@@ -98,7 +98,7 @@ def test_way_a_creates_template_and_endpoint_on_the_pods_volume_then_updates_the
     url = f"https://api.runpod.ai/v2/{endpoint['id']}"
     for line in (f"{url}/run", f"{url}/runsync", f"{url}/health", "curl -X POST", "runpod.Endpoint(", "cold start"):
         assert line in out
-    assert "-d '{\"input\": {\"name\": \"ada\"}}'" in out  # the notebook's test job in the curl line
+    assert '-d \'{"input": {"name": "ada"}}\'' in out  # the notebook's test job in the curl line
     assert KEY not in out + err
 
     # An edit, then the same command: the same template and endpoint, updated; the workers roll.
@@ -261,3 +261,39 @@ def test_an_unchanged_redeploy_keeps_the_revision_so_workers_do_not_roll(api, no
     revision = template["env"]["KIT_DEPLOY_REVISION"]
     assert kit(capsys, notebook)[0] == 0
     assert api.templates[template["id"]]["env"]["KIT_DEPLOY_REVISION"] == revision
+
+
+def test_a_redirect_is_not_followed_with_the_key(api, notebook, capsys, monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str | None] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    class Redirect(Elsewhere):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_address[1]}/steal")
+            self.end_headers()
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    redirect = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (elsewhere, redirect):
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        monkeypatch.setenv("RUNPOD_REST_URL", f"http://127.0.0.1:{redirect.server_address[1]}/v1")
+        code, _, err = kit(capsys, notebook)
+    finally:
+        for server in (elsewhere, redirect):
+            server.shutdown()
+            server.server_close()
+    assert code == 2 and err.count("\n") == 1 and "redirect" in err
+    assert seen == []
