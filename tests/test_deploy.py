@@ -217,6 +217,7 @@ def test_a_name_that_matches_two_templates_is_refused(api, notebook, capsys):
     code, _, err = kit(capsys, notebook, "--name", "twin")
     assert code == 2 and err.count("\n") == 1 and first in err and second in err and "--name" in err
     assert api.changes() == []
+    assert not (api.mount / ".kit").exists()  # refused before anything was written on the volume
 
 
 def test_a_pod_template_of_the_same_name_is_not_taken(api, notebook, capsys):

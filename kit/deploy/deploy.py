@@ -72,10 +72,7 @@ def deploy(
     started = time.monotonic()
     if not Path(target).exists():
         raise KitError(f"{target}: no such notebook or worker directory", "give the .ipynb file or the folder kit export wrote")
-    source = _source(client, target, settings, env, plan_only=plan_only, say=say)
-    for note in source.notes:
-        say(f"note: {note}")
-
+    # The look-ups first: a name that is ambiguous fails before anything is written on the volume.
     templates = client.get(path("/templates", includeEndpointBoundTemplates=True))
     template = plan.find_by_name(templates, settings.name, "template", serverless=True)
     endpoints = client.get(path("/endpoints"))
@@ -84,6 +81,10 @@ def deploy(
         if template
         else plan.find_by_name(endpoints, settings.name, "endpoint")
     )
+
+    source = _source(client, target, settings, env, plan_only=plan_only, say=say)
+    for note in source.notes:
+        say(f"note: {note}")
 
     body = plan.template_body(settings, source.image, source.env, start_command=source.start_command, create=template is None)
     template_request = (
