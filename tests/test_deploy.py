@@ -298,3 +298,20 @@ def test_a_redirect_is_not_followed_with_the_key(api, notebook, capsys, monkeypa
             server.server_close()
     assert code == 2 and err.count("\n") == 1 and "redirect" in err
     assert seen == []
+
+
+def test_a_gpu_id_outside_the_spec_is_refused_with_the_apis_message(api, notebook, capsys):
+    code, _, err = kit(capsys, notebook, "--gpu", "NVIDIA Imaginary 9000")
+    assert code == 2 and err.count("\n") == 1
+    assert "NVIDIA Imaginary 9000" in err and "is not one of" in err  # the spec's enum, as the stand-in reports it
+    assert "template hello-world" in err and "endpoint was not created" in err
+    assert len(api.invalid) == 1 and "gpuTypeIds" in api.invalid[0]
+    api.invalid.clear()  # expected here: the request the user asked for breaks the spec
+
+
+def test_plan_as_json_lists_the_requests_without_the_key(api, notebook, capsys):
+    code, out, err = kit(capsys, notebook, "--plan", "--json")
+    assert code == 0, err
+    requests = json.loads(out)["requests"]
+    assert [(r["method"], r["path"]) for r in requests] == [("POST", "/templates"), ("POST", "/endpoints")]
+    assert all(r["authorization"] == "Bearer <key from $RUNPOD_API_KEY>" for r in requests) and KEY not in out + err
