@@ -315,3 +315,14 @@ def test_plan_as_json_lists_the_requests_without_the_key(api, notebook, capsys):
     requests = json.loads(out)["requests"]
     assert [(r["method"], r["path"]) for r in requests] == [("POST", "/templates"), ("POST", "/endpoints")]
     assert all(r["authorization"] == "Bearer <key from $RUNPOD_API_KEY>" for r in requests) and KEY not in out + err
+
+
+def test_a_worker_directory_deploys_like_its_notebook(api, notebook, capsys, tmp_path):
+    from kit.export.export import export_notebook
+
+    worker = export_notebook(notebook, tmp_path / "my worker").out_dir
+    code, _, err = kit(capsys, worker)
+    assert code == 0, err
+    [template] = api.templates.values()
+    assert template["name"] == "my-worker"
+    assert (api.mount / template["env"]["KIT_WORKER_DIR"].removeprefix("/runpod-volume/") / "handler.py").is_file()
