@@ -90,9 +90,10 @@ image:
 	docker/image.sh build localhost/kit-embeddings:latest NOTEBOOK=notebooks/embeddings.ipynb
 	docker/image.sh sizes $(IMAGES)
 
-# Builds what is missing, then runs both images in every mode (tests/test_image.py -m image).
+# Builds what is missing, then runs both images in every mode (tests/test_image.py -m image)
+# and way A of kit deploy on the kit image and on the stand-in base (tests/test_deploy_image.py).
 image-test: setup
-	$(PY) -m pytest -m image tests/test_image.py
+	$(PY) -m pytest -m image tests/test_image.py tests/test_deploy_image.py
 	docker/image.sh sizes $(IMAGES)
 
 clean:

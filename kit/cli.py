@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from kit.errors import KitError
 
@@ -87,6 +88,36 @@ def _cmd_bench(args) -> int:
     )
 
 
+def _cmd_deploy(args) -> int:
+    from kit.deploy.deploy import deploy
+    from kit.deploy.plan import Settings, check_name, default_name, parse_env
+
+    stem = Path(args.target).resolve().stem if Path(args.target).is_file() else Path(args.target).resolve().name
+    settings = Settings(
+        name=check_name(args.name) if args.name is not None else default_name(stem),
+        image=args.image,
+        registry_auth=args.registry_auth,
+        gpus=tuple(args.gpu),
+        gpu_count=args.gpu_count,
+        cpus=tuple(args.cpu),
+        workers_min=args.workers_min,
+        workers_max=args.workers_max,
+        idle_timeout=args.idle_timeout,
+        execution_timeout=args.execution_timeout,
+        flashboot=args.flashboot,
+        env=parse_env(args.env),
+        container_disk=args.container_disk,
+        min_cuda=args.min_cuda,
+    )
+    if settings.gpus and settings.cpus:
+        raise KitError("--gpu and --cpu both given", "an endpoint runs on GPUs or on CPUs: give one of them")
+    if settings.workers_min is not None and settings.workers_max is not None and settings.workers_min > settings.workers_max:
+        raise KitError(f"--workers-min {settings.workers_min} is above --workers-max {settings.workers_max}", "lower --workers-min")
+    if settings.registry_auth and not settings.image:
+        raise KitError("--registry-auth is for an image in a private registry", "give --image REF with it")
+    return deploy(args.target, settings, plan_only=args.plan, as_json=args.json)
+
+
 def _add_requirement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extra",
@@ -134,6 +165,17 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port: give 1-65535 (0 picks a free one)")
+    return value
+
+
+def _natural(text: str) -> int:
+    """A whole number of at least 0 (--workers-min, --workers-max)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 
@@ -238,7 +280,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_bench)
 
+    _add_deploy_parser(sub)
     return parser
+
+
+def _add_deploy_parser(sub) -> None:
+    p = sub.add_parser(
+        "deploy",
+        help="create or update a RunPod serverless endpoint: from this pod's network volume (no build), or --image REF",
+        description="Way A (in a pod, RUNPOD_POD_ID set): the worker and its requirements go onto the pod's network volume and "
+        "the endpoint runs them with the pod's image. Way B (--image REF): an image you built and pushed. "
+        "A second run with the same --name updates the template and endpoint it made. "
+        "Key: RUNPOD_API_KEY, else ~/.runpod/config.toml (`runpod config`).",
+    )
+    p.add_argument("target", help="a notebook or an exported worker directory")
+    p.add_argument("--name", default=None, help="the endpoint's and template's name (default: the notebook's stem)")
+    p.add_argument("--image", default=None, metavar="REF", help="way B: an image you pushed (the kit's Dockerfile with WORKER=...)")
+    p.add_argument("--registry-auth", default=None, metavar="ID", help="containerRegistryAuthId, for --image in a private registry")
+    p.add_argument("--gpu", action="append", default=[], metavar="ID", help="a GPU type id (repeatable; default: the pod's)")
+    p.add_argument("--gpu-count", type=_count, default=None, metavar="N", help="GPUs per worker (default: the pod's)")
+    p.add_argument("--cpu", action="append", default=[], metavar="FLAVOR", help="a CPU endpoint of this flavor, e.g. cpu3c (repeatable)")
+    p.add_argument("--workers-min", type=_natural, default=None, metavar="N", help="workers kept warm (RunPod's default 0)")
+    p.add_argument("--workers-max", type=_natural, default=None, metavar="N", help="most workers at once")
+    p.add_argument("--idle-timeout", type=_count, default=None, metavar="S", help="seconds a worker waits for a job before it stops")
+    p.add_argument("--execution-timeout", type=_seconds, default=None, metavar="S", help="longest a job may run, in seconds")
+    p.add_argument("--flashboot", action=argparse.BooleanOptionalAction, default=None, help="RunPod's FlashBoot (faster cold starts)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an env var for the workers (repeatable)")
+    p.add_argument("--container-disk", type=_count, default=None, metavar="GB", help="the workers' container disk (default 50)")
+    p.add_argument("--min-cuda", default=None, metavar="VERSION", help="the oldest CUDA version a worker's machine may have, e.g. 12.4")
+    p.add_argument("--plan", action="store_true", help="print the requests it would send (key masked) and change nothing")
+    p.add_argument("--json", action="store_true", help='print {"endpoint_id", "template_id", "created", "url"} on stdout')
+    p.set_defaults(func=_cmd_deploy)
 
 
 def _version() -> str:

@@ -14,7 +14,7 @@ from conftest import ROOT, run_kit
 def test_help_lists_every_command():
     result = run_kit("--help")
     assert result.returncode == 0
-    for command in ("export", "deps", "test", "serve", "bench"):
+    for command in ("export", "deps", "test", "serve", "bench", "deploy"):
         assert command in result.stdout
 
 
