@@ -17,12 +17,20 @@ from kit.errors import KitError
 def _cmd_export(args) -> int:
     from kit.export.export import export_notebook
 
-    result = export_notebook(args.notebook, args.output, extra=args.extra, exclude=args.exclude, include_secrets=args.include_secrets)
+    result = export_notebook(
+        args.notebook,
+        args.output,
+        extra=args.extra,
+        exclude=args.exclude,
+        include=args.include,
+        include_secrets=args.include_secrets,
+    )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"exported {result.notebook} -> {result.out_dir}/")
     for name in result.files:
-        print(f"  {name}")
+        why = result.copied.get(name)
+        print(f"  {name}" + (f"  (copied: {why})" if why else ""))
     return 0
 
 
@@ -95,7 +103,8 @@ def _add_requirement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--include-secrets",
         action="store_true",
-        help="also copy secret-looking files in local packages (.env, *.pem, *.key, credentials...), left out by default",
+        help="also copy secret-looking files (.env, *.pem, *.key, credentials...) in local packages and data folders, "
+        "left out by default",
     )
 
 
@@ -149,7 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="notebook -> worker directory (handler.py, requirements.txt, test_input.json, tests.py)")
     p.add_argument("notebook", help="the .ipynb file")
-    p.add_argument("-o", "--output", default=None, metavar="DIR", help="worker directory (default: build/<notebook stem>)")
+    p.add_argument(
+        "-o", "--output", default=None, metavar="DIR", help="worker directory (default: build/<notebook stem> in the notebook's folder)"
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="also copy the files this glob names, relative to the notebook's folder (repeatable), e.g. --include 'prompts/*.txt'",
+    )
     _add_requirement_options(p)
     p.set_defaults(func=_cmd_export)
 

@@ -437,7 +437,7 @@ class Panel:
         self.status.value = _note("exporting…")
         notebook = _shortest(self.path)
         try:
-            result = export_notebook(notebook, notebook.parent / "build" / notebook.stem)
+            result = export_notebook(notebook)  # build/<stem> beside it, as `kit export`
         except KitError as error:
             self.status.value = _note("export failed", "error")
             self.output.value = saved + _note(str(error), "error")
@@ -445,7 +445,8 @@ class Panel:
         finally:
             self.refresh()
         parts = [saved, _note(f"exported to {result.out_dir.resolve()}/", "ok")]
-        parts.append(_pre("\n".join(f"  {name}" for name in result.files), "kit-files"))
+        listed = [f"  {name}" + (f"  (copied: {result.copied[name]})" if name in result.copied else "") for name in result.files]
+        parts.append(_pre("\n".join(listed), "kit-files"))
         parts += [_note(f"warning: {warning}", "warning") for warning in result.warnings]
         parts.append(_note("requirements.txt:"))
         parts.append(_pre((result.out_dir / "requirements.txt").read_text(encoding="utf-8"), "kit-requirements"))
