@@ -103,8 +103,7 @@ def _add_requirement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--include-secrets",
         action="store_true",
-        help="also copy secret-looking files (.env, *.pem, *.key, credentials...) in local packages and data folders, "
-        "left out by default",
+        help="also copy secret-looking files (.env, *.pem, *.key, credentials...) in local packages and data folders, left out by default",
     )
 
 

@@ -53,6 +53,7 @@ ALIASES = {
 # The worker loop itself.
 ALWAYS = "runpod"
 
+
 @dataclass
 class RequirementLine:
     name: str  # distribution (or project) name, for sorting and matching
@@ -185,7 +186,9 @@ def infer_requirements(
         if alias:
             add(alias, alias, f"import {module} {where}, not installed here: unpinned")
             warnings.append(
-                item.warning(notebook, f"`{module}` is not installed here; requiring `{alias}` unpinned — install it and re-export to pin it")
+                item.warning(
+                    notebook, f"`{module}` is not installed here; requiring `{alias}` unpinned — install it and re-export to pin it"
+                )
             )
             continue
         if unnamed_pip:

@@ -68,7 +68,7 @@ SKIPPED = ("__pycache__", ".ipynb_checkpoints")
 # Data files (found or --include'd) a worker folder takes: more belongs on a network volume or in the image.
 MAX_DATA_BYTES = 100 * 1024 * 1024
 MAX_DATA_FILES = 2000
-MAX_MODULE_BYTES = 4 * 1024 * 1024  # a local module larger than this is copied but not read for imports
+MAX_MODULE_BYTES = 1024 * 1024  # a local module larger than this is copied, not read (its syntax tree would take ~100x)
 
 
 @dataclass
@@ -125,9 +125,7 @@ def shadowing_stdlib(notebook: Notebook, module: str) -> Path | None:
     return found
 
 
-def local_closure(
-    notebook: Notebook, cells: Iterable[tuple[int, str]], seeds: Iterable[tuple[str, int, int]] = ()
-) -> LocalModules:
+def local_closure(notebook: Notebook, cells: Iterable[tuple[int, str]], seeds: Iterable[tuple[str, int, int]] = ()) -> LocalModules:
     """Follow the exported cells' (index, source) imports through the local modules they reach.
 
     `seeds`: (dotted name, cell, line) of imports the analysis found, in case a cell does not parse whole."""
@@ -141,12 +139,12 @@ class _Closure:
         self.queue: list[Path] = []
 
     def run(self, cells: Iterable[tuple[int, str]], seeds: Iterable[tuple[str, int, int]]) -> LocalModules:
-        for index, tree in paths.iter_trees([(index, source) for index, source in cells]):
+        for index, offset, tree in paths.cell_trees(cells):
             for node, line in _import_nodes(tree):
                 if isinstance(node, ast.ImportFrom) and node.level:
                     continue  # a notebook is no package: Jupyter fails on it too
                 for dotted, names in _imported(node):
-                    self.reach(dotted.split("."), names, f"cell {index}", (index, line))
+                    self.reach(dotted.split("."), names, f"cell {index}", (index, line + offset))
         for dotted, cell, line in seeds:
             if dotted.split(".")[0] not in self.result.modules:
                 self.reach(dotted.split("."), [], f"cell {cell}", (cell, line))
@@ -452,10 +450,10 @@ def data_files(
     def warn(message: str, locate: tuple[int | None, int | None]) -> None:
         result.warnings.append(KitWarning(message, notebook.name, *locate))
 
-    env: dict = {}
-    for index, tree in paths.iter_trees([(index, source) for index, source in cells]):
-        for found in paths.literal_paths(tree, ".", env):
-            consider(found, f"cell {index}, line {found.line}", (index if isinstance(index, int) else None, found.line))
+    env: dict[str, paths.Value] = {}
+    for index, offset, tree in paths.cell_trees(cells):
+        for found in paths.literal_paths(tree, ".", env, offset):
+            consider(found, f"cell {index}, line {found.line}", (index, found.line))
     for relative, path in closure.sources.items():
         tree = _read_python(path)
         if tree is not None:
@@ -488,7 +486,7 @@ def data_files(
 
 
 def _lookup(directory: Path, relative: str) -> str:
-    """"file", "folder", "other", "missing" or "symlink" (a symlink anywhere on the way)."""
+    """ "file", "folder", "other", "missing" or "symlink" (a symlink anywhere on the way)."""
     path = directory
     mode = 0
     for part in relative.split("/"):

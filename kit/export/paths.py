@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import ast
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+
+# The one cutter of a long cell into statements, so that its syntax tree is never whole in memory.
+from kit.export.analysis import _statement_pieces
 
 
 class Use(str, Enum):
@@ -41,7 +44,7 @@ class LiteralPath:
 
 # A value the evaluator knows: a path relative to the notebook's folder, or an absolute one (not ours).
 @dataclass(frozen=True)
-class _Value:
+class Value:
     path: str | None  # None: absolute, or outside what a literal can say (a URL, `~`)
     is_path: bool  # built as a path (Path(...), __file__): not just any string
 
@@ -61,16 +64,17 @@ MAYBE_LOCAL = {"from_pretrained", "from_single_file", "snapshot_download"}
 WRITERS = {"save", "savez", "savetxt", "to_csv", "to_json", "to_parquet", "to_excel", "imwrite"}
 
 
-def literal_paths(tree: ast.AST, anchor: str, env: dict[str, _Value] | None = None) -> list[LiteralPath]:
-    """The literal paths in `tree`. `env` carries module-level names across a notebook's cells (updated)."""
+def literal_paths(tree: ast.AST, anchor: str, env: dict[str, Value] | None = None, offset: int = 0) -> list[LiteralPath]:
+    """The literal paths in `tree` (its lines counted after `offset`). `env` carries module-level
+    names across a notebook's cells and pieces (updated)."""
     walker = _Walker(anchor, env if env is not None else {})
     walker.bind_module_names(tree)
     walker.visit(tree)
-    return walker.found
+    return [LiteralPath(f.path, f.use, f.line + offset, f.folder) for f in walker.found]
 
 
 class _Walker:
-    def __init__(self, anchor: str, env: dict[str, _Value]):
+    def __init__(self, anchor: str, env: dict[str, Value]):
         self.anchor = anchor
         self.env = env
         self.found: list[LiteralPath] = []
@@ -92,13 +96,13 @@ class _Walker:
                         self.env.pop(target.id, None)
 
     # ------------------------------------------------------------------ values
-    def value(self, node: ast.expr) -> _Value | None:
+    def value(self, node: ast.expr) -> Value | None:
         """What path (or string) `node` is, if a literal says so."""
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return _string(node.value)
         if isinstance(node, ast.Name):
             if node.id == "__file__":
-                return _Value(posixpath.join(self.anchor, "__file__"), True)
+                return Value(posixpath.join(self.anchor, "__file__"), True)
             return self.env.get(node.id)
         if isinstance(node, ast.Attribute) and node.attr == "parent":
             inner = self.value(node.value)
@@ -112,7 +116,7 @@ class _Walker:
             return self._call_value(node)
         return None
 
-    def _call_value(self, node: ast.Call) -> _Value | None:
+    def _call_value(self, node: ast.Call) -> Value | None:
         name = _call_name(node.func)
         args = [self.value(arg) for arg in node.args]
         if node.keywords or any(a is None for a in args):
@@ -120,11 +124,11 @@ class _Walker:
         known = [a for a in args if a is not None]
         if name in PATH_TYPES:
             if not known:
-                return _Value(".", True)
+                return Value(".", True)
             joined = known[0]
             for part in known[1:]:
                 joined = _join(joined, part)
-            return _Value(joined.path, True)
+            return Value(joined.path, True)
         if name == "join" and _dotted(node.func).endswith("path.join") and known:
             joined = known[0]
             for part in known[1:]:
@@ -133,7 +137,7 @@ class _Walker:
         if name == "dirname" and len(known) == 1:
             return _parent(known[0])
         if name in ("getcwd", "cwd") and not known:
-            return _Value(".", name == "cwd")
+            return Value(".", name == "cwd")
         if name in PASS_THROUGH:
             if isinstance(node.func, ast.Attribute) and not known:  # Path(...).resolve()
                 return self.value(node.func.value)
@@ -225,24 +229,24 @@ class _Walker:
             self.visit(node.func.value)
 
 
-def _string(text: str) -> _Value | None:
+def _string(text: str) -> Value | None:
     if not text or "\0" in text or "\n" in text or "://" in text:
         return None
     if text.startswith(("/", "~", "\\")) or (len(text) > 1 and text[1] == ":"):
-        return _Value(None, False)  # absolute (a network volume, the home folder): not the notebook's
-    return _Value(posixpath.normpath(text), False)
+        return Value(None, False)  # absolute (a network volume, the home folder): not the notebook's
+    return Value(posixpath.normpath(text), False)
 
 
-def _join(left: _Value, right: _Value) -> _Value:
+def _join(left: Value, right: Value) -> Value:
     if right.path is None or left.path is None:
-        return _Value(None, left.is_path)
-    return _Value(posixpath.normpath(posixpath.join(left.path, right.path)), left.is_path)
+        return Value(None, left.is_path)
+    return Value(posixpath.normpath(posixpath.join(left.path, right.path)), left.is_path)
 
 
-def _parent(value: _Value) -> _Value:
+def _parent(value: Value) -> Value:
     if value.path is None:
         return value
-    return _Value(posixpath.normpath(posixpath.dirname(value.path) or "."), value.is_path)
+    return Value(posixpath.normpath(posixpath.dirname(value.path) or "."), value.is_path)
 
 
 def _folder_prefix(node: ast.expr) -> str | None:
@@ -294,10 +298,17 @@ def _first_argument(node: ast.Call) -> ast.expr | None:
     return None
 
 
-def iter_trees(sources: list[tuple[object, str]]) -> Iterator[tuple[object, ast.Module]]:
-    """Each source parsed; one that does not parse is skipped (the export reports it elsewhere)."""
-    for where, text in sources:
-        try:
-            yield where, ast.parse(text)
-        except (SyntaxError, ValueError):
-            continue
+def cell_trees(cells: Iterable[tuple[int, str]]) -> Iterator[tuple[int, int, ast.Module]]:
+    """(cell, lines before the piece, tree) for each piece of each cell's code. A piece that does not
+    parse (a cut in the wrong place) reads the whole cell instead; a cell that does not parse is
+    skipped (the export reports it elsewhere)."""
+    for index, source in cells:
+        for offset, text in _statement_pieces(source):
+            try:
+                yield index, offset, ast.parse(text)
+            except (SyntaxError, ValueError):
+                try:
+                    yield index, 0, ast.parse(source)
+                except (SyntaxError, ValueError):
+                    pass
+                break
