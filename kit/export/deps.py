@@ -14,6 +14,7 @@ import importlib.metadata
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def infer_requirements(
             name = project_name(requirement.spec)
             unnamed_pip |= name is None
             spec, reason = requirement.spec, f"{requirement.magic} (cell {requirement.cell})"
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec) and _installed(spec):
+            if name is not None and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec) and _installed(spec):
                 # `%pip install numpy`: pin what the notebook ran with
                 spec, reason = pinned(name), f"{requirement.magic} (cell {requirement.cell}), pinned to the installed version"
             add(name or spec, spec, reason)
@@ -239,10 +240,10 @@ class _Asked:
         return notebook.error(f"{self.source}, line {self.line}: {message}", hint)
 
 
-_distributions: tuple[tuple, dict] | None = None
+_distributions: tuple[tuple, Mapping[str, list[str]]] | None = None
 
 
-def packages_distributions() -> dict[str, list[str]]:
+def packages_distributions() -> Mapping[str, list[str]]:
     """`importlib.metadata.packages_distributions()` (a third of a second), cached while no
     site-packages directory on sys.path changes (installing or removing a package changes it).
     `kit serve --watch` exports on every save; the notebook's own folder, which every save

@@ -455,9 +455,9 @@ def data_files(
         for found in paths.literal_paths(tree, ".", env, offset):
             consider(found, f"cell {index}, line {found.line}", (index, found.line))
     for relative, path in closure.sources.items():
-        tree = _read_python(path)
-        if tree is not None:
-            for found in paths.literal_paths(tree, posixpath.dirname(relative) or "."):
+        module = _read_python(path)
+        if module is not None:
+            for found in paths.literal_paths(module, posixpath.dirname(relative) or "."):
                 consider(found, f"{relative}, line {found.line}", (None, None))
 
     for pattern in include:
