@@ -180,19 +180,26 @@ def test_data_files_the_code_opens_are_copied_and_the_worker_runs(make_notebook,
 
 
 def test_a_read_path_that_names_nothing_is_a_warning(make_notebook, tmp_path):
+    _tree(tmp_path, {"lookup.py": "\ndef table():\n    return open('table.tsv').read()\n", "outputs/old.png": "x"})
     nb = make_notebook(
         [
-            ("setup", "import json\nLABELS = json.load(open('labels.json'))\nOUT = open('results.txt', 'w')"),
+            (
+                "setup",
+                "import json\nimport lookup\nfrom pathlib import Path\nLABELS = json.load(open('labels.json'))\n"
+                "OUT = open('results.txt', 'w')\nOUTPUTS = Path('outputs')\nOUTPUTS.mkdir(exist_ok=True)",
+            ),
             ("handler", "def handler(job):\n    return LABELS"),
         ]
     )
     worker = build_worker(read_notebook(nb))
     messages = [str(w) for w in worker.warnings]
     assert any(
-        "cell 1, line 2: labels.json is read here but names nothing beside the notebook, so the worker will not find it" in m
+        "cell 1, line 4: labels.json is read here but names nothing beside the notebook, so the worker will not find it" in m
         for m in messages
     ), messages
+    assert any("lookup.py, line 3: table.tsv is read here but names nothing beside the notebook" in m for m in messages), messages
     assert not any("results.txt" in m for m in messages)
+    assert "outputs/old.png" not in worker.copied_files  # the code writes into outputs/, it reads nothing there
 
 
 def test_paths_outside_the_folder_or_through_symlinks_are_not_copied(make_notebook, tmp_path):

@@ -397,29 +397,26 @@ def data_files(
         return result
     taken = {name for path in closure.modules.values() for name in [path.name]}
     copy = _Copy(include_secrets)
-    seen: set[str] = set()
-    missing: set[str] = set()
 
     def consider(found: paths.LiteralPath, where: str, locate: tuple[int | None, int | None]) -> None:
         relative = found.path
-        if relative in seen or relative == "." or found.use is paths.Use.WRITE:
+        if relative == ".":
             return
-        seen.add(relative)
         if relative == ".." or relative.startswith("../"):
             if found.use is paths.Use.READ:
-                warn(f"{relative} lies outside the notebook's folder, so it is not copied into the worker", locate)
+                warn(f"{relative} lies outside the notebook's folder, so it is not copied into the worker", locate, where)
             return
         top = relative.split("/")[0]
         if top in taken or top in workerdir.GENERATED:
             return  # a local module (copied already) or a file the export writes
         state = _lookup(directory, relative)
         if state == "missing":
-            if found.use is paths.Use.READ and relative not in missing:
-                missing.add(relative)
+            if found.use is paths.Use.READ:
                 warn(
                     f"{relative} is read here but names nothing beside the notebook, so the worker will not find it: "
                     "add the file, fix the path, or read it from a network volume by an absolute path",
                     locate,
+                    where,
                 )
             return
         if state == "symlink":
@@ -440,6 +437,7 @@ def data_files(
                 f"data files a worker folder takes are bounded ({MAX_DATA_BYTES // 1_000_000} MB, {MAX_DATA_FILES} files); "
                 "put it on a network volume or into the image and read it there by an absolute path",
                 locate,
+                where,
             )
             return
         result.reasons[name] = f"{verb} in {where}"
@@ -447,18 +445,29 @@ def data_files(
         copy.left_out += trial.left_out
         copy.secrets += trial.secrets
 
-    def warn(message: str, locate: tuple[int | None, int | None]) -> None:
+    def warn(message: str, locate: tuple[int | None, int | None], where: str) -> None:
+        if locate[0] is None:
+            message = f"{where}: {message}"  # a local module's line
         result.warnings.append(KitWarning(message, notebook.name, *locate))
 
+    # Every mention of each path, then one decision per path: copied when some code reads it, or
+    # names it and none writes it; the first reading mention is the one the note and warnings name.
+    mentions: dict[str, list[tuple[paths.LiteralPath, str, tuple[int | None, int | None]]]] = {}
     env: dict[str, paths.Value] = {}
     for index, offset, tree in paths.cell_trees(cells):
         for found in paths.literal_paths(tree, ".", env, offset):
-            consider(found, f"cell {index}, line {found.line}", (index, found.line))
+            mentions.setdefault(found.path, []).append((found, f"cell {index}, line {found.line}", (index, found.line)))
     for relative, path in closure.sources.items():
         module = _read_python(path)
         if module is not None:
             for found in paths.literal_paths(module, posixpath.dirname(relative) or "."):
-                consider(found, f"{relative}, line {found.line}", (None, None))
+                mentions.setdefault(found.path, []).append((found, f"{relative}, line {found.line}", (None, None)))
+    for found_path, uses in mentions.items():
+        reads = [use for use in uses if use[0].use is paths.Use.READ]
+        if reads:
+            consider(*reads[0])
+        elif not any(use[0].use is paths.Use.WRITE for use in uses) and found_path != ".":
+            consider(*uses[0])
 
     for pattern in include:
         matches = _glob(notebook, directory, pattern)
