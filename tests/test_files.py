@@ -153,7 +153,9 @@ DATA = {
     "prompts/unused.txt": "not read by name, copied as part of nothing",
     "styles/plain.txt": " (plain)",
     "styles/.env": "API_KEY=hunter2",
-    "vocab.py": "from pathlib import Path\nWORDS = (Path(__file__).parent / 'data' / 'vocab.txt').read_text().split()\n",
+    "vocab.py": "from pathlib import Path\nWORDS = (Path(__file__).parent / 'data' / 'vocab.txt').read_text().split()\n"
+    "SOURCE = Path(__file__).read_text()\nSTOP = Path(__file__).with_name('stop.txt').read_text().split()\n",
+    "stop.txt": "the a\n",
     "data/vocab.txt": "alpha beta\n",
     "out.log": "written by the handler, never read",
 }
@@ -167,7 +169,8 @@ def test_data_files_the_code_opens_are_copied_and_the_worker_runs(make_notebook,
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     copied = _copied(out)
-    for name in ["config.json", "prompts/greeting.txt", "styles/plain.txt", "data/vocab.txt", "vocab.py"]:
+    assert "__file__" not in result.stderr  # reading the module's own file is no missing path
+    for name in ["config.json", "prompts/greeting.txt", "styles/plain.txt", "data/vocab.txt", "vocab.py", "stop.txt"]:
         assert name in copied
     assert "prompts/unused.txt" not in copied  # only what the code names: the file, not its folder
     assert "out.log" not in copied  # written, not read

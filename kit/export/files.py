@@ -400,8 +400,8 @@ def data_files(
 
     def consider(found: paths.LiteralPath, where: str, locate: tuple[int | None, int | None]) -> None:
         relative = found.path
-        if relative == ".":
-            return
+        if relative == "." or relative.split("/")[-1] == "__file__":
+            return  # the folder itself, or the module's own file
         if relative == ".." or relative.startswith("../"):
             if found.use is paths.Use.READ:
                 warn(f"{relative} lies outside the notebook's folder, so it is not copied into the worker", locate, where)

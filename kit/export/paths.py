@@ -143,6 +143,9 @@ class _Walker:
                 return self.value(node.func.value)
             if len(known) == 1:  # os.path.abspath(x), str(x)
                 return known[0]
+        if name == "with_name" and isinstance(node.func, ast.Attribute) and len(known) == 1:
+            base = self.value(node.func.value)  # Path(__file__).with_name("x.json")
+            return _join(_parent(base), known[0]) if base is not None and base.is_path else None
         if name == "joinpath" and isinstance(node.func, ast.Attribute):
             base = self.value(node.func.value)
             if base is None:
