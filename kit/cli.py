@@ -23,6 +23,7 @@ def _cmd_export(args) -> int:
         args.output,
         extra=args.extra,
         exclude=args.exclude,
+        include=args.include,
         include_secrets=args.include_secrets,
         repo=args.repo,
         category=args.category,
@@ -31,7 +32,8 @@ def _cmd_export(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"exported {result.notebook} -> {result.out_dir}/")
     for name in result.files:
-        print(f"  {name}")
+        why = result.copied.get(name)
+        print(f"  {name}" + (f"  (copied: {why})" if why else ""))
     for note in result.notes:
         print(f"note: {note}")
     return 0
@@ -136,7 +138,7 @@ def _add_requirement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--include-secrets",
         action="store_true",
-        help="also copy secret-looking files in local packages (.env, *.pem, *.key, credentials...), left out by default",
+        help="also copy secret-looking files (.env, *.pem, *.key, credentials...) in local packages and data folders, left out by default",
     )
 
 
@@ -201,7 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="notebook -> worker directory (handler.py, requirements.txt, test_input.json, tests.py)")
     p.add_argument("notebook", help="the .ipynb file")
-    p.add_argument("-o", "--output", default=None, metavar="DIR", help="worker directory (default: build/<notebook stem>)")
+    p.add_argument(
+        "-o", "--output", default=None, metavar="DIR", help="worker directory (default: build/<notebook stem> in the notebook's folder)"
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="also copy the files this glob names, relative to the notebook's folder (repeatable), e.g. --include 'prompts/*.txt'",
+    )
     _add_requirement_options(p)
     p.add_argument(
         "--repo",

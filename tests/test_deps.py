@@ -58,7 +58,7 @@ def test_pip_lines_are_kept_as_written(make_notebook):
     reqs = infer_requirements(read_notebook(nb))
     rendered = lines(reqs)
     assert "scipy>=1.10  # %pip (cell 1); import scipy (cell 1)" in rendered
-    assert "requests==2.*  # %pip (cell 1)" in rendered
+    assert "requests==2.*  # !pip (cell 1)" in rendered  # said as the cell says it
     assert not any("example.invalid" in line or line.startswith("-") for line in rendered)
 
 

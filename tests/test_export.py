@@ -571,6 +571,18 @@ def test_default_output_is_build_stem(make_notebook, tmp_path):
     assert "kit export worker.ipynb\n" in (tmp_path / "build" / "worker" / "handler.py").read_text()
 
 
+@pytest.mark.process
+def test_the_default_output_is_beside_the_notebook_wherever_kit_runs(tmp_path):
+    """One rule for the CLI and the panel: build/<stem> in the notebook's folder, not in the current directory."""
+    nb = build_notebook(tmp_path / "project" / "notebooks" / "worker.ipynb", HELLO_CELLS)
+    (tmp_path / "elsewhere").mkdir()
+    result = run_kit("export", nb, cwd=tmp_path / "elsewhere")
+    assert result.returncode == 0, result.stderr
+    assert (nb.parent / "build" / "worker" / "handler.py").is_file()
+    assert f"-> {nb.parent / 'build' / 'worker'}/" in result.stdout
+    assert not (tmp_path / "elsewhere" / "build").exists()
+
+
 def test_worker_dir_accepts_notebooks_and_worker_directories(make_notebook, tmp_path):
     nb = make_notebook(HELLO_CELLS)
     with worker_dir(nb) as exported:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import build_notebook as write_notebook
 from nbconvert.exporters import get_export_names, get_exporter
+from traitlets.config import Config
 
 from kit.errors import KitError
 
@@ -115,3 +116,31 @@ def test_library_callers_get_the_kit_error(tmp_path):
     with pytest.raises(KitError) as raised:
         get_exporter("runpod")().from_filename(str(notebook))
     assert "nohandler.ipynb" in str(raised.value)
+
+
+def test_a_file_name_with_backslashes_never_becomes_a_zip_entry(tmp_path, caplog):
+    """`..\\..\\evil.py` in a local package is one file on Linux, but a Windows unzip tool splits it
+    at the backslashes and writes outside the folder: the file is left out, with one warning."""
+    (tmp_path / "textutils").mkdir()
+    (tmp_path / "textutils" / "__init__.py").write_text("def shout(s):\n    return s.upper()\n")
+    (tmp_path / "textutils" / "..\\..\\evil.py").write_text("print('outside')\n")
+    notebook = write_notebook(
+        tmp_path / "shout.ipynb",
+        [("setup", "from textutils import shout"), ("handler", "def handler(job):\n    return shout(job['input'])")],
+    )
+    with caplog.at_level("WARNING"):
+        data, _ = get_exporter("runpod")().from_filename(str(notebook))
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert "textutils/__init__.py" in names
+    assert not any("\\" in name or "evil" in name for name in names), names
+    warnings = [r.getMessage() for r in caplog.records if "evil" in r.getMessage()]
+    assert len(warnings) == 1 and "a backslash in its name, which Windows unzip tools read as a folder separator" in warnings[0]
+
+
+def test_the_exporter_takes_include_globs_as_kit_export_does(tmp_path):
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "a.txt").write_text("a")
+    notebook = write_notebook(tmp_path / "echo.ipynb", ECHO)
+    exporter = get_exporter("runpod")(config=Config({"RunpodExporter": {"include": ["prompts/*.txt"]}}))
+    data, _ = exporter.from_filename(str(notebook))
+    assert "prompts/a.txt" in zipfile.ZipFile(io.BytesIO(data)).namelist()

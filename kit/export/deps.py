@@ -10,17 +10,16 @@ an unchanged notebook gives the same bytes.
 
 from __future__ import annotations
 
-import fnmatch
-import importlib.machinery
 import importlib.metadata
 import os
 import re
-import stat
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.errors import KitError, KitWarning
+from kit.export import files
 from kit.export.analysis import Analysis, analyse
 from kit.export.notebook import Notebook
 
@@ -55,36 +54,6 @@ ALIASES = {
 # The worker loop itself.
 ALWAYS = "runpod"
 
-# Files a local package may hold that look like secrets: left out of the worker
-# (and its zip) unless the export is asked to include them (--include-secrets).
-SECRET_PATTERNS = (
-    ".env",
-    ".env.*",
-    "*.env",
-    ".netrc",
-    ".pypirc",
-    ".npmrc",
-    ".git-credentials",
-    ".htpasswd",
-    "*.pem",
-    "*.key",
-    "*.p12",
-    "*.pfx",
-    "*.keystore",
-    "*.jks",
-    "id_rsa*",
-    "id_dsa*",
-    "id_ecdsa*",
-    "id_ed25519*",
-    "credentials",
-    "credentials.*",
-    "secrets.*",
-    "*.secret",
-    "*.secrets",
-)
-SECRET_DIRS = (".git", ".ssh", ".aws", ".gnupg", ".docker")
-SKIPPED = ("__pycache__", ".ipynb_checkpoints")
-
 
 @dataclass
 class RequirementLine:
@@ -104,6 +73,8 @@ class Requirements:
     local_modules: list[Path] = field(default_factory=list)  # files/packages copied beside handler.py
     # What is copied: worker-relative posix path -> the regular file it is copied from.
     local_files: dict[str, Path] = field(default_factory=dict)
+    module_reasons: dict[str, str] = field(default_factory=dict)  # a local module's name -> who imports it first
+    closure: files.LocalModules | None = None  # what the local modules' own code reaches (for the data files)
 
     def text(self, header: str = "") -> str:
         body = "".join(line.render() + "\n" for line in self.lines)
@@ -150,9 +121,6 @@ def infer_requirements(
     lines: dict[str, RequirementLine] = {}
     warnings: list[KitWarning] = []
 
-    def warn(item, message: str) -> None:
-        warnings.append(KitWarning(message, notebook.name, item.cell, item.line))
-
     excluded: list[str] = []
 
     def add(name: str, spec: str, reason: str) -> None:
@@ -170,11 +138,10 @@ def infer_requirements(
         for requirement in parsed.translated.pip:
             name = project_name(requirement.spec)
             unnamed_pip |= name is None
-            spec, reason = requirement.spec, f"%pip (cell {requirement.cell})"
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec) and _installed(
-                spec
-            ):  # `%pip install numpy`: pin what the notebook ran with
-                spec, reason = pinned(name), f"%pip (cell {requirement.cell}), pinned to the installed version"
+            spec, reason = requirement.spec, f"{requirement.magic} (cell {requirement.cell})"
+            if name is not None and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec) and _installed(spec):
+                # `%pip install numpy`: pin what the notebook ran with
+                spec, reason = pinned(name), f"{requirement.magic} (cell {requirement.cell}), pinned to the installed version"
             add(name or spec, spec, reason)
     for spec in extra:
         if not spec.strip() or any(not c.isprintable() for c in spec):
@@ -186,33 +153,25 @@ def infer_requirements(
     pip_projects = set(lines)
 
     distributions = packages_distributions()
-    local: dict[str, Path] = {}
-    for item in analysis.imports:
+    cells = [(parsed.index, parsed.translated.source) for parsed in analysis.cells]
+    closure = files.local_closure(notebook, cells, seeds=[(item.dotted, item.cell, item.line) for item in analysis.imports])
+    warnings += closure.warnings
+    asked = [
+        _Asked(item.module, item.dotted, item.optional, f"cell {item.cell}", item.cell, item.line)
+        for item in analysis.imports
+        if item.module not in closure.modules
+    ]
+    asked += [_Asked(i.module, i.dotted, i.optional, i.source, None, i.line) for i in closure.imports]
+    for item in asked:
         module = item.module
-        where = f"(cell {item.cell})"
+        where = f"({item.source})"
         if module in sys.stdlib_module_names or module == "__future__":
-            beside = _shadowing_stdlib(notebook, module)
-            if beside is not None:
-                local[module] = beside
-                warnings.append(
-                    f"cell {item.cell}, line {item.line}: {beside.name} beside the notebook shadows the standard "
-                    f"library's `{module}`; copied, since the worker's folder comes first on Python's path"
-                )
             continue
         if module == "kit":
-            raise notebook.error(
-                "the worker must not import the kit",
-                "move `import kit` (and kit.panel()) to an untagged cell",
-                cell=item.cell,
-                line=item.line,
-            )
+            raise item.error(notebook, "the worker must not import the kit", "move `import kit` (and kit.panel()) to an untagged cell")
         if normalise(module) in excluded_names:
             if module not in excluded:
                 excluded.append(module)
-            continue
-        beside = _local_module(notebook, module)
-        if beside is not None:
-            local[module] = beside
             continue
         dists = _distributions_for(item.dotted, module, distributions)
         if dists:
@@ -223,34 +182,68 @@ def infer_requirements(
         if normalise(alias or module) in pip_projects:
             continue  # a `%pip install` line provides it
         if item.optional:
-            warn(item, f"optional import `{module}` is not installed here; left out")
+            warnings.append(item.warning(notebook, f"optional import `{module}` is not installed here; left out"))
             continue
         if alias:
             add(alias, alias, f"import {module} {where}, not installed here: unpinned")
-            warn(item, f"`{module}` is not installed here; requiring `{alias}` unpinned — install it and re-export to pin it")
+            warnings.append(
+                item.warning(
+                    notebook, f"`{module}` is not installed here; requiring `{alias}` unpinned — install it and re-export to pin it"
+                )
+            )
             continue
         if unnamed_pip:
-            warn(item, f"`{module}` is not installed here; assuming a `%pip install` URL provides it")
+            warnings.append(item.warning(notebook, f"`{module}` is not installed here; assuming a `%pip install` URL provides it"))
             continue
-        raise notebook.error(
+        raise item.error(
+            notebook,
             f"`import {module}`: no installed package provides `{module}`",
             "install it and re-export, or add a `%pip install <package>` line to a setup cell",
-            cell=item.cell,
-            line=item.line,
         )
     if ALWAYS not in excluded_names:
         add(ALWAYS, pinned(ALWAYS) if _installed(ALWAYS) else ALWAYS, "the worker loop (always)")
 
     ordered = sorted(lines.values(), key=lambda l: (normalise(l.name), l.spec))
-    modules = [local[m] for m in sorted(local)]
-    files = local_files(notebook, modules, include_secrets=include_secrets, warnings=warnings)
-    return Requirements(ordered, warnings, sorted(excluded), modules, files)
+    modules = [closure.modules[m] for m in sorted(closure.modules)]
+    copied, left_out = files.local_files(notebook, modules, include_secrets=include_secrets)
+    warnings += left_out
+    return Requirements(
+        ordered,
+        warnings,
+        sorted(excluded),
+        modules,
+        copied,
+        module_reasons={closure.modules[m].name: closure.reasons[m] for m in sorted(closure.modules)},
+        closure=closure,
+    )
 
 
-_distributions: tuple[tuple, dict] | None = None
+@dataclass
+class _Asked:
+    """An import the worker's code makes: in a cell (`cell` set) or in a local module (`source` its path)."""
+
+    module: str
+    dotted: str
+    optional: bool
+    source: str  # "cell 3" or "helpers/service.py"
+    cell: int | None
+    line: int
+
+    def warning(self, notebook: Notebook, message: str) -> KitWarning:
+        if self.cell is not None:
+            return KitWarning(message, notebook.name, self.cell, self.line)
+        return KitWarning(f"{self.source}, line {self.line}: {message}", notebook.name)
+
+    def error(self, notebook: Notebook, message: str, hint: str) -> KitError:
+        if self.cell is not None:
+            return notebook.error(message, hint, cell=self.cell, line=self.line)
+        return notebook.error(f"{self.source}, line {self.line}: {message}", hint)
 
 
-def packages_distributions() -> dict[str, list[str]]:
+_distributions: tuple[tuple, Mapping[str, list[str]]] | None = None
+
+
+def packages_distributions() -> Mapping[str, list[str]]:
     """`importlib.metadata.packages_distributions()` (a third of a second), cached while no
     site-packages directory on sys.path changes (installing or removing a package changes it).
     `kit serve --watch` exports on every save; the notebook's own folder, which every save
@@ -287,98 +280,11 @@ def _distributions_for(dotted: str, module: str, distributions) -> list[str]:
     return candidates
 
 
-def _local_module(notebook: Notebook, module: str) -> Path | None:
-    directory = notebook.directory
-    if directory is None:
-        return None
-    for candidate in (directory / f"{module}.py", directory / module):
-        if candidate.is_file() or (candidate.is_dir() and any(candidate.glob("*.py"))):
-            if candidate.is_symlink():
-                raise notebook.error(
-                    f"the local module {candidate.name} is a symlink (to {os.readlink(candidate)}); "
-                    "the kit copies only regular files inside the notebook's folder",
-                    f"replace {candidate.name} with a copy of what it points to",
-                )
-            return candidate
-    return None
-
-
-def _shadowing_stdlib(notebook: Notebook, module: str) -> Path | None:
-    """A file or regular package beside the notebook named like a standard-library module
-    that Python would import instead of it (built-in and frozen modules cannot be shadowed)."""
-    if module in sys.builtin_module_names or importlib.machinery.FrozenImporter.find_spec(module) is not None:
-        return None
-    found = _local_module(notebook, module)
-    if found is None or (found.is_dir() and not (found / "__init__.py").is_file()):
-        return None  # a folder without __init__.py is a namespace package: the standard library wins
-    return found
-
-
-def _is_secret(name: str) -> bool:
-    return any(fnmatch.fnmatch(name.lower(), pattern) for pattern in SECRET_PATTERNS)
-
-
-def local_files(
-    notebook: Notebook, modules: list[Path], *, include_secrets: bool = False, warnings: list[str] | None = None
-) -> dict[str, Path]:
-    """What a worker copies of its local modules: worker-relative path -> source file.
-
-    The one rule for `kit export` and the nbconvert zip: only regular files, found
-    without following a symlink, so nothing outside the notebook's folder is read;
-    no caches; no secret-looking files unless `include_secrets`. Every file left
-    out is named in `warnings`.
-    """
-    warnings = warnings if warnings is not None else []
-    files: dict[str, Path] = {}
-    left_out: list[str] = []
-    secrets: list[str] = []
-    for module in modules:
-        if not module.is_dir():
-            files[module.name] = module
-            continue
-        for root, dirs, names in os.walk(module, followlinks=False):
-            base = Path(root)
-            relative = base.relative_to(module.parent)
-            for name in list(dirs):
-                path = base / name
-                if name in SKIPPED:
-                    dirs.remove(name)
-                elif path.is_symlink():
-                    dirs.remove(name)
-                    left_out.append(f"{(relative / name).as_posix()} (a symlink)")
-                elif name in SECRET_DIRS and not include_secrets:
-                    dirs.remove(name)
-                    secrets.append((relative / name).as_posix() + "/")
-            dirs.sort()
-            for name in sorted(names):
-                path = base / name
-                target = (relative / name).as_posix()
-                if name.endswith((".pyc", ".pyo")):
-                    continue
-                mode = os.lstat(path).st_mode
-                if stat.S_ISLNK(mode):
-                    left_out.append(f"{target} (a symlink)")
-                elif not stat.S_ISREG(mode):
-                    left_out.append(f"{target} (not a regular file)")
-                elif _is_secret(name) and not include_secrets:
-                    secrets.append(target)
-                else:
-                    files[target] = path
-    if left_out:
-        warnings.append(f"left out of the worker: {', '.join(left_out)}; the kit copies only regular files inside the notebook's folder")
-    if secrets:
-        warnings.append(
-            f"left out of the worker, as they look like secrets: {', '.join(secrets)}; "
-            "pass --include-secrets to copy them, or give the worker secrets through environment variables"
-        )
-    return files
-
-
 def format_requirements_report(requirements: Requirements) -> str:
     """What `kit deps` prints: the lines with their reasons, then warnings."""
     out = [line.render() for line in requirements.lines]
     for path in requirements.local_modules:
-        out.append(f"# copied beside handler.py: {path.name}")
+        out.append(f"# copied beside handler.py: {path.name} (imported by {requirements.module_reasons.get(path.name, 'the notebook')})")
     for name in requirements.excluded:
         out.append(f"# excluded (provided by the base image): {name}")
     for warning in requirements.warnings:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kit import percent, workerdir
 from kit.errors import KitEnvironmentError, KitError, KitWarning
+from kit.export import files as worker_files
 from kit.export import runtime
 from kit.export.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
 from kit.export.deps import Requirements, infer_requirements
@@ -37,6 +38,7 @@ class Worker:
     jobs: list[dict]
     files: dict[str, str]  # name -> text
     warnings: list[KitWarning] = field(default_factory=list)
+    data: worker_files.DataFiles = field(default_factory=worker_files.DataFiles)
 
     @property
     def copies(self) -> list[Path]:
@@ -44,31 +46,61 @@ class Worker:
 
     @property
     def copied_files(self) -> dict[str, Path]:
-        """Worker-relative path -> source file, for each local-module file copied beside handler.py."""
-        return self.requirements.local_files
+        """Worker-relative path -> source file, for each file copied beside handler.py (local modules, data files)."""
+        return {**self.requirements.local_files, **self.data.files}
+
+    @property
+    def copied(self) -> dict[str, str]:
+        """What was copied beside handler.py (a module, a package or folder as "name/", a data file) -> why."""
+        modules = {
+            path.name + ("/" if path.is_dir() else ""): f"imported by {self.requirements.module_reasons.get(path.name, 'the notebook')}"
+            for path in self.requirements.local_modules
+        }
+        return {**modules, **self.data.reasons}
 
 
 @dataclass
 class ExportResult:
     notebook: str
     out_dir: Path
-    files: list[str]
+    files: list[str]  # the files the export wrote, then what it copied (`copied`)
     warnings: list[KitWarning]
     requirements: Requirements
     handler_kind: str
     jobs: list[dict]
     notes: list[str] = field(default_factory=list)  # what --repo decided, for the CLI to print
     kept: list[str] = field(default_factory=list)  # repository files left as the user has them
+    copied: dict[str, str] = field(default_factory=dict)  # a copied module, folder or data file -> why
 
 
 def default_out_dir(notebook_path: str | Path) -> Path:
-    return Path("build") / Path(notebook_path).stem
+    """Where every front end exports a notebook by default: build/<stem> in the notebook's own folder,
+    wherever the command runs (docs/worker-files.md)."""
+    path = Path(notebook_path)
+    return path.parent / "build" / path.stem
 
 
-def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | None = None, include_secrets: bool = False) -> Worker:
-    """The worker's files for `notebook`. Raises KitError on the first user mistake."""
+def build_worker(
+    notebook: Notebook,
+    *,
+    extra=(),
+    exclude=(),
+    include=(),
+    command: str | None = None,
+    include_secrets: bool = False,
+) -> Worker:
+    """The worker's files for `notebook`. Raises KitError on the first user mistake.
+
+    `include`: globs (relative to the notebook's folder) of more files to copy beside handler.py."""
     analysis = analyse(notebook)
     requirements = infer_requirements(notebook, analysis, extra=extra, exclude=exclude, include_secrets=include_secrets)
+    data = worker_files.data_files(
+        notebook,
+        [(parsed.index, parsed.translated.source) for parsed in analysis.cells],
+        requirements.closure or worker_files.LocalModules(),
+        include=include,
+        include_secrets=include_secrets,
+    )
     test_cells = parse_test_cells(notebook)
     warnings = list(analysis.warnings)
     for test in test_cells:
@@ -77,6 +109,7 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
         KitWarning(message, notebook.name, cell, line) for cell, line, message in test_name_warnings(notebook, analysis, test_cells)
     ]
     warnings += requirements.warnings
+    warnings += data.warnings
 
     jobs = []
     for job in find_jobs((t.translated.cell.index, tree) for t in test_cells for tree in t.trees()):
@@ -97,7 +130,7 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
             )
         )
 
-    command = command or export_command(notebook.name, extra=extra, exclude=exclude)
+    command = command or export_command(notebook.name, extra=extra, exclude=exclude, include=include)
     files = {
         workerdir.HANDLER: _render_handler(notebook, analysis, command),
         workerdir.REQUIREMENTS: requirements.text(
@@ -120,10 +153,10 @@ def build_worker(notebook: Notebook, *, extra=(), exclude=(), command: str | Non
         batch_handler_kind=analysis.batch_handler_kind,
         command=command,
         # Every file the kit writes, so that a re-export replaces these and nothing else.
-        files=sorted([*files, workerdir.MANIFEST, *requirements.local_files]),
+        files=sorted([*files, workerdir.MANIFEST, *requirements.local_files, *data.files]),
     )
     files[workerdir.MANIFEST] = manifest.to_text()
-    return Worker(notebook, analysis, requirements, jobs, files, warnings)
+    return Worker(notebook, analysis, requirements, jobs, files, warnings, data)
 
 
 def _check_no_clash(notebook: Notebook, files: dict[str, str], requirements: Requirements) -> None:
@@ -145,7 +178,14 @@ def comment_text(text: str) -> str:
 
 
 def export_command(
-    notebook: str, out_dir: str | Path | None = None, *, extra=(), exclude=(), repo: bool = False, category: str | None = None
+    notebook: str,
+    out_dir: str | Path | None = None,
+    *,
+    extra=(),
+    exclude=(),
+    include=(),
+    repo: bool = False,
+    category: str | None = None,
 ) -> str:
     """The `kit export` command line that writes this worker, as the files print it to regenerate them."""
     words = ["kit", "export", str(notebook)]
@@ -155,6 +195,8 @@ def export_command(
         words += ["--extra", requirement]
     for name in exclude:
         words += ["--exclude", name]
+    for pattern in include:
+        words += ["--include", pattern]
     if repo:
         words += ["--repo"] + (["--category", category] if category else [])
     return shlex.join(words)
@@ -209,30 +251,33 @@ def export_notebook(
     *,
     extra=(),
     exclude=(),
+    include=(),
     include_secrets: bool = False,
     repo: bool = False,
     category: str | None = None,
 ) -> ExportResult:
-    """Export the notebook at `path` into `out_dir` (default build/<stem>); `repo`: also the
-    files that make it a repository RunPod builds by itself (kit.export.repo)."""
+    """Export the notebook at `path` into `out_dir` (default build/<stem> in the notebook's folder);
+    `repo`: also the files that make it a repository RunPod builds by itself (kit.export.repo)."""
     from kit.export.repo import with_repo
 
     notebook = read_notebook(path)
     out = Path(out_dir) if out_dir is not None else default_out_dir(path)
-    command = export_command(notebook.name, out_dir, extra=extra, exclude=exclude, repo=repo, category=category)
-    worker = build_worker(notebook, extra=extra, exclude=exclude, command=command, include_secrets=include_secrets)
+    command = export_command(notebook.name, out_dir, extra=extra, exclude=exclude, include=include, repo=repo, category=category)
+    worker = build_worker(notebook, extra=extra, exclude=exclude, include=include, command=command, include_secrets=include_secrets)
     worker, keep, made = with_repo(worker, out, repo=repo, category=category)
     write_worker(worker, out, keep=keep)
+    copied = worker.copied
     return ExportResult(
         notebook=notebook.name,
         out_dir=out,
-        files=sorted(worker.files) + [p.name for p in worker.copies],
+        files=sorted(worker.files) + sorted(copied),
         warnings=worker.warnings,
         requirements=worker.requirements,
         handler_kind=worker.analysis.handler_kind,
         jobs=worker.jobs,
         notes=made.notes,
         kept=sorted(keep) if repo else [],
+        copied=copied,
     )
 
 
@@ -257,7 +302,7 @@ def write_worker(worker: Worker, out_dir: Path, *, keep: set[str] | frozenset[st
         raise KitEnvironmentError(f"cannot create {parent}: {error.strerror}", "choose another output directory with -o") from None
     retired = None
     try:
-        written = {**worker.files, **worker.copied_files}
+        written: dict[str, str | Path] = {**worker.files, **worker.copied_files}
         for name, content in written.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)

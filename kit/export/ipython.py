@@ -110,6 +110,7 @@ class Requirement:
     spec: str  # as the user wrote it
     cell: int
     line: int
+    magic: str = "%pip"  # how the cell said it: "%pip" or "!pip" (a shell command)
 
 
 @dataclass
@@ -208,7 +209,7 @@ def _line_magic(notebook, cell, mode, result, number, stripped, indent) -> str:
         if words[:1] == ["install"]:
             specs, notes = parse_pip_install(rest[len("install") :])
             for spec in specs:
-                result.pip.append(Requirement(spec, cell.index, number))
+                result.pip.append(Requirement(spec, cell.index, number, f"{stripped[0]}pip"))
             for note in notes:
                 result.warn(number, note)
             return _comment(indent, f"kit: requirement -> requirements.txt: {stripped}")

@@ -16,9 +16,11 @@ import zipfile
 from pathlib import Path
 
 from nbconvert.exporters import Exporter
+from traitlets import List, Unicode
 
 from kit.errors import KitError
 from kit.export.export import Worker, build_worker
+from kit.export.files import unsafe_name
 from kit.export.notebook import notebook_from_dict
 
 # A fixed timestamp makes the zip of an unchanged notebook byte-for-byte the same.
@@ -30,6 +32,11 @@ class RunpodExporter(Exporter):
 
     export_from_notebook = "RunPod worker"
     output_mimetype = "application/zip"
+    include = List(
+        Unicode(),
+        help="globs of more files to copy from the notebook's folder, as `kit export --include`: "
+        "jupyter nbconvert --to runpod --RunpodExporter.include='prompts/*.txt' NB.ipynb",
+    ).tag(config=True)
 
     def _file_extension_default(self):
         return ".zip"
@@ -42,7 +49,7 @@ class RunpodExporter(Exporter):
         name = os.path.join(directory, f"{stem}.ipynb") if directory else f"{stem}.ipynb"
         notebook = notebook_from_dict(nb_copy, name=name, path=Path(directory or ".").resolve() / f"{stem}.ipynb")
         try:
-            worker = build_worker(notebook)
+            worker = build_worker(notebook, include=self.include)
         except KitError as error:
             _fail(error)
         for warning in worker.warnings:
@@ -51,7 +58,11 @@ class RunpodExporter(Exporter):
 
 
 def zip_worker(worker: Worker) -> bytes:
-    """The worker's files (and the local modules it copies) as zip bytes, at the archive's top level."""
+    """The worker's files (and the local modules and data files it copies) as zip bytes, at the archive's top level.
+
+    The copy rule (kit.export.files) already leaves out names a Windows unzip tool would read
+    differently (a backslash is a folder separator there: `..\\..\\evil.py` would climb out);
+    checked again here, as nothing else stands between such a name and the archive."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(worker.files):
@@ -62,6 +73,9 @@ def zip_worker(worker: Worker) -> bytes:
 
 
 def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    why = unsafe_name(name)
+    if why or name.startswith("/") or ".." in name.split("/"):
+        raise KitError(f"refusing to zip {name!r}: {why or 'it would unpack outside the folder'}", "rename the file")
     info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
     info.external_attr = 0o644 << 16
     info.compress_type = zipfile.ZIP_DEFLATED

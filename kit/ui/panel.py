@@ -338,6 +338,7 @@ class Panel:
             parts.append(_pre(_render(run.output), "kit-result"))
             parts.append(_note(f"{problem}: every job of the batch FAILS on RunPod", "error"))
         else:
+            assert isinstance(run.output, list)  # result_problem found no problem: one result per job
             for number, result in enumerate(run.output, 1):
                 parts.append(_note(f"job {number}:") + _pre(_render(result), "kit-result"))
                 if isinstance(result, dict) and "error" in result:
@@ -373,10 +374,12 @@ class Panel:
         return "".join(parts)
 
     def run_on_endpoint(self, job: dict, notes: list[str]) -> None:
-        self.status.value = _note(f"sending the job to {self.endpoint.url}/v2/local/runsync…")
+        endpoint = self.endpoint
+        assert endpoint is not None  # the "use endpoint" box is enabled only while serving
+        self.status.value = _note(f"sending the job to {endpoint.url}/v2/local/runsync…")
         self.output.value = ""
         started = time.perf_counter()
-        state = self.endpoint.run_sync(job)
+        state = endpoint.run_sync(job)
         seconds = time.perf_counter() - started
         parts = list(notes)
         if "output" in state:
@@ -416,6 +419,7 @@ class Panel:
         self.status.value = _note("serving: Run sends the job to the local endpoint (untick to call the kernel's handler)", "ok")
 
     def _show_serving(self, saved: str) -> None:
+        assert self.endpoint is not None
         self.serve_button.description, self.serve_button.icon = "Stop serving", "stop"
         self.use_endpoint.disabled, self.use_endpoint.value = False, True
         self.endpoint_info.value = (
@@ -425,6 +429,7 @@ class Panel:
         )
 
     def _show_endpoint_log(self) -> None:
+        assert self.endpoint is not None
         lines = [line for line in self.endpoint.lines if not line.startswith(("kit serve:", "endpoint:", "  ", "Ctrl-C"))]
         self.endpoint_log.value = _note("endpoint log:") + _pre("\n".join(lines[-30:]), "kit-endpoint-lines")
 
@@ -437,7 +442,7 @@ class Panel:
         self.status.value = _note("exporting…")
         notebook = _shortest(self.path)
         try:
-            result = export_notebook(notebook, notebook.parent / "build" / notebook.stem)
+            result = export_notebook(notebook)  # build/<stem> beside it, as `kit export`
         except KitError as error:
             self.status.value = _note("export failed", "error")
             self.output.value = saved + _note(str(error), "error")
@@ -445,7 +450,8 @@ class Panel:
         finally:
             self.refresh()
         parts = [saved, _note(f"exported to {result.out_dir.resolve()}/", "ok")]
-        parts.append(_pre("\n".join(f"  {name}" for name in result.files), "kit-files"))
+        listed = [f"  {name}" + (f"  (copied: {result.copied[name]})" if name in result.copied else "") for name in result.files]
+        parts.append(_pre("\n".join(listed), "kit-files"))
         parts += [_note(f"warning: {warning}", "warning") for warning in result.warnings]
         parts.append(_note("requirements.txt:"))
         parts.append(_pre((result.out_dir / "requirements.txt").read_text(encoding="utf-8"), "kit-requirements"))
@@ -486,6 +492,7 @@ class Panel:
             text=True,
             errors="replace",
         ) as process:
+            assert process.stdout is not None  # stdout=PIPE
             for line in process.stdout:
                 lines.append(line)
                 self.output.value = saved + _pre("".join(lines), "kit-test-log")
