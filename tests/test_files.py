@@ -315,14 +315,7 @@ def test_a_ported_worker_exports_its_helpers_data_and_requirements(tmp_path, nam
     "name",
     [
         "infinity_embedding",
-        pytest.param(
-            "faster_whisper",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 26.4: its handler is decorated with rp_debugger.FunctionTimer, and kit test does not clear "
-                "the SDK's per-job debugger state between the test cell's call and the SDK job (KeyError: Checkpoint name ... already exists)",
-            ),
-        ),
+        "faster_whisper",  # its handler is decorated with rp_debugger.FunctionTimer (issue 26.4)
     ],
 )
 def test_a_ported_worker_passes_kit_test(tmp_path, name):
