@@ -201,6 +201,22 @@ def test_stream_chunks_are_fetched_once_each_then_the_aggregate_output(emu, endp
     assert job.output() == ["a", "b", "c"]
 
 
+def test_stream_of_a_failed_job_says_why_as_status_does(emu):
+    worker = FakeWorker(emu, "w1")
+    job_id = emu.submit({"input": {}})
+    worker.take()
+    worker.stream(job_id, "a")
+    error = "handler: boom\ntraceback: ValueError: boom"
+    worker.done(job_id, {"error": error}, stream=True)
+    answer = requests.get(f"{emu.url}/v2/ep/stream/{job_id}", timeout=5).json()
+    assert answer == {"id": job_id, "status": "FAILED", "stream": [{"output": "a"}], "error": error}
+    assert answer["error"] == emu.status(job_id)["error"]
+    ok = emu.submit({"input": {}})
+    worker.take()
+    worker.done(ok, {"output": []}, stream=True)
+    assert "error" not in requests.get(f"{emu.url}/v2/ep/stream/{ok}", timeout=5).json()
+
+
 def test_cancel_a_queued_job_and_a_running_job_signals_its_worker(emu, endpoint):
     worker = FakeWorker(emu, "w1")
     running = endpoint.run({"slow": True})

@@ -28,10 +28,10 @@ from aiohttp import web
 from kit import platform
 from kit.errors import KitEnvironmentError, KitError
 from kit.serve.queue import (  # noqa: F401  (FINAL_STATUSES: part of this module's API, bench reads it)
-    EXECUTION_TIMEOUT,
     FINAL_STATUSES,
     PING_TIMEOUT,
     Counters,
+    Event,
     Queue,
 )
 from kit.serve.routes import BODY_LIMIT, EndpointAPI, Waiters
@@ -42,16 +42,10 @@ log = logging.getLogger("kit.serve")
 # 204: an immediate 204 makes the SDK spin (its own timeout is 90 s).
 LONG_POLL = 20.0
 
-# /runsync answers with the job's current status after this long, as RunPod
-# does; `?wait=<ms>` overrides it per request.
-RUNSYNC_WAIT = 90.0
-
 # /stream holds a request this long for new chunks (the SDK's client times out at 10 s).
 STREAM_HOLD = 5.0
 
-# Webhooks: RunPod retries a failed delivery twice, 10 s apart.
-WEBHOOK_RETRIES = 2
-WEBHOOK_RETRY_DELAY = 10.0
+# How long one webhook delivery may take (RunPod's retries and their delay: kit.platform).
 WEBHOOK_TIMEOUT = 10.0
 
 # How often the queue's clock is checked (timeouts, TTLs, missed pings).
@@ -72,11 +66,11 @@ class QueueEmulator:
         *,
         endpoint_id: str = "local",
         long_poll: float = LONG_POLL,
-        runsync_wait: float = RUNSYNC_WAIT,
+        runsync_wait: float = platform.RUNSYNC_WAIT,
         stream_hold: float = STREAM_HOLD,
-        execution_timeout: float = EXECUTION_TIMEOUT,
+        execution_timeout: float = platform.EXECUTION_TIMEOUT,
         ping_timeout: float = PING_TIMEOUT,
-        webhook_retry_delay: float = WEBHOOK_RETRY_DELAY,
+        webhook_retry_delay: float = platform.WEBHOOK_RETRY_DELAY,
         idle_timeout: float = IDLE_TIMEOUT,
         on_job_end: Callable[[dict], None] | None = None,
         say: Callable[[str], None] = lambda line: None,
@@ -231,14 +225,14 @@ class QueueEmulator:
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
 
     # ------------------------------------------------------- notifications
-    def _notify(self, event: str, subject: Any) -> None:
-        if event == "queued":
+    def _notify(self, event: Event, subject: Any) -> None:
+        if event is Event.QUEUED:
             self._waiters.wake("queued")
-        elif event == "changed":
+        elif event is Event.CHANGED:
             self._waiters.wake(subject.id)
-        elif event == "stop":
+        elif event is Event.STOP:
             self._waiters.wake(("stop", subject.id))
-        elif event == "ended":
+        elif event is Event.ENDED:
             state = subject.state()
             if subject.webhook is not None and self._loop is not None:
                 self._spawn(self._deliver_webhook(subject.webhook, subject.webhook_body()))
@@ -251,7 +245,7 @@ class QueueEmulator:
 
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT))
-        for attempt in range(1 + WEBHOOK_RETRIES):
+        for attempt in range(1 + platform.WEBHOOK_RETRIES):
             if attempt:
                 await asyncio.sleep(self.webhook_retry_delay)
             try:
@@ -263,7 +257,7 @@ class QueueEmulator:
             self.webhooks.append({"job": body["id"], "url": url, "attempt": attempt + 1, "outcome": outcome, "delivered": delivered})
             if delivered:
                 return
-        self.say(f"webhook for {body['id']} to {url} not delivered after {1 + WEBHOOK_RETRIES} attempts: {outcome}")
+        self.say(f"webhook for {body['id']} to {url} not delivered after {1 + platform.WEBHOOK_RETRIES} attempts: {outcome}")
 
     # ----------------------------------------------------------- public API
     def worker_env(self, worker_id: str) -> dict[str, str]:

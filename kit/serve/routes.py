@@ -24,15 +24,12 @@ from typing import Any
 
 from aiohttp import web
 
-from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT  # RunPod's payload limits (decimal MB)
+from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT, RUNSYNC_WAIT_RANGE_MS  # RunPod's limits
 from kit.serve.queue import Job, Queue, RequestError, Status
 
 log = logging.getLogger("kit.serve")
 # The largest body the emulator reads at all (a job-done result, an OpenAI request).
 BODY_LIMIT = 64 * 1024**2
-
-# /runsync and /status-sync: `?wait=<ms>` must lie in this range, as on RunPod.
-WAIT_RANGE_MS = (1000, 300000)
 
 
 def _state(job: Job) -> web.Response:
@@ -203,7 +200,7 @@ class EndpointAPI:
         """`?wait=<ms>` in seconds (the default when absent); 400 outside RunPod's range."""
         if "wait" not in request.query:
             return self.runsync_wait
-        low, high = WAIT_RANGE_MS
+        low, high = RUNSYNC_WAIT_RANGE_MS
         try:
             wait = int(request.query["wait"])
         except ValueError:
@@ -257,7 +254,10 @@ class EndpointAPI:
         """New chunks, held open until some arrive or the job ends (at most `stream_hold` s)."""
         job = self._known(request)
         await self._until(job, lambda: job.final or len(job.chunks) > job.read, self.stream_hold)
-        return web.json_response({"id": job.id, "status": job.status.value, "stream": self.queue.read_stream(job)})
+        body = {"id": job.id, "status": job.status.value, "stream": self.queue.read_stream(job)}
+        if "error" in (state := job.state()):  # a failed job says why, as /status does
+            body["error"] = state["error"]
+        return web.json_response(body)
 
     async def _cancel(self, request: web.Request) -> web.Response:
         job = self._known(request)
