@@ -19,7 +19,7 @@ import pytest
 import requests
 import runpod
 
-from kit.serve.emulator import QueueEmulator
+from kit.serve.emulator import HEADER_TIMEOUT, QueueEmulator
 
 pytestmark = pytest.mark.process  # every test here starts the emulator's server
 
@@ -621,13 +621,27 @@ def test_every_error_is_json_unknown_routes_and_deep_bodies_included(emu):
     assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
 
 
-def test_an_idle_connection_that_never_finishes_its_request_is_closed():
+@pytest.mark.parametrize("sent", [b"GET /v2/ep/hea", b"POST /v2/ep/run HTTP/1.1\r\nHost: x\r\n"], ids=["half a line", "half the headers"])
+def test_a_connection_that_never_finishes_its_request_head_is_closed_within_the_header_timeout(sent):
     import socket
 
-    with QueueEmulator(idle_timeout=1.0) as emu, socket.create_connection(("127.0.0.1", emu.port)) as slow:
-        slow.sendall(b"POST /v2/ep/run HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-        slow.settimeout(15)
-        assert slow.recv(1024) == b""  # the server hung up
+    def hung_up_after(connection, limit: float = 10.0) -> float:
+        started = time.monotonic()
+        connection.settimeout(limit)
+        assert connection.recv(1024) == b""  # the server hung up
+        return time.monotonic() - started
+
+    with QueueEmulator(header_timeout=1.0) as emu:
+        with socket.create_connection(("127.0.0.1", emu.port)) as slow:
+            slow.sendall(sent)  # and never the rest
+            assert hung_up_after(slow) < 1.0 + 1.0
+        with socket.create_connection(("127.0.0.1", emu.port)) as kept:  # a kept-alive connection, after a request
+            kept.sendall(b"GET /v2/ep/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            kept.settimeout(5)
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+            kept.sendall(sent)
+            assert hung_up_after(kept) < 1.0 + 1.0
+    assert HEADER_TIMEOUT <= 30  # `kit serve`'s default: a half-sent request is not held for long
 
 
 def test_a_body_sent_too_slowly_is_408():

@@ -51,8 +51,12 @@ WEBHOOK_TIMEOUT = 10.0
 # How often the queue's clock is checked (timeouts, TTLs, missed pings).
 TICK = 0.25
 
-# A connection that sends nothing for this long is closed (slow or idle clients).
+# A request body that has not fully arrived after this long is answered 408 (slow clients).
 IDLE_TIMEOUT = 75.0
+# A request line and headers must arrive within this long of the connection opening (or of the
+# previous response on a kept-alive connection), else the connection is closed: a client that sends
+# half a request holds no connection for long. An idle kept-alive connection is closed after as long.
+HEADER_TIMEOUT = 15.0
 
 
 class QueueEmulator:
@@ -72,6 +76,7 @@ class QueueEmulator:
         ping_timeout: float = PING_TIMEOUT,
         webhook_retry_delay: float = platform.WEBHOOK_RETRY_DELAY,
         idle_timeout: float = IDLE_TIMEOUT,
+        header_timeout: float = HEADER_TIMEOUT,
         on_job_end: Callable[[dict], None] | None = None,
         say: Callable[[str], None] = lambda line: None,
     ):
@@ -85,6 +90,7 @@ class QueueEmulator:
         self.say = say
         self.webhook_retry_delay = webhook_retry_delay
         self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
         self.webhooks: list[dict] = []  # one record per delivery attempt
         self._waiters = Waiters()
         try:
@@ -169,9 +175,10 @@ class QueueEmulator:
     async def _start_server(self) -> None:
         app = web.Application(client_max_size=BODY_LIMIT)
         self._api.install(app)
-        # keepalive_timeout also closes a connection whose request headers never
-        # finish (aiohttp arms it at connect); the routes bound body reads.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self.idle_timeout)
+        # aiohttp's only header-read guard is its keep-alive timer: armed at connect and after each
+        # response, it closes a connection that has not delivered a whole request head by then (a
+        # slow body is the routes' job: 408 after idle_timeout).
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self.header_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
