@@ -78,6 +78,7 @@ class QueueEmulator:
         idle_timeout: float = IDLE_TIMEOUT,
         header_timeout: float = HEADER_TIMEOUT,
         on_job_end: Callable[[dict], None] | None = None,
+        on_worker_ready: Callable[[str, float], None] | None = None,
         say: Callable[[str], None] = lambda line: None,
     ):
         if api_key is not None and not api_key.strip():
@@ -87,6 +88,7 @@ class QueueEmulator:
         self.api_key = api_key
         self.endpoint_id = endpoint_id
         self.on_job_end = on_job_end
+        self.on_worker_ready = on_worker_ready  # (worker id, monotonic time of its first job-take request)
         self.say = say
         self.webhook_retry_delay = webhook_retry_delay
         self.idle_timeout = idle_timeout
@@ -239,6 +241,9 @@ class QueueEmulator:
             self._waiters.wake(subject.id)
         elif event is Event.STOP:
             self._waiters.wake(("stop", subject.id))
+        elif event is Event.READY:
+            if self.on_worker_ready is not None:
+                self.on_worker_ready(subject.id, subject.first_request)
         elif event is Event.ENDED:
             state = subject.state()
             if subject.webhook is not None and self._loop is not None:

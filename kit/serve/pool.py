@@ -150,6 +150,14 @@ class WorkerPool:
                     )
             self._spawn(worker_id)
 
+    def ready(self, worker_id: str, at: float) -> None:
+        """The worker asked for its first job (`at`, time.monotonic()): say so, with its start-up time.
+
+        Called from the emulator's thread (`QueueEmulator(on_worker_ready=...)`)."""
+        process = self.processes.get(worker_id)
+        if process is not None:
+            self.say(f"{worker_id} is taking jobs: start-up took {max(0.0, at - process.spawned):.2f} s")
+
     def _refresh_if_asked(self, worker_id: str, process: _Process) -> None:
         """A job returned `refresh_worker: true`: the SDK posts stopPod and RunPod stops the worker,
         so module state starts over. Here: no more jobs for it, SIGTERM (it drains), and check()

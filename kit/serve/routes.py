@@ -28,6 +28,8 @@ from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT, RUNSYNC_WAIT_RANGE_MS  # RunP
 from kit.serve.queue import Job, Queue, RequestError, Status
 
 log = logging.getLogger("kit.serve")
+# The job input key that carries an OpenAI request's route (worker-vllm's contract, RUNPOD.md).
+OPENAI_ROUTE = "openai_route"
 # The largest body the emulator reads at all (a job-done result, an OpenAI request).
 BODY_LIMIT = 64 * 1024**2
 
@@ -282,7 +284,7 @@ class EndpointAPI:
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         """An OpenAI request as a job: input {"openai_route": "/v1/...", "openai_input": body} (worker-vllm's contract)."""
         route = "/v1" + request.path.split("/openai/v1", 1)[1]
-        job_input: dict[str, Any] = {"openai_route": route}
+        job_input: dict[str, Any] = {OPENAI_ROUTE: route}
         body: Any = None
         if request.method == "POST":
             body = await self._json_body(request, RUNSYNC_LIMIT, "the request body")

@@ -8,6 +8,7 @@ marked FAILED, never lost) and drains them on Ctrl-C/SIGTERM.
 
 from __future__ import annotations
 
+import ast
 import json
 import signal
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from kit import platform, workerdir
 from kit.serve.emulator import QueueEmulator
 from kit.serve.pool import WorkerPool
+from kit.serve.routes import OPENAI_ROUTE
 
 
 def job_line(state: dict) -> str:
@@ -68,6 +70,12 @@ def serve(
     from kit.serve.watch import Watcher
 
     stopping = threading.Event()
+    pools: list[WorkerPool] = []
+
+    def on_worker_ready(worker_id: str, at: float) -> None:  # the emulator's thread
+        if pools:
+            pools[0].ready(worker_id, at)
+
     received: list[int] = []
 
     def on_signal(signum, frame):
@@ -85,12 +93,14 @@ def serve(
                 port,
                 api_key,
                 on_job_end=lambda state: say_line(job_line(state)),
+                on_worker_ready=on_worker_ready,
                 say=say_line,
                 **options,
             ) as emulator,
         ):
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
-            pool = WorkerPool(path, emulator, workers, log_dir=log_dir, **(watcher.pool_options() if watcher else {}))
+            pool = WorkerPool(path, emulator, workers, log_dir=log_dir, say=say_line, **(watcher.pool_options() if watcher else {}))
+            pools.append(pool)
             clean = False
             try:
                 pool.start()
@@ -119,17 +129,34 @@ def serve(
             signal.signal(signum, handler)
 
 
+def serves_openai(path: Path) -> bool:
+    """Whether the worker handles RunPod's OpenAI routes: its code (handler.py or a local module)
+    names the `openai_route` job key, or its test job carries one."""
+    example = workerdir.example_job(path) or {}
+    if isinstance(example.get("input"), dict) and OPENAI_ROUTE in example["input"]:
+        return True
+    for source in sorted(path.rglob("*.py")):
+        if source.name in (workerdir.WORKER_LOOP, workerdir.BATCHING):  # the kit's own templates
+            continue
+        try:
+            tree = ast.parse(source.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue
+        if any(isinstance(node, ast.Constant) and node.value == OPENAI_ROUTE for node in ast.walk(tree)):
+            return True
+    return False
+
+
 def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Path) -> None:
     example = workerdir.example_job(path) or {"input": {}}
     example = {k: v for k, v in example.items() if k != "id"}  # a client sends only the body: RunPod gives the job its id
     auth = f" -H 'Authorization: Bearer {emulator.api_key}'" if emulator.api_key else ""
-    print(
+    say_line(
         f"kit serve: {path}/handler.py on {workers} worker(s) (logs: {log_dir})\n"
         f"endpoint: {emulator.url}/v2/<any endpoint id>\n"
         f"  curl -X POST {emulator.url}/v2/local/runsync -H 'Content-Type: application/json'{auth}"
         f" -d '{json.dumps(example)}'\n"
         f"  python client: RUNPOD_ENDPOINT_BASE_URL={emulator.url}/v2, then runpod.Endpoint('local').run_sync(...)\n"
-        f"  OpenAI client: openai.OpenAI(base_url='{emulator.url}/v2/local/openai/v1', api_key=...)\n"
-        "Ctrl-C to stop.",
-        flush=True,
+        + (f"  OpenAI client: openai.OpenAI(base_url='{emulator.url}/v2/local/openai/v1', api_key=...)\n" if serves_openai(path) else "")
+        + "Ctrl-C to stop."
     )
