@@ -55,6 +55,7 @@ def bench(
 
     if jobs < 1 or concurrency < 1:
         raise KitError("--jobs and --concurrency must be at least 1")
+    concurrency = min(concurrency, jobs)  # never more in flight than there are jobs: the report says what ran
     loops = ("stock", "fast") if loop == "both" else (loop,)
     runs = []
     with worker_dir(target) as path:
