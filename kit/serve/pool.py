@@ -170,7 +170,7 @@ class WorkerPool:
 
     def reload(self) -> None:
         """Ask every worker run by kit.worker.reloader to swap in the handler code it is told of."""
-        from kit.worker.reloader import RELOAD_SIGNAL
+        from kit.worker.reload_events import RELOAD_SIGNAL
 
         for process in self.processes.values():
             if process.popen.poll() is None:
