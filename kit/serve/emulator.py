@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from kit import platform
@@ -117,7 +118,7 @@ class QueueEmulator:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._session = None  # aiohttp.ClientSession for webhooks, made on first use
+        self._session: aiohttp.ClientSession | None = None  # for webhooks, made on first use
 
     @property
     def counters(self) -> Counters:
@@ -164,9 +165,15 @@ class QueueEmulator:
         if self._thread is None:
             return
         self._call(self._close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        loop = self._running_loop
+        loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout=10)
         self._thread = None
+
+    @property
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the emulator has not started"
+        return self._loop
 
     def __enter__(self) -> QueueEmulator:
         return self.start()
@@ -188,7 +195,7 @@ class QueueEmulator:
         self._spawn(self._ticker())
 
     def _spawn(self, coroutine) -> None:
-        task = self._loop.create_task(coroutine)
+        task = self._running_loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -207,7 +214,8 @@ class QueueEmulator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
         # Connection handlers aiohttp left waiting (a client that keeps its socket open).
         leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in leftover:
@@ -231,7 +239,7 @@ class QueueEmulator:
             result = function(*args)
             return await result if asyncio.iscoroutine(result) else result
 
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(call(), self._running_loop).result()
 
     # ------------------------------------------------------- notifications
     def _notify(self, event: Event, subject: Any) -> None:
@@ -253,8 +261,6 @@ class QueueEmulator:
 
     async def _deliver_webhook(self, url: str, body: dict) -> None:
         """POST the job's final state to its webhook, retried as RunPod does; never blocks the job."""
-        import aiohttp
-
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT))
         for attempt in range(1 + platform.WEBHOOK_RETRIES):

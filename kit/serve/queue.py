@@ -355,7 +355,7 @@ class Queue:
             if worker.state is WorkerState.STARTING:  # (an unresponsive one that polls stays so until it pings)
                 worker.move(WorkerState.STARTING, WorkerState.READY)
             self.notify(Event.READY, worker)
-        taken = []
+        taken: list[dict] = []
         while self.queue and len(taken) < count and self.may_take(worker):
             job = self.queue.popleft()
             job.status, job.worker, job.taken = Status.IN_PROGRESS, worker.id, now
@@ -451,7 +451,7 @@ class Queue:
                 job.unlisted_pings = 0
                 continue
             job.unlisted_pings += 1
-            if job.unlisted_pings >= DROPPED_AFTER_PINGS and now - job.taken >= DROPPED_AFTER_SECONDS:
+            if job.unlisted_pings >= DROPPED_AFTER_PINGS and now - (job.taken or now) >= DROPPED_AFTER_SECONDS:
                 self._finish(
                     job,
                     Status.FAILED,
@@ -482,9 +482,9 @@ class Queue:
             if now > job.expires:
                 self._expire(job)
             elif job.final:
-                if now - job.finished > (platform.RETENTION_RUNSYNC if job.sync else platform.RETENTION_RUN):
+                if now - (job.finished or now) > (platform.RETENTION_RUNSYNC if job.sync else platform.RETENTION_RUN):
                     del self.jobs[job.id]
-            elif job.status is Status.IN_PROGRESS and now - job.taken > job.execution_timeout:
+            elif job.status is Status.IN_PROGRESS and now - (job.taken or now) > job.execution_timeout:
                 self._finish(
                     job,
                     Status.TIMED_OUT,

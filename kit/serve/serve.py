@@ -84,7 +84,6 @@ def serve(
 
     previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
-        options = {} if execution_timeout is None else {"execution_timeout": execution_timeout}
         watcher = Watcher(target, say=say_line) if watch else None
         with (
             watcher.serving() if watcher else worker_dir(target) as path,
@@ -95,7 +94,7 @@ def serve(
                 on_job_end=lambda state: say_line(job_line(state)),
                 on_worker_ready=on_worker_ready,
                 say=say_line,
-                **options,
+                execution_timeout=platform.EXECUTION_TIMEOUT if execution_timeout is None else execution_timeout,
             ) as emulator,
         ):
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))

@@ -145,7 +145,6 @@ class Watcher:
         self.broken = False  # the last save did not export
         self.down = False  # the workers could not start: the next good save starts them
         self.pending: _Pending | None = None
-        self.reported: set[tuple[str, int]] = set()  # (worker, generation) errors already said
         self._seen = None
 
     # ------------------------------------------------------------ lifecycle
@@ -168,11 +167,16 @@ class Watcher:
         """What a `WorkerPool` needs to run the workers through the launcher."""
         return {"command": RELOADER, "env": {CONTROL_ENV: str(self.control)}}
 
+    def _serving(self) -> tuple[Path, Path]:
+        """The export base and control directories (made by `serving`)."""
+        assert self.base is not None and self.control is not None, "Watcher.serving() has not started"
+        return self.base, self.control
+
     def _export(self) -> Path:
         from kit.export.export import export_notebook
 
         self.exports += 1
-        out = self.base / str(self.exports) / self.notebook.stem
+        out = self._serving()[0] / str(self.exports) / self.notebook.stem
         result = export_notebook(self.notebook, out)
         for warning in result.warnings:
             self.say(f"warning: {warning}")
@@ -181,7 +185,7 @@ class Watcher:
     def _publish(self, path: Path) -> None:
         """A reload: the next generation, for the workers to load."""
         self.number += 1
-        reload_events.publish(self.control, reload_events.Generation(self.number, str(path / workerdir.HANDLER)))
+        reload_events.publish(self._serving()[1], reload_events.Generation(self.number, str(path / workerdir.HANDLER)))
 
     # ------------------------------------------------------------ every tick
     def poll(self, pool) -> None:
@@ -211,6 +215,7 @@ class Watcher:
             return
         broken, self.broken = self.broken, False
         new = Version.read(path)
+        assert self.live is not None  # serving() read the first export
         change = compare(self.live, new)
         if change.empty and not self.down:
             shutil.rmtree(path.parent, ignore_errors=True)
@@ -242,7 +247,7 @@ class Watcher:
         number = self.pending.number
         loaded = []
         for worker_id in list(pool.processes):
-            event = reload_events.reported(self.control, worker_id)
+            event = reload_events.reported(self._serving()[1], worker_id)
             if event is None or event.generation != number:
                 return  # this worker has not reported on it yet
             if isinstance(event, reload_events.LoadFailed):

@@ -37,7 +37,7 @@ class HandlerRun:
         return self.chunks if self.streamed else self.output
 
 
-def call_handler(handler, job: dict, on_chunk=None, on_print=None) -> HandlerRun:
+def call_handler(handler, job: dict | list, on_chunk=None, on_print=None) -> HandlerRun:
     """Call `handler(job)` as RunPod's worker would, whatever kind of handler it is.
 
     Coroutines and async generators run on the panel's own event loop (a
