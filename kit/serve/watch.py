@@ -245,7 +245,7 @@ class Watcher:
         if self.pending is None:
             return
         number = self.pending.number
-        loaded = []
+        loaded: list[float] = []
         for worker_id in list(pool.processes):
             event = reload_events.reported(self._serving()[1], worker_id)
             if event is None or event.generation != number:
@@ -257,7 +257,8 @@ class Watcher:
                 )
                 self.pending = None
                 return
-            loaded.append(event.at)
+            if isinstance(event, reload_events.Loaded):
+                loaded.append(event.at)
         if loaded:
             seconds = max(0.0, max(loaded) - self.pending.saved)
             self.say(f"{self.pending.line}; in place in {len(loaded)} worker(s) {seconds:.2f} s after the save")

@@ -47,28 +47,30 @@ class Generation(Event):
 
 
 @dataclass(frozen=True)
-class Loaded(Event):
+class Report(Event):
+    """What a worker says about a generation: `Loaded` or `LoadFailed`."""
+
+    worker: str  # its id (RUNPOD_POD_ID)
+    pid: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class Loaded(Report):
     """A worker has a generation's code in place: jobs it takes from now on run it."""
 
     kind: ClassVar[str] = "loaded"
-    worker: str
-    pid: int
-    generation: int
     at: float  # time.time() when the code was in place
 
 
 @dataclass(frozen=True)
-class LoadFailed(Event):
+class LoadFailed(Report):
     """A generation's handler cells failed in the worker, which keeps serving the code it had."""
 
     kind: ClassVar[str] = "load_failed"
-    worker: str
-    pid: int
-    generation: int
     error: str  # "cell N, line M: Type: message"
 
 
-Report = Loaded | LoadFailed
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (Generation, Loaded, LoadFailed)}
 _TYPES = {"int": (int,), "str": (str,), "float": (int, float)}
 
@@ -126,4 +128,4 @@ def report(control: Path, event: Report) -> None:
 def reported(control: Path, worker_id: str) -> Report | None:
     """The watcher: the worker's latest report."""
     event = _read(control / f"{worker_id}.json")
-    return event if isinstance(event, (Loaded, LoadFailed)) else None
+    return event if isinstance(event, Report) else None
