@@ -234,7 +234,7 @@ def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
         pool.check()
         ready = {worker_id: emulator.worker_times(worker_id)["first_request"] for worker_id in pool.processes}
         if all(t is not None for t in ready.values()):
-            return [ready[w] - process.spawned for w, process in pool.processes.items()]
+            return [pool.startup_seconds(worker_id, at) for worker_id, at in ready.items()]
         time.sleep(0.02)
     raise KitEnvironmentError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
 

@@ -154,9 +154,12 @@ class WorkerPool:
         """The worker asked for its first job (`at`, time.monotonic()): say so, with its start-up time.
 
         Called from the emulator's thread (`QueueEmulator(on_worker_ready=...)`)."""
-        process = self.processes.get(worker_id)
-        if process is not None:
-            self.say(f"{worker_id} is taking jobs: start-up took {max(0.0, at - process.spawned):.2f} s")
+        if worker_id in self.processes:
+            self.say(f"{worker_id} is taking jobs: start-up took {self.startup_seconds(worker_id, at):.2f} s")
+
+    def startup_seconds(self, worker_id: str, first_request: float) -> float:
+        """A worker's start-up: from its process start to its first job-take request (time.monotonic())."""
+        return max(0.0, first_request - self.processes[worker_id].spawned)
 
     def _refresh_if_asked(self, worker_id: str, process: _Process) -> None:
         """A job returned `refresh_worker: true`: the SDK posts stopPod and RunPod stops the worker,
