@@ -22,7 +22,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 CONTROL_ENV = "KIT_RELOAD_DIR"  # the control directory, in the worker's environment
 GENERATION_FILE = "generation.json"
@@ -33,7 +33,7 @@ RELOAD_SIGNAL = signal.SIGUSR1
 class Event:
     kind: ClassVar[str] = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"event": self.kind, **dataclasses.asdict(self)}
 
 
