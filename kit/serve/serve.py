@@ -129,21 +129,36 @@ def serve(
 
 
 def serves_openai(path: Path) -> bool:
-    """Whether the worker handles RunPod's OpenAI routes: its code (handler.py or a local module)
-    names the `openai_route` job key, or its test job carries one."""
+    """Whether the worker handles RunPod's OpenAI routes: its code (handler.py or a local module
+    it copies) names the `openai_route` job key, or its test job carries one."""
     example = workerdir.example_job(path) or {}
     if isinstance(example.get("input"), dict) and OPENAI_ROUTE in example["input"]:
         return True
-    for source in sorted(path.rglob("*.py")):
-        if source.name in (workerdir.WORKER_LOOP, workerdir.BATCHING):  # the kit's own templates
-            continue
+    for source in _worker_sources(path):
         try:
             tree = ast.parse(source.read_bytes())
-        except (SyntaxError, ValueError, OSError):
+        except (SyntaxError, ValueError, OSError, RecursionError):
             continue
         if any(isinstance(node, ast.Constant) and node.value == OPENAI_ROUTE for node in ast.walk(tree)):
             return True
     return False
+
+
+def _worker_sources(path: Path, most: int = 200, largest: int = 2_000_000) -> list[Path]:
+    """handler.py and the local modules the export copied (kit.json's files; in a worker written by
+    hand, the .py files beside handler.py): inside the folder, regular files, bounded in number and size."""
+    manifest = workerdir.Manifest.read(path)
+    names = [n for n in manifest.files if isinstance(n, str)] if manifest else [p.name for p in path.glob("*.py")]
+    root = path.resolve()
+    found: list[Path] = []
+    for name in [workerdir.HANDLER, *names]:
+        if name != workerdir.HANDLER and name in workerdir.GENERATED:  # the kit's own files
+            continue
+        candidate = (path / name).resolve()
+        if not candidate.is_relative_to(root):
+            continue
+        found += sorted(candidate.rglob("*.py")) if candidate.is_dir() else [candidate]
+    return [p for p in dict.fromkeys(found) if p.suffix == ".py" and p.is_file() and p.stat().st_size <= largest][:most]
 
 
 def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Path) -> None:
