@@ -84,7 +84,7 @@ def main() -> int:
             started = time.time()
             requests.post(runsync, json=job, timeout=120)
             results["steady"].append(time.time() - started)
-        number = 1
+        number = 0  # reloads count from 1
         for round_ in range(1, 2 * args.rounds + 1):
             kind = "cold" if round_ % 2 == 0 else "warm"
             saved = save(notebook, round_, kind == "cold")
@@ -100,7 +100,7 @@ def main() -> int:
                 line = next((l for l in list(lines) if l.startswith(f"reload {number}: ")), None)
                 time.sleep(0.02)
             assert line and kind in line.split(" — ")[1], line
-            in_place = float(re.search(r"new code in place (\d+\.\d+) s", line).group(1))
+            in_place = float(re.search(r"in place in \d+ worker\(s\) (\d+\.\d+) s after the save", line).group(1))
             results[kind].append((client, in_place))
             print(f"{kind}: save -> new code in place {in_place:.2f} s, first answer on the new code {client:.2f} s", flush=True)
     finally:

@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="a local RunPod endpoint running the exported worker through the real SDK loop")
     p.add_argument("target", help="a notebook or an exported worker directory")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--workers", type=_count, default=1, help="worker processes (default 1)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' from clients")
     p.add_argument(

@@ -61,7 +61,7 @@ def test_bench_prints_a_table_and_uses_the_given_input(make_notebook):
     notebook = make_notebook([("handler", "def handler(job):\n    assert job['input'] == {'size': 3}\n    return 'ok'")])
     result = run_kit("bench", notebook, "--jobs", "3", "--workers", "2", "--input", '{"size": 3}', env=FAST)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 jobs, 4 in flight, 2 worker(s)" in result.stdout
+    assert "3 jobs, 3 in flight, 2 worker(s)" in result.stdout  # --concurrency 4 (the default), clamped to the jobs
     for label in ("cold start, s", "throughput, jobs/s", "queue p50/p95/p99, ms", "execution p50/p95/p99, ms"):
         assert label in result.stdout
     lines = dict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,12 @@ def test_help_lists_every_command():
 
 
 @pytest.mark.process
+def test_serve_help_shows_the_defaults_of_every_option():
+    text = " ".join(run_kit("serve", "--help").stdout.split())  # argparse wraps lines
+    for option, default in [("--host", "127.0.0.1"), ("--port", "8000"), ("--workers", "1"), ("--execution-timeout", "600")]:
+        assert re.search(rf"{option} \S+ .*?\(default {re.escape(default)}\b", text), option
+
+
 def test_version_and_usage_errors():
     assert run_kit("--version").stdout.startswith("kit ")
     result = run_kit("export")

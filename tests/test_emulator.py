@@ -19,7 +19,7 @@ import pytest
 import requests
 import runpod
 
-from kit.serve.emulator import QueueEmulator
+from kit.serve.emulator import HEADER_TIMEOUT, QueueEmulator
 
 pytestmark = pytest.mark.process  # every test here starts the emulator's server
 
@@ -199,6 +199,22 @@ def test_stream_chunks_are_fetched_once_each_then_the_aggregate_output(emu, endp
     worker.done(job_id, {"output": ["a", "b", "c"]}, stream=True)
     assert list(job.stream()) == ["c"]
     assert job.output() == ["a", "b", "c"]
+
+
+def test_stream_of_a_failed_job_says_why_as_status_does(emu):
+    worker = FakeWorker(emu, "w1")
+    job_id = emu.submit({"input": {}})
+    worker.take()
+    worker.stream(job_id, "a")
+    error = "handler: boom\ntraceback: ValueError: boom"
+    worker.done(job_id, {"error": error}, stream=True)
+    answer = requests.get(f"{emu.url}/v2/ep/stream/{job_id}", timeout=5).json()
+    assert answer == {"id": job_id, "status": "FAILED", "stream": [{"output": "a"}], "error": error}
+    assert answer["error"] == emu.status(job_id)["error"]
+    ok = emu.submit({"input": {}})
+    worker.take()
+    worker.done(ok, {"output": []}, stream=True)
+    assert "error" not in requests.get(f"{emu.url}/v2/ep/stream/{ok}", timeout=5).json()
 
 
 def test_cancel_a_queued_job_and_a_running_job_signals_its_worker(emu, endpoint):
@@ -605,13 +621,27 @@ def test_every_error_is_json_unknown_routes_and_deep_bodies_included(emu):
     assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
 
 
-def test_an_idle_connection_that_never_finishes_its_request_is_closed():
+@pytest.mark.parametrize("sent", [b"GET /v2/ep/hea", b"POST /v2/ep/run HTTP/1.1\r\nHost: x\r\n"], ids=["half a line", "half the headers"])
+def test_a_connection_that_never_finishes_its_request_head_is_closed_within_the_header_timeout(sent):
     import socket
 
-    with QueueEmulator(idle_timeout=1.0) as emu, socket.create_connection(("127.0.0.1", emu.port)) as slow:
-        slow.sendall(b"POST /v2/ep/run HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-        slow.settimeout(15)
-        assert slow.recv(1024) == b""  # the server hung up
+    def hung_up_after(connection, limit: float = 10.0) -> float:
+        started = time.monotonic()
+        connection.settimeout(limit)
+        assert connection.recv(1024) == b""  # the server hung up
+        return time.monotonic() - started
+
+    with QueueEmulator(header_timeout=1.0) as emu:
+        with socket.create_connection(("127.0.0.1", emu.port)) as slow:
+            slow.sendall(sent)  # and never the rest
+            assert hung_up_after(slow) < 1.0 + 1.0
+        with socket.create_connection(("127.0.0.1", emu.port)) as kept:  # a kept-alive connection, after a request
+            kept.sendall(b"GET /v2/ep/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            kept.settimeout(5)
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+            kept.sendall(sent)
+            assert hung_up_after(kept) < 1.0 + 1.0
+    assert HEADER_TIMEOUT <= 30  # `kit serve`'s default: a half-sent request is not held for long
 
 
 def test_a_body_sent_too_slowly_is_408():

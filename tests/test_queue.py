@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from kit.serve.queue import DROPPED_AFTER_PINGS, DROPPED_AFTER_SECONDS, FINAL_STATUSES, Queue, RequestError, Status
+from kit import platform
+from kit.serve.queue import (
+    DROPPED_AFTER_PINGS,
+    DROPPED_AFTER_SECONDS,
+    FINAL_STATUSES,
+    Event,
+    Queue,
+    RequestError,
+    Status,
+    WorkerState,
+)
 
 
 class Clock:
@@ -40,7 +50,7 @@ def take_one(queue: Queue, worker_id: str = "w1") -> dict:
 
 def test_a_job_goes_from_queue_to_worker_to_completed(queue, clock, events):
     job = queue.submit({"input": {"x": 1}, "webhook": "http://127.0.0.1:1/hook"})
-    assert job.status is Status.IN_QUEUE and ("queued", None) in events
+    assert job.status is Status.IN_QUEUE and (Event.QUEUED, None) in events
     clock.advance(2)
     assert take_one(queue) == {"id": job.id, "input": {"x": 1}, "webhook": "http://127.0.0.1:1/hook"}
     clock.advance(3)
@@ -53,7 +63,7 @@ def test_a_job_goes_from_queue_to_worker_to_completed(queue, clock, events):
         "workerId": "w1",
         "output": {"y": 2},
     }
-    assert ("ended", job) in events
+    assert (Event.ENDED, job) in events
     assert job.webhook_body()["input"] == {"x": 1} and job.webhook_body()["webhook"] == "http://127.0.0.1:1/hook"
 
 
@@ -67,7 +77,7 @@ def test_execution_timeout_ends_the_job_timed_out_and_stops_its_task(queue, cloc
     queue.tick()
     assert job.status is Status.TIMED_OUT and "5000 ms" in job.error
     worker = queue.worker("w1")
-    assert queue.take_stops(worker) == [job.id] and ("stop", worker) in events
+    assert queue.take_stops(worker) == [job.id] and (Event.STOP, worker) in events
     assert not worker.jobs  # the worker is free for the next job
     queue.done("w1", job.id, {"output": "late"})  # a late result changes nothing
     assert job.status is Status.TIMED_OUT and queue.counters.timed_out == 1
@@ -131,10 +141,10 @@ def test_results_expire_after_runpods_retention(queue, clock):
     for _ in range(2):
         job = take_one(queue)
         queue.done("w1", job["id"], {"output": 1})
-    clock.advance(61)
+    clock.advance(platform.RETENTION_RUNSYNC + 1)
     queue.tick()
     assert queue.get(sync.id) is None and queue.get(run.id) is run
-    clock.advance(30 * 60)
+    clock.advance(platform.RETENTION_RUN)
     queue.tick()
     assert queue.get(run.id) is None
 
@@ -191,6 +201,35 @@ def test_a_worker_that_stops_pinging_fails_its_jobs_and_is_not_counted_running(q
     assert queue.take(worker, 1) == []  # a frozen worker gets no more jobs
     queue.ping(worker, set())  # it came back
     assert take_one(queue)["id"] == other.id
+
+
+def test_a_worker_moves_through_its_states_and_says_when_it_is_ready(queue, clock, events):
+    worker = queue.worker("w1")
+    assert worker.state is WorkerState.STARTING and queue.health()["workers"]["initializing"] == 1
+    assert queue.take(worker, 1) == []  # its first job-take request, with nothing queued
+    assert worker.state is WorkerState.READY and events.count((Event.READY, worker)) == 1
+    queue.take(worker, 1)
+    assert events.count((Event.READY, worker)) == 1  # said once
+    queue.ping(worker, set())
+    clock.advance(10.5)
+    queue.tick()
+    assert worker.state is WorkerState.UNRESPONSIVE and worker.unresponsive == "no ping for 10 s"
+    queue.ping(worker, set())
+    assert worker.state is WorkerState.READY and worker.unresponsive is None
+    queue.release(worker)
+    assert worker.state is WorkerState.RELEASED and not queue.may_take(worker)
+    queue.ping(worker, set())
+    clock.advance(10.5)
+    queue.tick()  # a released worker is not judged by its pings any more
+    assert worker.state is WorkerState.RELEASED
+
+
+def test_a_transition_asserts_the_state_it_leaves():
+    from kit.serve.queue import Worker
+
+    worker = Worker("w1", state=WorkerState.RELEASED)
+    with pytest.raises(AssertionError, match="released"):
+        worker.move(WorkerState.UNRESPONSIVE, WorkerState.READY)
 
 
 def test_a_job_the_pings_stop_listing_without_a_result_fails(queue, clock):

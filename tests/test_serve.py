@@ -376,6 +376,46 @@ def test_the_banner_curl_line_sends_the_test_job_without_its_made_up_id(tmp_path
     assert curl.endswith(""" -d '{"input": {"name": "ada"}}'""")
 
 
+def test_each_worker_says_when_it_takes_jobs_and_how_long_it_took_to_start(served):
+    for n in (1, 2, 3):
+        line = served.wait_for_line(rf"^worker-{n} is taking jobs: ")
+        assert re.fullmatch(rf"worker-{n} is taking jobs: start-up took \d+\.\d\d s", line)
+
+
+def test_the_banner_shows_the_openai_client_only_for_a_worker_that_handles_openai_routes(served, tmp_path, loop):
+    served.wait_for_line(r"^Ctrl-C to stop")
+    assert "OpenAI client" not in served.output()  # SERVE_CELLS never reads openai_route
+    nb = build_notebook(
+        tmp_path / "chat.ipynb",
+        [
+            ("handler", "def handler(job):\n    route = job['input'].get('openai_route')\n    return {'route': route}"),
+            ("test", "handler({'input': {'prompt': 'hi'}})"),
+        ],
+    )
+    with kit_serve(nb, env={"KIT_WORKER_LOOP": loop}) as openai_served:
+        line = openai_served.wait_for_line(r"^  OpenAI client: ")
+    assert f"base_url='{openai_served.url}/v2/local/openai/v1'" in line
+
+
+def test_a_local_module_that_reads_openai_route_counts_and_a_venv_beside_a_hand_written_worker_does_not(tmp_path):
+    from kit.export.export import export_notebook
+    from kit.serve.serve import serves_openai
+
+    (tmp_path / "routes.py").write_text("def route(job):\n    return job['input'].get('openai_route')\n")
+    nb = build_notebook(
+        tmp_path / "w.ipynb",
+        [("setup", "import routes"), ("handler", "def handler(job):\n    return routes.route(job)"), ("test", "handler({'input': {}})")],
+    )
+    assert serves_openai(export_notebook(nb, tmp_path / "out").out_dir)
+    hand = tmp_path / "hand"
+    (hand / ".venv" / "lib").mkdir(parents=True)
+    (hand / "handler.py").write_text("def handler(job):\n    return job\n")
+    (hand / ".venv" / "lib" / "openai_thing.py").write_text("KEY = 'openai_route'\n")
+    assert not serves_openai(hand)
+    (hand / "helpers.py").write_text("KEY = 'openai_route'\n")
+    assert serves_openai(hand)
+
+
 def _serve_for_signal_test(tmp_path, served):
     pid_file = tmp_path / "pid"
     served.endpoint().run({"pid_file": str(pid_file), "sleep": 300, "cancelled_file": str(tmp_path / "c")})

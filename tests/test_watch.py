@@ -99,11 +99,42 @@ def test_handler_only_saves_reload_warm_without_running_setup_again(tmp_path, se
             save(notebook, [None, plain_handler(version)])
             output = answer_until(served, {"x": version}, lambda out: out["version"] == version)
             assert output["text"] == f"setup-1 v{version} x={version} helper-{version}"
-            line = served.wait_for_line(rf"^reload {version}: ")
+            line = served.wait_for_line(rf"^reload {version - 1}: ")  # reloads count from 1
             assert re.search(
-                rf"^reload {version}: cell 3 \[handler\] changed — warm: .*first job on the new code \d+\.\d\d s after the save$", line
+                rf"^reload {version - 1}: cell 3 \[handler\] changed — warm: .*; in place in 1 worker\(s\) \d+\.\d\d s after the save$",
+                line,
             ), line
         assert setup_runs(setup_log) == 1, "setup ran again on a handler-only save"
+
+
+def test_a_reload_says_when_every_worker_has_the_new_code_without_waiting_for_a_job(tmp_path, setup_log):
+    notebook = build_notebook(tmp_path / "worker.ipynb", cells(COUNTING_SETUP, plain_handler(1)))
+    with kit_serve(notebook, "--watch", "--workers", "2", env={"SETUP_LOG": str(setup_log)}) as served:
+        served.wait_for_line(r"^worker-2 is taking jobs: ")
+        save(notebook, [None, plain_handler(2)])
+        line = served.wait_for_line(r"^reload 1: ")  # no job sent: the figure is the reload's own
+        assert re.search(r"— warm: .*; in place in 2 worker\(s\) \d+\.\d\d s after the save$", line), line
+        assert runsync(served, {})["version"] == 2
+
+
+def test_every_save_that_changes_nothing_served_says_so_in_the_same_words(tmp_path, setup_log):
+    notebook = build_notebook(tmp_path / "worker.ipynb", cells(COUNTING_SETUP, plain_handler(1)))
+    nothing = "no change to the code the workers run (test cells, outputs and comments are not served): nothing to reload"
+    with kit_serve(notebook, "--watch", env={"SETUP_LOG": str(setup_log)}) as served:
+        served.wait_for_line(r"^worker-1 is taking jobs: ")
+        save(notebook, [None, None, 'handler({"input": {"x": 2}})'])  # only the test cell
+        served.wait_for_line(rf"^saved: {re.escape(nothing)}$")
+        save(notebook, [None, None, None])  # the same notebook again
+        deadline = time.monotonic() + 30
+        while sum(line == f"saved: {nothing}" for line in served.lines) < 2:
+            assert time.monotonic() < deadline, served.output()
+            time.sleep(0.05)
+        save(notebook, [None, "def handler(job):\n    return undefined_name"])
+        served.wait_for_line(r"^error: ")
+        save(notebook, [None, plain_handler(1)])
+        served.wait_for_line(rf"^saved: the notebook exports again, {re.escape(nothing)}$")
+        assert not [line for line in served.lines if line.startswith("reload ")]
+        assert runsync(served, {})["version"] == 1
 
 
 @pytest.mark.parametrize(
@@ -128,7 +159,7 @@ def test_async_and_generator_handlers_reload_warm(tmp_path, setup_log, kind, mak
         assert call(runsync(served, {})) == 1
         save(notebook, [None, make(2)])
         answer_until(served, {}, lambda out: call(out) == 2)
-        assert "warm" in served.wait_for_line(r"^reload 2: ")
+        assert "warm" in served.wait_for_line(r"^reload 1: ")
         assert setup_runs(setup_log) == 1
 
 
@@ -151,7 +182,7 @@ def test_a_concurrency_modifier_change_reloads_warm(tmp_path, setup_log):
             assert time.monotonic() < deadline, served.output()
             time.sleep(0.1)
         assert runsync(served, {}) == "ok"
-        assert "warm" in served.wait_for_line(r"^reload 2: ")
+        assert "warm" in served.wait_for_line(r"^reload 1: ")
         assert setup_runs(setup_log) == 1
 
 
@@ -162,9 +193,9 @@ def test_a_setup_change_restarts_the_workers_and_says_why(tmp_path, setup_log):
         new_setup = "import asyncio, os, time\nfrom pathlib import Path\n" + COUNTING_SETUP.replace("setup-1", "setup-2")
         save(notebook, [new_setup, None])
         answer_until(served, {"x": 1}, lambda out: out["text"].startswith("setup-2 "))
-        line = served.wait_for_line(r"^reload 2: ")
+        line = served.wait_for_line(r"^reload 1: ")
         assert re.search(
-            r"cell 2 \[setup\] changed — cold restart: a setup cell changed, so setup runs again; new code in place \d+\.\d\d s, first job on the new code",
+            r"cell 2 \[setup\] changed — cold restart: a setup cell changed, so setup runs again; in place in 1 worker\(s\) \d+\.\d\d s after the save$",
             line,
         ), line
         assert setup_runs(setup_log) == 2
@@ -183,7 +214,7 @@ def test_a_broken_save_keeps_serving_and_the_next_good_save_recovers(tmp_path, s
         assert runsync(served, {})["version"] == 1
         # Exports, but fails in the worker when the handler cell runs: the old code keeps serving.
         save(notebook, [None, "BROKEN = 1 / 0\n" + plain_handler(2)])
-        line = served.wait_for_line(r"^error: reload 2: ")
+        line = served.wait_for_line(r"^error: reload 1: ")
         assert "worker.ipynb: cell 3, line 1: ZeroDivisionError: division by zero" in line, line
         assert runsync(served, {})["version"] == 1
         save(notebook, [None, plain_handler(3)])

@@ -55,6 +55,7 @@ def bench(
 
     if jobs < 1 or concurrency < 1:
         raise KitError("--jobs and --concurrency must be at least 1")
+    concurrency = min(concurrency, jobs)  # never more in flight than there are jobs: the report says what ran
     loops = ("stock", "fast") if loop == "both" else (loop,)
     runs = []
     with worker_dir(target) as path:
@@ -152,7 +153,7 @@ def measure(
         pool = WorkerPool(path, emulator, workers, log_dir=log_dir, env=env, say=lambda line: print(line, file=sys.stderr))
         try:
             pool.start()
-            cold_starts = _wait_until_ready(pool, emulator)
+            cold_starts = _wait_until_ready(pool)
             cpu_before = emulator.cpu_time()
             results, elapsed = asyncio.run(_load(emulator, pool, request, jobs, concurrency, progress, openai, job_timeout))
             emulator_cpu = emulator.cpu_time() - cpu_before
@@ -226,14 +227,14 @@ def read_batches(batch_dir: Path) -> dict | None:
     }
 
 
-def _wait_until_ready(pool: WorkerPool, emulator: QueueEmulator) -> list[float]:
+def _wait_until_ready(pool: WorkerPool) -> list[float]:
     """Seconds from each worker's process start to its first job-take request."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         pool.check()
-        ready = {worker_id: emulator.worker_times(worker_id)["first_request"] for worker_id in pool.processes}
-        if all(t is not None for t in ready.values()):
-            return [ready[w] - process.spawned for w, process in pool.processes.items()]
+        started = list(pool.startup_seconds().values())
+        if all(seconds is not None for seconds in started):
+            return [seconds for seconds in started if seconds is not None]
         time.sleep(0.02)
     raise KitEnvironmentError(f"the workers did not ask for a job within {STARTUP_TIMEOUT:.0f} s", f"see the logs in {pool.log_dir}")
 

@@ -23,15 +23,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from kit import platform
 from kit.errors import KitEnvironmentError, KitError
 from kit.serve.queue import (  # noqa: F401  (FINAL_STATUSES: part of this module's API, bench reads it)
-    EXECUTION_TIMEOUT,
     FINAL_STATUSES,
     PING_TIMEOUT,
     Counters,
+    Event,
     Queue,
 )
 from kit.serve.routes import BODY_LIMIT, EndpointAPI, Waiters
@@ -42,23 +43,21 @@ log = logging.getLogger("kit.serve")
 # 204: an immediate 204 makes the SDK spin (its own timeout is 90 s).
 LONG_POLL = 20.0
 
-# /runsync answers with the job's current status after this long, as RunPod
-# does; `?wait=<ms>` overrides it per request.
-RUNSYNC_WAIT = 90.0
-
 # /stream holds a request this long for new chunks (the SDK's client times out at 10 s).
 STREAM_HOLD = 5.0
 
-# Webhooks: RunPod retries a failed delivery twice, 10 s apart.
-WEBHOOK_RETRIES = 2
-WEBHOOK_RETRY_DELAY = 10.0
+# How long one webhook delivery may take (RunPod's retries and their delay: kit.platform).
 WEBHOOK_TIMEOUT = 10.0
 
 # How often the queue's clock is checked (timeouts, TTLs, missed pings).
 TICK = 0.25
 
-# A connection that sends nothing for this long is closed (slow or idle clients).
+# A request body that has not fully arrived after this long is answered 408 (slow clients).
 IDLE_TIMEOUT = 75.0
+# A request line and headers must arrive within this long of the connection opening (or of the
+# previous response on a kept-alive connection), else the connection is closed: a client that sends
+# half a request holds no connection for long. An idle kept-alive connection is closed after as long.
+HEADER_TIMEOUT = 15.0
 
 
 class QueueEmulator:
@@ -72,13 +71,15 @@ class QueueEmulator:
         *,
         endpoint_id: str = "local",
         long_poll: float = LONG_POLL,
-        runsync_wait: float = RUNSYNC_WAIT,
+        runsync_wait: float = platform.RUNSYNC_WAIT,
         stream_hold: float = STREAM_HOLD,
-        execution_timeout: float = EXECUTION_TIMEOUT,
+        execution_timeout: float = platform.EXECUTION_TIMEOUT,
         ping_timeout: float = PING_TIMEOUT,
-        webhook_retry_delay: float = WEBHOOK_RETRY_DELAY,
+        webhook_retry_delay: float = platform.WEBHOOK_RETRY_DELAY,
         idle_timeout: float = IDLE_TIMEOUT,
+        header_timeout: float = HEADER_TIMEOUT,
         on_job_end: Callable[[dict], None] | None = None,
+        on_worker_ready: Callable[[str, float], None] | None = None,
         say: Callable[[str], None] = lambda line: None,
     ):
         if api_key is not None and not api_key.strip():
@@ -88,9 +89,11 @@ class QueueEmulator:
         self.api_key = api_key
         self.endpoint_id = endpoint_id
         self.on_job_end = on_job_end
+        self.on_worker_ready = on_worker_ready  # (worker id, monotonic time of its first job-take request)
         self.say = say
         self.webhook_retry_delay = webhook_retry_delay
         self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
         self.webhooks: list[dict] = []  # one record per delivery attempt
         self._waiters = Waiters()
         try:
@@ -115,7 +118,7 @@ class QueueEmulator:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._session = None  # aiohttp.ClientSession for webhooks, made on first use
+        self._session: aiohttp.ClientSession | None = None  # for webhooks, made on first use
 
     @property
     def counters(self) -> Counters:
@@ -162,9 +165,15 @@ class QueueEmulator:
         if self._thread is None:
             return
         self._call(self._close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        loop = self._running_loop
+        loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout=10)
         self._thread = None
+
+    @property
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the emulator has not started"
+        return self._loop
 
     def __enter__(self) -> QueueEmulator:
         return self.start()
@@ -175,9 +184,10 @@ class QueueEmulator:
     async def _start_server(self) -> None:
         app = web.Application(client_max_size=BODY_LIMIT)
         self._api.install(app)
-        # keepalive_timeout also closes a connection whose request headers never
-        # finish (aiohttp arms it at connect); the routes bound body reads.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self.idle_timeout)
+        # aiohttp's only header-read guard is its keep-alive timer: armed at connect and after each
+        # response, it closes a connection that has not delivered a whole request head by then (a
+        # slow body is the routes' job: 408 after idle_timeout).
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self.header_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
@@ -185,7 +195,7 @@ class QueueEmulator:
         self._spawn(self._ticker())
 
     def _spawn(self, coroutine) -> None:
-        task = self._loop.create_task(coroutine)
+        task = self._running_loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -204,7 +214,8 @@ class QueueEmulator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
         # Connection handlers aiohttp left waiting (a client that keeps its socket open).
         leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in leftover:
@@ -228,17 +239,20 @@ class QueueEmulator:
             result = function(*args)
             return await result if asyncio.iscoroutine(result) else result
 
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(call(), self._running_loop).result()
 
     # ------------------------------------------------------- notifications
-    def _notify(self, event: str, subject: Any) -> None:
-        if event == "queued":
+    def _notify(self, event: Event, subject: Any) -> None:
+        if event is Event.QUEUED:
             self._waiters.wake("queued")
-        elif event == "changed":
+        elif event is Event.CHANGED:
             self._waiters.wake(subject.id)
-        elif event == "stop":
+        elif event is Event.STOP:
             self._waiters.wake(("stop", subject.id))
-        elif event == "ended":
+        elif event is Event.READY:
+            if self.on_worker_ready is not None:
+                self.on_worker_ready(subject.id, subject.first_request)
+        elif event is Event.ENDED:
             state = subject.state()
             if subject.webhook is not None and self._loop is not None:
                 self._spawn(self._deliver_webhook(subject.webhook, subject.webhook_body()))
@@ -247,11 +261,9 @@ class QueueEmulator:
 
     async def _deliver_webhook(self, url: str, body: dict) -> None:
         """POST the job's final state to its webhook, retried as RunPod does; never blocks the job."""
-        import aiohttp
-
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT))
-        for attempt in range(1 + WEBHOOK_RETRIES):
+        for attempt in range(1 + platform.WEBHOOK_RETRIES):
             if attempt:
                 await asyncio.sleep(self.webhook_retry_delay)
             try:
@@ -263,7 +275,7 @@ class QueueEmulator:
             self.webhooks.append({"job": body["id"], "url": url, "attempt": attempt + 1, "outcome": outcome, "delivered": delivered})
             if delivered:
                 return
-        self.say(f"webhook for {body['id']} to {url} not delivered after {1 + WEBHOOK_RETRIES} attempts: {outcome}")
+        self.say(f"webhook for {body['id']} to {url} not delivered after {1 + platform.WEBHOOK_RETRIES} attempts: {outcome}")
 
     # ----------------------------------------------------------- public API
     def worker_env(self, worker_id: str) -> dict[str, str]:

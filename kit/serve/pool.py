@@ -152,6 +152,21 @@ class WorkerPool:
                     )
             self._spawn(worker_id)
 
+    def ready(self, worker_id: str, at: float) -> None:
+        """The worker asked for its first job (`at`, time.monotonic()): say so, with its start-up time.
+
+        Called from the emulator's thread (`QueueEmulator(on_worker_ready=...)`)."""
+        process = self.processes.get(worker_id)  # one lookup: the main thread may be restarting the pool
+        if process is not None:
+            self.say(f"{worker_id} is taking jobs: start-up took {_startup_seconds(process, at):.2f} s")
+
+    def startup_seconds(self) -> dict[str, float | None]:
+        """Each worker's start-up (process start to first job-take request), None while it starts."""
+        return {
+            worker_id: None if (at := self.emulator.worker_times(worker_id)["first_request"]) is None else _startup_seconds(process, at)
+            for worker_id, process in list(self.processes.items())
+        }
+
     def _refresh_if_asked(self, worker_id: str, process: _Process) -> None:
         """A job returned `refresh_worker: true`: the SDK posts stopPod and RunPod stops the worker,
         so module state starts over. Here: no more jobs for it, SIGTERM (it drains), and check()
@@ -164,7 +179,7 @@ class WorkerPool:
 
     def reload(self) -> None:
         """Ask every worker run by kit.worker.reloader to swap in the handler code it is told of."""
-        from kit.worker.reloader import RELOAD_SIGNAL
+        from kit.worker.reload_events import RELOAD_SIGNAL
 
         for process in self.processes.values():
             if process.popen.poll() is None:
@@ -236,6 +251,11 @@ def _setup_failure_in_log(process: _Process) -> str | None:
             continue
         return prestart_failure(json.dumps(info))
     return None
+
+
+def _startup_seconds(process: _Process, first_request: float) -> float:
+    """From the process's start to its first job-take request (both time.monotonic())."""
+    return max(0.0, first_request - process.spawned)
 
 
 def _kill_group(process: _Process) -> None:

@@ -10,12 +10,9 @@ without a result. The HTTP routes (`kit.serve.routes`) and the thread host
 clock.
 
 What the host must react to (wake a long-poll, post a webhook) is reported
-through `notify(event, subject)`:
-
-- ``"queued"`` (None): jobs are waiting for a worker;
-- ``"changed"`` (the job): its status, output or stream changed;
-- ``"ended"`` (the job): it reached a final status;
-- ``"stop"`` (the worker): it has job ids to stop on its job-stop channel.
+through `notify(event, subject)`, an `Event` and what it is about (see
+`Event`). A worker's record moves through `WorkerState`; each transition
+asserts the state it leaves, as Cog's worker does.
 """
 
 from __future__ import annotations
@@ -46,19 +43,31 @@ class Status(str, enum.Enum):
         return self.value
 
 
+class Event(enum.Enum):
+    """What the queue tells its host through `notify(event, subject)`; the subject is in brackets."""
+
+    QUEUED = "queued"  # (None) jobs are waiting for a worker: wake its job-take long-polls
+    CHANGED = "changed"  # (the Job) its status, output or stream changed: wake who waits on it
+    ENDED = "ended"  # (the Job) it reached a final status: post its webhook
+    STOP = "stop"  # (the Worker) it has job ids to stop on its job-stop channel
+    READY = "ready"  # (the Worker) its first job-take request: its start-up is over
+
+
+class WorkerState(enum.Enum):
+    """Where a worker's record stands. STARTING -> READY (first job-take); either -> UNRESPONSIVE
+    (no ping for ping_timeout) -> back when it pings again; any -> RELEASED (final: no more jobs)."""
+
+    STARTING = "starting"  # registered; has not asked for a job yet
+    READY = "ready"  # asks for jobs (busy or idle: see its jobs)
+    UNRESPONSIVE = "unresponsive"  # stopped pinging: frozen or hung; handed no jobs
+    RELEASED = "released"  # shutting down or gone: handed no jobs, for good
+
+
 FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
 RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT})
 
-# RunPod's request policy (ms in requests, seconds here).
-EXECUTION_TIMEOUT = 600.0  # policy.executionTimeout default: 10 minutes
-EXECUTION_TIMEOUT_RANGE = (5.0, 7 * 24 * 3600.0)  # allowed: 5 s to 7 days
-TTL = 24 * 3600.0  # policy.ttl default: a job lives at most 24 h from submission, whatever its state
-TTL_RANGE = (10.0, 7 * 24 * 3600.0)  # allowed: 10 s to 7 days
-
-# How long results stay fetchable after a job ends, as on RunPod: 30 minutes
-# for /run, 1 minute for /runsync.
-RETENTION_RUN = 30 * 60.0
-RETENTION_RUNSYNC = 60.0
+# RunPod's request policy (timeouts, TTL, retention) lives in kit.platform, which says where RunPod
+# states each. What follows is the emulator's own (RunPod does not publish how it judges a worker).
 
 # A worker that has pinged and then stays silent this long is frozen or hung
 # (the SDK pings every RUNPOD_PING_INTERVAL, 2 s here): its jobs fail.
@@ -149,13 +158,27 @@ class Worker:
     jobs: set = field(default_factory=set)  # ids of jobs in flight
     stops: list = field(default_factory=list)  # job ids to send on the stop channel
     cancelled: set = field(default_factory=set)  # stopped jobs its pings may still list
+    state: WorkerState = WorkerState.STARTING
     first_request: float | None = None  # first job-take: the worker is up
     first_job: float | None = None
     last_ping: float | None = None
-    unresponsive: str | None = None  # why it is no longer handed jobs (missed pings)
-    released: bool = False  # shutting down or gone: no more jobs for it
+    unresponsive: str | None = None  # why it is UNRESPONSIVE (missed pings)
     refresh: bool = False  # its last job asked for stopPod (refresh_worker)
     setup_error: str | None = None  # runpod 2.0's prestart failure it reported through a job
+
+    @property
+    def released(self) -> bool:
+        return self.state is WorkerState.RELEASED
+
+    @property
+    def healthy(self) -> bool:
+        """It may be handed jobs."""
+        return self.state in (WorkerState.STARTING, WorkerState.READY)
+
+    def move(self, leaving: WorkerState | tuple[WorkerState, ...], to: WorkerState) -> None:
+        """A transition: asserts the state it leaves (a wrong one is a bug of the queue)."""
+        assert self.state in (leaving if isinstance(leaving, tuple) else (leaving,)), f"{self.id}: {self.state.value} -> {to.value}"
+        self.state = to
 
 
 @dataclass
@@ -203,11 +226,11 @@ class Queue:
         self,
         *,
         clock: Callable[[], float] = time.monotonic,
-        notify: Callable[[str, Any], None] = lambda event, subject: None,
-        execution_timeout: float = EXECUTION_TIMEOUT,
+        notify: Callable[[Event, Any], None] = lambda event, subject: None,
+        execution_timeout: float = platform.EXECUTION_TIMEOUT,
         ping_timeout: float = PING_TIMEOUT,
     ):
-        low, high = EXECUTION_TIMEOUT_RANGE
+        low, high = platform.EXECUTION_TIMEOUT_RANGE
         if not low <= execution_timeout <= high:
             raise ValueError(f"the execution timeout must be between {low:.0f} s and 7 days, not {execution_timeout} s")
         self.clock = clock
@@ -227,8 +250,8 @@ class Queue:
         policy = request.get("policy", {})
         if not isinstance(policy, dict):
             raise RequestError("policy must be a JSON object")
-        execution_timeout = _ms_policy(policy, "executionTimeout", self.execution_timeout, EXECUTION_TIMEOUT_RANGE)
-        ttl = _ms_policy(policy, "ttl", TTL, TTL_RANGE)
+        execution_timeout = _ms_policy(policy, "executionTimeout", self.execution_timeout, platform.EXECUTION_TIMEOUT_RANGE)
+        ttl = _ms_policy(policy, "ttl", platform.TTL, platform.TTL_RANGE)
         webhook = request.get("webhook")
         if webhook is not None and not (isinstance(webhook, str) and webhook.startswith(("http://", "https://"))):
             raise RequestError(f"webhook must be an http(s) URL, not {webhook!r}")
@@ -245,7 +268,7 @@ class Queue:
         self.jobs[job.id] = job
         self.queue.append(job)
         self.counters.submitted += 1
-        self.notify("queued", None)
+        self.notify(Event.QUEUED, None)
         return job
 
     def get(self, job_id: str) -> Job | None:
@@ -259,7 +282,7 @@ class Queue:
 
     def set_ttl(self, job: Job, seconds: float) -> None:
         """`/status/{id}?ttl=ms`: remove this job (queued, running or done) that long from now."""
-        if not 0 < seconds <= TTL_RANGE[1]:
+        if not 0 < seconds <= platform.TTL_RANGE[1]:
             raise RequestError(f"ttl must be a positive number of milliseconds up to 7 days, not {seconds * 1000:g}")
         job.expires = self.clock() + seconds
 
@@ -287,15 +310,15 @@ class Queue:
         job.submitted = self.clock()
         self.queue.append(job)
         self.counters.retried += 1
-        self.notify("changed", job)
-        self.notify("queued", None)
+        self.notify(Event.CHANGED, job)
+        self.notify(Event.QUEUED, None)
 
     def health(self) -> dict:
         in_progress = sum(1 for job in self.jobs.values() if job.status is Status.IN_PROGRESS)
         alive = [w for w in self.workers.values() if not w.released]
-        healthy = [w for w in alive if w.unresponsive is None]
+        healthy = [w for w in alive if w.healthy]
         running = sum(1 for w in healthy if w.jobs)
-        ready = sum(1 for w in healthy if w.first_request is not None)
+        ready = sum(1 for w in healthy if w.state is WorkerState.READY)
         return {
             "jobs": {
                 "completed": self.counters.completed,
@@ -322,14 +345,17 @@ class Queue:
         return worker
 
     def may_take(self, worker: Worker) -> bool:
-        return not worker.released and worker.unresponsive is None
+        return worker.healthy
 
     def take(self, worker: Worker, count: int = 1) -> list[dict]:
         """Up to `count` queued jobs for the worker, as job-take hands them out."""
         now = self.clock()
         if worker.first_request is None:
             worker.first_request = now
-        taken = []
+            if worker.state is WorkerState.STARTING:  # (an unresponsive one that polls stays so until it pings)
+                worker.move(WorkerState.STARTING, WorkerState.READY)
+            self.notify(Event.READY, worker)
+        taken: list[dict] = []
         while self.queue and len(taken) < count and self.may_take(worker):
             job = self.queue.popleft()
             job.status, job.worker, job.taken = Status.IN_PROGRESS, worker.id, now
@@ -337,7 +363,7 @@ class Queue:
             worker.jobs.add(job.id)
             self.counters.taken += 1
             taken.append({"id": job.id, "input": job.input, **job.extra})
-            self.notify("changed", job)
+            self.notify(Event.CHANGED, job)
         if taken and worker.first_job is None:
             worker.first_job = now
         return taken
@@ -375,7 +401,7 @@ class Queue:
         if body.get("status") == "IN_PROGRESS":  # runpod.serverless.progress_update
             if job.status is Status.IN_PROGRESS:
                 job.output, job.output_json = body.get("output"), None
-                self.notify("changed", job)
+                self.notify(Event.CHANGED, job)
             return
         job.done_posts += 1
         if job.done_posts > 1:
@@ -395,7 +421,7 @@ class Queue:
         job = self._held(worker_id, job_id)
         if job.status is Status.IN_PROGRESS:
             job.chunks.append(body.get("output"))
-            self.notify("changed", job)
+            self.notify(Event.CHANGED, job)
 
     def fail_result(self, worker_id: str, job_id: str, reason: str) -> None:
         """A job-done post the emulator could not accept (too large): the job fails, naming why."""
@@ -408,9 +434,10 @@ class Queue:
         """A heartbeat listing the job ids the worker's SDK is running."""
         now = self.clock()
         worker.last_ping = now
-        if worker.unresponsive is not None:
-            worker.unresponsive = None  # it came back (SIGCONT): it may take jobs again
-            self.notify("queued", None)
+        if worker.state is WorkerState.UNRESPONSIVE:  # it came back (SIGCONT): it may take jobs again
+            worker.move(WorkerState.UNRESPONSIVE, WorkerState.STARTING if worker.first_request is None else WorkerState.READY)
+            worker.unresponsive = None
+            self.notify(Event.QUEUED, None)
         # A stop that reached the SDK before the job's task existed is dropped
         # there; while the worker still reports the job, send the stop again.
         for job_id in list(worker.cancelled):
@@ -424,7 +451,7 @@ class Queue:
                 job.unlisted_pings = 0
                 continue
             job.unlisted_pings += 1
-            if job.unlisted_pings >= DROPPED_AFTER_PINGS and now - job.taken >= DROPPED_AFTER_SECONDS:
+            if job.unlisted_pings >= DROPPED_AFTER_PINGS and now - (job.taken or now) >= DROPPED_AFTER_SECONDS:
                 self._finish(
                     job,
                     Status.FAILED,
@@ -433,8 +460,8 @@ class Queue:
                 )
 
     def release(self, worker: Worker) -> None:
-        worker.released = True
-        self.notify("stop", worker)
+        worker.state = WorkerState.RELEASED  # from any state, and again: shutting down is always allowed
+        self.notify(Event.STOP, worker)
 
     def worker_exited(self, worker_id: str, reason: str) -> list[str]:
         """The worker process is gone: fail the jobs it held. Its id may be used again."""
@@ -444,7 +471,7 @@ class Queue:
         lost = sorted(worker.jobs)
         for job_id in lost:
             self._finish(self.jobs[job_id], Status.FAILED, error=f"worker {worker_id} {reason} while running this job")
-        self.notify("queued", None)
+        self.notify(Event.QUEUED, None)
         return lost
 
     # ------------------------------------------------------------- time
@@ -455,19 +482,20 @@ class Queue:
             if now > job.expires:
                 self._expire(job)
             elif job.final:
-                if now - job.finished > (RETENTION_RUNSYNC if job.sync else RETENTION_RUN):
+                if now - (job.finished or now) > (platform.RETENTION_RUNSYNC if job.sync else platform.RETENTION_RUN):
                     del self.jobs[job.id]
-            elif job.status is Status.IN_PROGRESS and now - job.taken > job.execution_timeout:
+            elif job.status is Status.IN_PROGRESS and now - (job.taken or now) > job.execution_timeout:
                 self._finish(
                     job,
                     Status.TIMED_OUT,
                     error=f"job timed out after {job.execution_timeout * 1000:.0f} ms (policy.executionTimeout)",
                 )
         for worker in self.workers.values():
-            if worker.released or worker.unresponsive is not None or worker.last_ping is None:
+            if not worker.healthy or worker.last_ping is None:
                 continue
             silent = now - worker.last_ping
             if silent > self.ping_timeout:
+                worker.move((WorkerState.STARTING, WorkerState.READY), WorkerState.UNRESPONSIVE)
                 worker.unresponsive = f"no ping for {silent:.0f} s"
                 for job_id in sorted(worker.jobs):
                     self._finish(
@@ -489,7 +517,7 @@ class Queue:
             self._signal_stop(worker, job.id)
         del self.jobs[job.id]
         self.counters.expired += 1
-        self.notify("changed", job)
+        self.notify(Event.CHANGED, job)
 
     # ----------------------------------------------------------- endings
     def _finish(self, job: Job, status: Status, *, output: Any = _ABSENT, error: Any = _ABSENT, output_json: bytes | None = None) -> None:
@@ -506,11 +534,11 @@ class Queue:
                 self._signal_stop(worker, job.id)  # the SDK's own job-stop cancels the handler's task
         counter = _COUNTER[status]
         setattr(self.counters, counter, getattr(self.counters, counter) + 1)
-        self.notify("changed", job)
-        self.notify("ended", job)
+        self.notify(Event.CHANGED, job)
+        self.notify(Event.ENDED, job)
 
     def _signal_stop(self, worker: Worker, job_id: str) -> None:
         if job_id not in worker.stops:
             worker.stops.append(job_id)
         worker.cancelled.add(job_id)
-        self.notify("stop", worker)
+        self.notify(Event.STOP, worker)

@@ -24,15 +24,14 @@ from typing import Any
 
 from aiohttp import web
 
-from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT  # RunPod's payload limits (decimal MB)
+from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT, RUNSYNC_WAIT_RANGE_MS  # RunPod's limits
 from kit.serve.queue import Job, Queue, RequestError, Status
 
 log = logging.getLogger("kit.serve")
+# The job input key that carries an OpenAI request's route (worker-vllm's contract, RUNPOD.md).
+OPENAI_ROUTE = "openai_route"
 # The largest body the emulator reads at all (a job-done result, an OpenAI request).
 BODY_LIMIT = 64 * 1024**2
-
-# /runsync and /status-sync: `?wait=<ms>` must lie in this range, as on RunPod.
-WAIT_RANGE_MS = (1000, 300000)
 
 
 def _state(job: Job) -> web.Response:
@@ -203,7 +202,7 @@ class EndpointAPI:
         """`?wait=<ms>` in seconds (the default when absent); 400 outside RunPod's range."""
         if "wait" not in request.query:
             return self.runsync_wait
-        low, high = WAIT_RANGE_MS
+        low, high = RUNSYNC_WAIT_RANGE_MS
         try:
             wait = int(request.query["wait"])
         except ValueError:
@@ -257,7 +256,10 @@ class EndpointAPI:
         """New chunks, held open until some arrive or the job ends (at most `stream_hold` s)."""
         job = self._known(request)
         await self._until(job, lambda: job.final or len(job.chunks) > job.read, self.stream_hold)
-        return web.json_response({"id": job.id, "status": job.status.value, "stream": self.queue.read_stream(job)})
+        body = {"id": job.id, "status": job.status.value, "stream": self.queue.read_stream(job)}
+        if "error" in (state := job.state()):  # a failed job says why, as /status does
+            body["error"] = state["error"]
+        return web.json_response(body)
 
     async def _cancel(self, request: web.Request) -> web.Response:
         job = self._known(request)
@@ -282,7 +284,7 @@ class EndpointAPI:
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         """An OpenAI request as a job: input {"openai_route": "/v1/...", "openai_input": body} (worker-vllm's contract)."""
         route = "/v1" + request.path.split("/openai/v1", 1)[1]
-        job_input: dict[str, Any] = {"openai_route": route}
+        job_input: dict[str, Any] = {OPENAI_ROUTE: route}
         body: Any = None
         if request.method == "POST":
             body = await self._json_body(request, RUNSYNC_LIMIT, "the request body")

@@ -8,6 +8,7 @@ marked FAILED, never lost) and drains them on Ctrl-C/SIGTERM.
 
 from __future__ import annotations
 
+import ast
 import json
 import signal
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from kit import platform, workerdir
 from kit.serve.emulator import QueueEmulator
 from kit.serve.pool import WorkerPool
+from kit.serve.routes import OPENAI_ROUTE
 
 
 def job_line(state: dict) -> str:
@@ -68,6 +70,12 @@ def serve(
     from kit.serve.watch import Watcher
 
     stopping = threading.Event()
+    pools: list[WorkerPool] = []
+
+    def on_worker_ready(worker_id: str, at: float) -> None:  # the emulator's thread
+        if pools:
+            pools[0].ready(worker_id, at)
+
     received: list[int] = []
 
     def on_signal(signum, frame):
@@ -76,7 +84,6 @@ def serve(
 
     previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
-        options = {} if execution_timeout is None else {"execution_timeout": execution_timeout}
         watcher = Watcher(target, say=say_line) if watch else None
         with (
             watcher.serving() if watcher else worker_dir(target) as path,
@@ -85,12 +92,14 @@ def serve(
                 port,
                 api_key,
                 on_job_end=lambda state: say_line(job_line(state)),
+                on_worker_ready=on_worker_ready,
                 say=say_line,
-                **options,
+                execution_timeout=platform.EXECUTION_TIMEOUT if execution_timeout is None else execution_timeout,
             ) as emulator,
         ):
             log_dir = Path(tempfile.mkdtemp(prefix="kit-serve-logs-"))
-            pool = WorkerPool(path, emulator, workers, log_dir=log_dir, **(watcher.pool_options() if watcher else {}))
+            pool = WorkerPool(path, emulator, workers, log_dir=log_dir, say=say_line, **(watcher.pool_options() if watcher else {}))
+            pools.append(pool)
             clean = False
             try:
                 pool.start()
@@ -119,17 +128,49 @@ def serve(
             signal.signal(signum, handler)
 
 
+def serves_openai(path: Path) -> bool:
+    """Whether the worker handles RunPod's OpenAI routes: its code (handler.py or a local module
+    it copies) names the `openai_route` job key, or its test job carries one."""
+    example = workerdir.example_job(path) or {}
+    if isinstance(example.get("input"), dict) and OPENAI_ROUTE in example["input"]:
+        return True
+    for source in _worker_sources(path):
+        try:
+            tree = ast.parse(source.read_bytes())
+        except (SyntaxError, ValueError, OSError, RecursionError):
+            continue
+        if any(isinstance(node, ast.Constant) and node.value == OPENAI_ROUTE for node in ast.walk(tree)):
+            return True
+    return False
+
+
+def _worker_sources(path: Path, most: int = 200, largest: int = 2_000_000) -> list[Path]:
+    """handler.py and the local modules the export copied (kit.json's files; in a worker written by
+    hand, the .py files beside handler.py): inside the folder, regular files, bounded in number and size."""
+    manifest = workerdir.Manifest.read(path)
+    names = [n for n in manifest.files if isinstance(n, str)] if manifest else [p.name for p in path.glob("*.py")]
+    root = path.resolve()
+    found: list[Path] = []
+    for name in [workerdir.HANDLER, *names]:
+        if name != workerdir.HANDLER and name in workerdir.GENERATED:  # the kit's own files
+            continue
+        candidate = (path / name).resolve()
+        if not candidate.is_relative_to(root):
+            continue
+        found += sorted(candidate.rglob("*.py")) if candidate.is_dir() else [candidate]
+    return [p for p in dict.fromkeys(found) if p.suffix == ".py" and p.is_file() and p.stat().st_size <= largest][:most]
+
+
 def _print_banner(path: Path, emulator: QueueEmulator, workers: int, log_dir: Path) -> None:
     example = workerdir.example_job(path) or {"input": {}}
     example = {k: v for k, v in example.items() if k != "id"}  # a client sends only the body: RunPod gives the job its id
     auth = f" -H 'Authorization: Bearer {emulator.api_key}'" if emulator.api_key else ""
-    print(
+    say_line(
         f"kit serve: {path}/handler.py on {workers} worker(s) (logs: {log_dir})\n"
         f"endpoint: {emulator.url}/v2/<any endpoint id>\n"
         f"  curl -X POST {emulator.url}/v2/local/runsync -H 'Content-Type: application/json'{auth}"
         f" -d '{json.dumps(example)}'\n"
         f"  python client: RUNPOD_ENDPOINT_BASE_URL={emulator.url}/v2, then runpod.Endpoint('local').run_sync(...)\n"
-        f"  OpenAI client: openai.OpenAI(base_url='{emulator.url}/v2/local/openai/v1', api_key=...)\n"
-        "Ctrl-C to stop.",
-        flush=True,
+        + (f"  OpenAI client: openai.OpenAI(base_url='{emulator.url}/v2/local/openai/v1', api_key=...)\n" if serves_openai(path) else "")
+        + "Ctrl-C to stop."
     )

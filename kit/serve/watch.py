@@ -12,8 +12,12 @@ into a directory of its own; `compare` then decides, from the two exports:
 - a save that does not export prints the kit's one-line error and changes
   nothing: the workers keep serving the last good save.
 
-Each reload prints one line when the first job on the new code is served:
-which cells changed, warm or cold (and why), and the time from the save.
+Each reload prints one line when every worker has the new code in place:
+which cells changed, warm or cold (and why), and the time from the save to
+that moment, the reload's own figure. A save that exports but changes nothing
+the workers run (a test cell, an output, a comment) says so in one line too.
+Reloads are numbered from 1; the watcher and the workers speak through the
+typed events of `kit.worker.reload_events`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from pathlib import Path
 
 from kit import percent, workerdir
 from kit.errors import KitEnvironmentError, KitError
-from kit.worker.reloader import CONTROL_ENV, GENERATION_FILE, read_json, write_json
+from kit.worker import reload_events
+from kit.worker.reload_events import CONTROL_ENV
 
 RELOADER = [sys.executable, "-m", "kit.worker.reloader"]
 TICK = 0.05  # seconds between two looks at the notebook's path
@@ -116,7 +121,7 @@ def compare(old: Version, new: Version) -> Change:
 
 @dataclass
 class _Pending:
-    """A reload whose first job on the new code has not been served yet."""
+    """A reload not yet in place in every worker."""
 
     number: int
     saved: float  # the notebook's mtime: when it was saved
@@ -134,13 +139,12 @@ class Watcher:
         self.tick = tick
         self.base: Path | None = None
         self.control: Path | None = None
-        self.number = 0  # the last generation the workers were asked to serve
+        self.number = 0  # the generation the workers were last asked to serve: 0 the first export, N reload N
         self.exports = 0
         self.live: Version | None = None  # what the workers serve (or were last asked to)
         self.broken = False  # the last save did not export
         self.down = False  # the workers could not start: the next good save starts them
         self.pending: _Pending | None = None
-        self.reported: set[tuple[str, int]] = set()  # (worker, generation) errors already said
         self._seen = None
 
     # ------------------------------------------------------------ lifecycle
@@ -154,7 +158,7 @@ class Watcher:
             self._seen = _stat(self.notebook)
             path = self._export()
             self.live = Version.read(path)
-            self._publish(path)
+            reload_events.publish(self.control, reload_events.Generation(self.number, str(path / workerdir.HANDLER)))
             yield path
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
@@ -163,19 +167,25 @@ class Watcher:
         """What a `WorkerPool` needs to run the workers through the launcher."""
         return {"command": RELOADER, "env": {CONTROL_ENV: str(self.control)}}
 
+    def _serving(self) -> tuple[Path, Path]:
+        """The export base and control directories (made by `serving`)."""
+        assert self.base is not None and self.control is not None, "Watcher.serving() has not started"
+        return self.base, self.control
+
     def _export(self) -> Path:
         from kit.export.export import export_notebook
 
         self.exports += 1
-        out = self.base / str(self.exports) / self.notebook.stem
+        out = self._serving()[0] / str(self.exports) / self.notebook.stem
         result = export_notebook(self.notebook, out)
         for warning in result.warnings:
             self.say(f"warning: {warning}")
         return out
 
     def _publish(self, path: Path) -> None:
+        """A reload: the next generation, for the workers to load."""
         self.number += 1
-        write_json(self.control / GENERATION_FILE, {"generation": self.number, "handler": str(path / workerdir.HANDLER)})
+        reload_events.publish(self._serving()[1], reload_events.Generation(self.number, str(path / workerdir.HANDLER)))
 
     # ------------------------------------------------------------ every tick
     def poll(self, pool) -> None:
@@ -205,14 +215,17 @@ class Watcher:
             return
         broken, self.broken = self.broken, False
         new = Version.read(path)
+        assert self.live is not None  # serving() read the first export
         change = compare(self.live, new)
         if change.empty and not self.down:
             shutil.rmtree(path.parent, ignore_errors=True)
-            if broken:
-                self.say("saved: the notebook exports again, with the code being served (nothing to reload)")
-            return  # a save that changes nothing the worker runs (outputs, test cells)
+            again = "the notebook exports again, " if broken else ""
+            self.say(
+                f"saved: {again}no change to the code the workers run (test cells, outputs and comments are not served): nothing to reload"
+            )
+            return
         if self.pending is not None:
-            self.say(f"{self.pending.line}; no job served before the next save")
+            self.say(f"{self.pending.line}; superseded by the next save before every worker had it")
         cells = ", ".join(change.cells) or "no cell"
         self.live = new
         self._publish(path)
@@ -228,27 +241,28 @@ class Watcher:
             pool.reload()
 
     def _report(self, pool) -> None:
+        """Say how the pending reload went, once every live worker reported on its generation."""
         if self.pending is None:
             return
+        number = self.pending.number
+        loaded: list[float] = []
         for worker_id in list(pool.processes):
-            status = read_json(self.control / f"{worker_id}.json")
-            if not status or status.get("generation") != self.pending.number:
-                continue
-            if "error" in status and (worker_id, self.pending.number) not in self.reported:
-                self.reported.add((worker_id, self.pending.number))
+            event = reload_events.reported(self._serving()[1], worker_id)
+            if event is None or event.generation != number:
+                return  # this worker has not reported on it yet
+            if isinstance(event, reload_events.LoadFailed):
                 self.say(
-                    f"error: reload {self.pending.number}: {self.notebook.name}: {status['error']} "
+                    f"error: reload {number}: {self.notebook.name}: {event.error} "
                     "(the new handler cells failed in the worker; still serving the last good save)"
                 )
                 self.pending = None
                 return
-            if isinstance(status.get("served"), (int, float)):
-                seconds = max(0.0, status["served"] - self.pending.saved)
-                loaded = status.get("loaded")
-                in_place = f"new code in place {max(0.0, loaded - self.pending.saved):.2f} s, " if isinstance(loaded, (int, float)) else ""
-                self.say(f"{self.pending.line}; {in_place}first job on the new code {seconds:.2f} s after the save")
-                self.pending = None
-                return
+            if isinstance(event, reload_events.Loaded):
+                loaded.append(event.at)
+        if loaded:
+            seconds = max(0.0, max(loaded) - self.pending.saved)
+            self.say(f"{self.pending.line}; in place in {len(loaded)} worker(s) {seconds:.2f} s after the save")
+            self.pending = None
 
 
 def _meaning(source: str) -> str:

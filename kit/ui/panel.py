@@ -20,8 +20,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -337,13 +335,10 @@ class Panel:
         elif problem:
             parts.append(_pre(_render(run.output), "kit-result"))
             parts.append(_note(f"{problem}: every job of the batch FAILS on RunPod", "error"))
-        else:
-            assert isinstance(run.output, list)  # result_problem found no problem: one result per job
+        elif isinstance(run.output, (list, tuple)):  # result_problem found it a list of one result per job
             for number, result in enumerate(run.output, 1):
                 parts.append(_note(f"job {number}:") + _pre(_render(result), "kit-result"))
-                if isinstance(result, dict) and "error" in result:
-                    parts.append(_note('the result has an "error" key: RunPod marks this job FAILED', "warning"))
-                parts.append(_payload_note(result, "result: "))
+                parts.append(_result_notes(result, "result: "))
         if printed:
             parts.append(_note("printed:") + _pre("".join(printed), "kit-printed"))
         self.output.value = "".join(parts)
@@ -365,9 +360,7 @@ class Panel:
                 parts.append(_pre("\n".join(_render(c) for c in run.chunks), "kit-result"))
             else:
                 parts.append(_pre(_render(run.output), "kit-result"))
-            if isinstance(run.output, dict) and "error" in run.output:
-                parts.append(_note('the result has an "error" key: RunPod marks this job FAILED', "warning"))
-            parts.append(_payload_note(run.result, "aggregated stream: " if run.streamed else "result: "))
+            parts.append(_result_notes(run.result, "aggregated stream: " if run.streamed else "result: "))
         if printed:
             parts.append(_note("printed:"))
             parts.append(_pre(printed, "kit-printed"))
@@ -375,7 +368,7 @@ class Panel:
 
     def run_on_endpoint(self, job: dict, notes: list[str]) -> None:
         endpoint = self.endpoint
-        assert endpoint is not None  # the "use endpoint" box is enabled only while serving
+        assert endpoint is not None  # run() checked it is running
         self.status.value = _note(f"sending the job to {endpoint.url}/v2/local/runsync…")
         self.output.value = ""
         started = time.perf_counter()
@@ -384,9 +377,7 @@ class Panel:
         parts = list(notes)
         if "output" in state:
             parts.append(_pre(_render(state["output"]), "kit-result"))
-            check = platform.check_payload(state["output"])
-            level = {"ok": "info", "warn": "warning", "fail": "error"}[check.level]
-            parts.append(_note("result: " + check.message + (f" — {check.hint}" if check.hint else ""), level))
+            parts.append(_result_notes(state["output"], "result: ", error_key=False))  # the queue judged it: see its status
         if "error" in state:
             parts.append(_pre(platform.error_summary(state["error"]), "kit-error"))
         self.output.value = "".join(parts)
@@ -419,17 +410,19 @@ class Panel:
         self.status.value = _note("serving: Run sends the job to the local endpoint (untick to call the kernel's handler)", "ok")
 
     def _show_serving(self, saved: str) -> None:
-        assert self.endpoint is not None
+        endpoint = self.endpoint
+        assert endpoint is not None  # toggle_serving started it
         self.serve_button.description, self.serve_button.icon = "Stop serving", "stop"
         self.use_endpoint.disabled, self.use_endpoint.value = False, True
         self.endpoint_info.value = (
             saved
-            + _note(f"serving this notebook at {self.endpoint.url}/v2/local — every save reloads it", "ok")
-            + _pre(self.endpoint.curl or "", "kit-curl")
+            + _note(f"serving this notebook at {endpoint.url}/v2/local — every save reloads it", "ok")
+            + _pre(endpoint.curl or "", "kit-curl")
         )
 
     def _show_endpoint_log(self) -> None:
-        assert self.endpoint is not None
+        if self.endpoint is None:
+            return
         lines = [line for line in self.endpoint.lines if not line.startswith(("kit serve:", "endpoint:", "  ", "Ctrl-C"))]
         self.endpoint_log.value = _note("endpoint log:") + _pre("\n".join(lines[-30:]), "kit-endpoint-lines")
 
@@ -481,18 +474,9 @@ class Panel:
     def test(self) -> None:
         saved = self._save()
         self.status.value = _note("kit test: running…")
-        command = [sys.executable, "-m", "kit", "test", self.path.name]
         lines: list[str] = []
-        with subprocess.Popen(
-            command,
-            cwd=self.path.parent,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-        ) as process:
-            assert process.stdout is not None  # stdout=PIPE
+        with serving.kit_process(["test", self.path.name], self.path.parent) as process:
+            assert process.stdout is not None  # kit_process pipes it
             for line in process.stdout:
                 lines.append(line)
                 self.output.value = saved + _pre("".join(lines), "kit-test-log")
@@ -502,11 +486,15 @@ class Panel:
         self.output.value = saved + _pre("".join(lines), "kit-test-log")
 
 
-def _payload_note(value, label: str) -> str:
-    """How a result fares against RunPod's payload limits (the check kit test makes too)."""
+def _result_notes(value, label: str, *, error_key: bool = True) -> str:
+    """What RunPod makes of a job's result: a dict with an "error" key fails the job (`error_key`),
+    and how it fares against the payload limits (the check kit test makes too)."""
+    notes = ""
+    if error_key and isinstance(value, dict) and "error" in value:
+        notes += _note('the result has an "error" key: RunPod marks this job FAILED', "warning")
     check = platform.check_payload(value)
     level = {"ok": "info", "warn": "warning", "fail": "error"}[check.level]
-    return _note(label + check.message + (f" — {check.hint}" if check.hint else ""), level)
+    return notes + _note(label + check.message + (f" — {check.hint}" if check.hint else ""), level)
 
 
 def _render(value) -> str:

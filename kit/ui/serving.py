@@ -1,5 +1,8 @@
 """The panel's Serve button without widgets: `kit serve NOTEBOOK --watch` as a child of the kernel.
 
+`kit_process` is the one way the panel starts a kit command (its Test runs
+`kit test` the same way): a child of the kernel that dies with it.
+
 `LocalEndpoint.start` runs ``python -m kit serve NOTEBOOK --watch --port 0``
 beside the notebook and reads its output: the endpoint's URL, the curl line
 with the notebook's test job, one line per job and per reload. The child gets
@@ -24,10 +27,12 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 from kit.processes import kill_group
 
 PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
 STOP_TIMEOUT = 30.0
 
 
@@ -42,30 +47,51 @@ class _Spawner:
     """Starts child processes from one thread that lives as long as the kernel: Linux sends the
     parent-death signal when the thread that forked the child ends, not only the process."""
 
-    def __init__(self):
-        self._requests: queue.Queue = queue.Queue()
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[Future, Callable[[], Any]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def popen(self, *args, **kwargs) -> subprocess.Popen:
+    def call(self, start: Callable[[], T]) -> T:
+        """`start()` (which starts a process) run on the spawner's thread; its result."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="kit-endpoint-spawner", daemon=True)
                 self._thread.start()
         future: Future = Future()
-        self._requests.put((future, args, kwargs))
+        self._requests.put((future, start))
         return future.result()
 
     def _run(self) -> None:
         while True:
-            future, args, kwargs = self._requests.get()
+            future, start = self._requests.get()
             try:
-                future.set_result(subprocess.Popen(*args, preexec_fn=_die_with_parent, **kwargs))
+                future.set_result(start())
             except BaseException as error:
                 future.set_exception(error)
 
 
 _SPAWNER = _Spawner()
+
+
+def kit_process(args: list[str], cwd: Path, *, new_session: bool = False) -> subprocess.Popen[str]:
+    """`python -m kit ARGS` in `cwd` as the kernel's child that dies with it, its output (stdout and
+    stderr) one text pipe. `new_session`: its own process group, so an interrupt of the kernel
+    (Ctrl-C) does not reach it."""
+    return _SPAWNER.call(
+        lambda: subprocess.Popen(
+            [sys.executable, "-u", "-m", "kit", *args],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=new_session,
+            preexec_fn=_die_with_parent,
+        )
+    )
+
 
 # The endpoint serving each notebook in this kernel: a panel made again (its cell re-run) takes it over.
 RUNNING: dict[Path, LocalEndpoint] = {}
@@ -77,7 +103,7 @@ class LocalEndpoint:
     def __init__(self, notebook: Path, on_line: Callable[[str], None] = lambda line: None):
         self.notebook = Path(notebook)
         self.on_line = on_line
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[str] | None = None
         self.url: str | None = None
         self.curl: str | None = None
         self.lines: list[str] = []
@@ -90,16 +116,7 @@ class LocalEndpoint:
 
     def start(self, timeout: float = 120.0) -> bool:
         """Start serving; True once the endpoint's URL is known, False if `kit serve` ended first."""
-        self.process = _SPAWNER.popen(
-            [sys.executable, "-u", "-m", "kit", "serve", self.notebook.name, "--watch", "--port", "0"],
-            cwd=self.notebook.parent,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # Ctrl-C in the kernel (an interrupt) does not reach it
-        )
+        self.process = kit_process(["serve", self.notebook.name, "--watch", "--port", "0"], self.notebook.parent, new_session=True)
         atexit.register(self.stop)
         RUNNING[self.notebook] = self
         self._reader = threading.Thread(target=self._read, name="kit-endpoint-log", daemon=True)
@@ -108,6 +125,7 @@ class LocalEndpoint:
         return self.url is not None
 
     def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None  # start() made it, with a pipe
         for raw in self.process.stdout:
             line = raw.rstrip("\n")
             self.lines.append(line)

@@ -9,20 +9,18 @@ handler, and a `concurrency_modifier` that calls the current generation's
 modifier when the notebook defines one. handler.py itself is unchanged and
 never imports the kit; only this launcher does.
 
-Warm reload: the supervisor (`kit.serve.watch`) writes the new handler.py's
-path to ``$KIT_RELOAD_DIR/generation.json`` and sends SIGUSR1. A control
-thread then runs only the new file's `handler` cells, in a copy of the
-current namespace (setup's objects, the model, are shared, not re-made), and
-swaps the copy in: a job already running keeps the functions and globals of
-its own generation, a job started after the swap gets the new ones. For each
-generation the launcher writes ``$KIT_RELOAD_DIR/<worker id>.json`` when the
-new code is in place (or why it is not) and when it served its first job.
+Warm reload: the supervisor (`kit.serve.watch`) publishes the new handler.py
+as a `Generation` and sends the reload signal (the protocol and its files:
+`kit.worker.reload_events`). A control thread then runs only the new file's
+`handler` cells, in a copy of the current namespace (setup's objects, the
+model, are shared, not re-made), and swaps the copy in: a job already running
+keeps the functions and globals of its own generation, a job started after
+the swap gets the new ones. For each generation the launcher reports `Loaded`
+when the new code is in place, or `LoadFailed` with why it is not.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 import signal
 import sys
@@ -33,37 +31,18 @@ import types
 from pathlib import Path
 
 from kit import workerdir
-from kit.worker import loader
+from kit.worker import loader, reload_events
 from kit.worker.loader import SourceMap, WorkerSource
+from kit.worker.reload_events import CONTROL_ENV, RELOAD_SIGNAL
 from kit.workerdir import HandlerKind
-
-CONTROL_ENV = "KIT_RELOAD_DIR"
-GENERATION_FILE = "generation.json"
-RELOAD_SIGNAL = signal.SIGUSR1
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write `data` to `path` atomically (a reader never sees half a file)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(partial, path)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class Generation:
-    """One version of the handler code: its module namespace, and whether it served a job yet."""
+    """One version of the handler code: its number and module namespace."""
 
     def __init__(self, number: int, module: types.ModuleType):
         self.number = number
         self.module = module
-        self.served = False
 
 
 class Launcher:
@@ -79,7 +58,6 @@ class Launcher:
         self.footer = ""
         self.flags = 0
         self.kind = HandlerKind.FUNCTION  # the loaded handler's, set by load()
-        self._report: dict = {"worker": worker_id, "pid": os.getpid()}
 
     # ------------------------------------------------------------ startup: handler.py as it is
     def load(self) -> None:
@@ -93,21 +71,21 @@ class Launcher:
         self.flags = loader.run_header(source, module.__dict__)
         for cell in source.cells:
             loader.run_cell(self.path, cell, module.__dict__, self.flags)
-        generation = read_json(self.control / GENERATION_FILE) if self.control else None
-        number = generation.get("generation", 0) if generation and generation.get("handler") == str(self.path) else 0
+        published = reload_events.published(self.control) if self.control else None
+        number = published.number if published and published.handler == str(self.path) else 0
         self.current = Generation(number, module)
         self.kind = HandlerKind.of(module.__dict__.get("handler"))
 
     # ------------------------------------------------------------ warm reload
     def reload(self) -> None:
-        """Swap in the handler cells of the handler.py generation.json names, if it is newer."""
+        """Swap in the handler cells of the published generation, if it is newer than the current one."""
         if self.control is None:
             return
         with self.lock:
-            wanted = read_json(self.control / GENERATION_FILE)
-            if not wanted or not isinstance(wanted.get("generation"), int) or wanted["generation"] <= self.current.number:
+            wanted = reload_events.published(self.control)
+            if wanted is None or wanted.number <= self.current.number:
                 return
-            number, path = wanted["generation"], Path(str(wanted.get("handler")))
+            number, path = wanted.number, Path(wanted.handler)
             try:
                 source = WorkerSource.read(path)
                 module = types.ModuleType("__main__")
@@ -120,19 +98,15 @@ class Launcher:
                 if _family(HandlerKind.of(module.__dict__.get("handler"))) != _family(self.kind):
                     raise TypeError("the handler's kind changed: a warm reload cannot change it")
             except BaseException as error:
-                self._write(number, error=self.sources.locate(error))
+                self._report(reload_events.LoadFailed(self.worker_id, os.getpid(), number, self.sources.locate(error)))
                 return
             self.current = Generation(number, module)
             sys.modules["__main__"] = module
-            self._write(number, loaded=time.time())
+            self._report(reload_events.Loaded(self.worker_id, os.getpid(), number, time.time()))
 
-    def _write(self, number: int, **fields) -> None:
-        if self.control is None:
-            return
-        if self._report.get("generation") != number:
-            self._report = {"worker": self.worker_id, "pid": os.getpid(), "generation": number}
-        self._report.update(fields)
-        write_json(self.control / f"{self.worker_id}.json", self._report)
+    def _report(self, event: reload_events.Report) -> None:
+        if self.control is not None:
+            reload_events.report(self.control, event)
 
     def control_loop(self) -> None:
         while True:
@@ -143,47 +117,26 @@ class Launcher:
                 traceback.print_exc()
 
     # ------------------------------------------------------------ what the SDK calls
-    def _served(self, generation: Generation, job: dict) -> None:
-        if not generation.served:
-            generation.served = True
-            self._write(generation.number, served=time.time(), job=job.get("id"))
-
     def handler(self):
-        """A function of the handler's kind that calls the current generation's handler."""
+        """A function of the handler's kind that calls the current generation's handler
+        (looked up when the job starts: a job keeps its generation's code to the end)."""
         launcher = self
 
         if self.kind is HandlerKind.ASYNC_GENERATOR:
 
             async def handler(job):
-                generation = launcher.current
-                try:
-                    async for chunk in generation.module.handler(job):
-                        yield chunk
-                finally:
-                    launcher._served(generation, job)
+                async for chunk in launcher.current.module.handler(job):
+                    yield chunk
 
         elif self.kind is HandlerKind.GENERATOR:
 
             def handler(job):
-                generation = launcher.current
-                try:
-                    yield from generation.module.handler(job)
-                finally:
-                    launcher._served(generation, job)
+                yield from launcher.current.module.handler(job)
 
         else:
 
             def handler(job):
-                generation = launcher.current
-                try:
-                    result = generation.module.handler(job)
-                except BaseException:
-                    launcher._served(generation, job)
-                    raise
-                if inspect.isawaitable(result):
-                    return _then(result, lambda: launcher._served(generation, job))
-                launcher._served(generation, job)
-                return result
+                return launcher.current.module.handler(job)  # a coroutine, for an async handler: the SDK awaits it
 
         return handler
 
@@ -202,13 +155,6 @@ class Launcher:
         exec(compile(self.footer, str(self.path), "exec", dont_inherit=True), namespace)
 
 
-async def _then(awaitable, after):
-    try:
-        return await awaitable
-    finally:
-        after()
-
-
 def _family(kind: HandlerKind) -> str:
     """Kinds one stand-in serves: a plain stand-in returns a coroutine as readily as a value."""
     return kind.value if kind.streaming else "plain"
@@ -224,7 +170,7 @@ def main() -> int:
     control = Path(os.environ[CONTROL_ENV]) if os.environ.get(CONTROL_ENV) else None
     launcher = Launcher(worker, control, os.environ.get("RUNPOD_POD_ID", "worker"))
     launcher.load()
-    launcher._write(launcher.current.number, loaded=time.time())
+    launcher._report(reload_events.Loaded(launcher.worker_id, os.getpid(), launcher.current.number, time.time()))
     threading.Thread(target=launcher.control_loop, name="kit-reload", daemon=True).start()
     launcher.reload()  # a save that came while this worker started
     launcher.start()
