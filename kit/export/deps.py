@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.errors import KitError, KitWarning
-from kit.export.analysis import Analysis, analyse
+from kit.export.checks import Analysis, analyse
 from kit.export.notebook import Notebook
 
 # Modules whose distribution has another name, for imports that are not

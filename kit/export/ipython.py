@@ -21,6 +21,7 @@ import io
 import re
 import shlex
 import tokenize
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kit.errors import KitWarning
@@ -124,6 +125,13 @@ class TranslatedCell:
         warning = KitWarning(message, self.notebook, self.cell.index, line)
         if warning not in self.warnings:
             self.warnings.append(warning)
+
+    def derived(self, source: str, located: Iterable[tuple[int, str]] = ()) -> TranslatedCell:
+        """A new cell: this one with `source`, and the (line, message) warnings `located` added after its own."""
+        new = TranslatedCell(self.cell, source, list(self.pip), list(self.warnings), self.notebook)
+        for line, message in located:
+            new.warn(line, message)
+        return new
 
 
 def translate_cell(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
