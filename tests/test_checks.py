@@ -88,3 +88,37 @@ def test_a_long_cell_is_checked_with_the_lines_of_the_whole_cell(setup, message,
     with pytest.raises(KitError, match=message) as caught:
         analyse(notebook(("setup", setup), ("handler", "def handler(job):\n    return 1")))
     assert (caught.value.cell, caught.value.line) == (1, line)
+
+
+def test_a_name_defined_only_in_a_test_cell_is_moved_not_tagged_setup():
+    # Tagging the test cell `setup` would run its handler call at every worker start.
+    test_cell = "model = 1\nhandler({'input': 1})"
+    with pytest.raises(KitError) as caught:
+        analyse(notebook(("test", test_cell), ("handler", "def handler(job):\n    return model")))
+    assert "`model` is defined only in cell 1 (test), which is not exported" in str(caught.value)
+    assert "move the definition into a `setup` or `handler` cell" in caught.value.hint
+    assert "tag cell 1 `setup`" not in caught.value.hint
+    assert (caught.value.cell, caught.value.line) == (2, 2)
+
+
+def test_a_name_defined_only_in_an_untagged_cell_may_still_be_tagged_setup():
+    with pytest.raises(KitError) as caught:
+        analyse(notebook((None, "model = 1"), ("handler", "def handler(job):\n    return model")))
+    assert caught.value.hint == "tag cell 1 `setup`, or move the definition into a `setup` or `handler` cell"
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        [("test", "def handler(job):\n    return 1\nhandler({'input': 1})"), ("handler", "x = 1")],  # no handler in the handler cells
+        [("test", "def handler(job):\n    return 1\nhandler({'input': 1})")],  # no handler cell at all
+    ],
+)
+def test_a_handler_defined_only_in_a_test_cell_is_moved_not_retagged(cells):
+    with pytest.raises(KitError) as caught:
+        analyse(notebook(*cells))
+    assert "move the definition into a cell tagged `handler`" in caught.value.hint or caught.value.hint.startswith(
+        "move the definition into the cell tagged `handler`"
+    )
+    assert "cell 1 would run its test calls at every worker start" in caught.value.hint
+    assert "tag that cell" not in caught.value.hint and "add the tag" not in caught.value.hint

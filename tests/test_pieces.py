@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from test_checks import LONG, notebook
+
 import kit.export.pieces
 from kit.export.checks import analyse
-from test_checks import LONG, notebook
 
 
 def test_a_long_cell_read_in_pieces_gives_what_the_whole_cell_gives(monkeypatch):

@@ -61,7 +61,9 @@ def analyse(notebook: Notebook) -> Analysis:
     if not notebook.with_role("handler"):
         where = _defined_in(notebook, "handler", roles=(None, "setup", "test"))
         hint = "tag the cell that defines handler(job) with `handler`"
-        if where:
+        if where and notebook.cells[where - 1].role == "test":
+            hint = f"handler is defined in cell {where}: move the definition into a cell tagged `handler` {_not_the_test_cell(where, 'handler')}"
+        elif where:
             hint = f"handler is defined in cell {where}: add the tag `handler` to that cell"
         raise notebook.error("no cell is tagged `handler`", hint)
 
@@ -122,6 +124,11 @@ def _role_name(cell: Cell) -> str:
     return "untagged"
 
 
+def _not_the_test_cell(cell: int, tag: str) -> str:
+    """Why a definition found only in a `test` cell is moved rather than its cell tagged (a cell has one role)."""
+    return f"(tagged `{tag}` instead of `test`, cell {cell} would run its test calls at every worker start)"
+
+
 def _defined_in(notebook: Notebook, name: str, roles: Iterable[str | None]) -> int | None:
     """The first cell with one of `roles` that binds `name` at module level."""
     roles = tuple(roles)
@@ -162,9 +169,12 @@ def _check_handler(notebook: Notebook, cells: list[CellFacts]) -> Function | Non
     if definition is None:
         where = _defined_in(notebook, "handler", roles=(None, "test"))
         if where:
+            in_test = notebook.cells[where - 1].role == "test"
             raise notebook.error(
                 f"handler is defined only in cell {where}, which is not exported",
-                "move the definition into the cell tagged `handler`, or tag that cell `handler`",
+                f"move the definition into the cell tagged `handler` {_not_the_test_cell(where, 'handler')}"
+                if in_test
+                else "move the definition into the cell tagged `handler`, or tag that cell `handler`",
                 cell=where,
             )
         first = notebook.with_role("handler")[0]
@@ -300,7 +310,9 @@ def _check_names(notebook: Notebook, cells: list[CellFacts], lazy_annotations: b
                 role = _role_name(notebook.cells[where - 1])
                 raise notebook.error(
                     f"`{name}` is defined only in cell {where} ({role}), which is not exported",
-                    f"tag cell {where} `setup`, or move the definition into a `setup` or `handler` cell",
+                    f"move the definition into a `setup` or `handler` cell {_not_the_test_cell(where, 'setup')}"
+                    if role == "test"
+                    else f"tag cell {where} `setup`, or move the definition into a `setup` or `handler` cell",
                     cell=parsed.index,
                     line=line,
                 )

@@ -237,7 +237,7 @@ def write_worker(worker: Worker, out_dir: Path) -> None:
         raise KitEnvironmentError(f"cannot create {parent}: {error.strerror}", "choose another output directory with -o") from None
     retired = None
     try:
-        written = {**worker.files, **worker.copied_files}
+        written: dict[str, str | Path] = {**worker.files, **worker.copied_files}
         for name, content in written.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
