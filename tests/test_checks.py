@@ -6,6 +6,7 @@ import pytest
 
 from kit.errors import KitError
 from kit.export.checks import analyse
+from kit.workerdir import HandlerKind
 from kit.export.notebook import Cell, Notebook
 
 
@@ -28,7 +29,7 @@ def notebook(*cells):
     ],
 )
 def test_handler_kind(source, kind):
-    assert analyse(notebook(("handler", source))).handler_kind == kind
+    assert analyse(notebook(("handler", source))).handler_kind is HandlerKind(kind)
 
 
 def test_a_name_defined_only_in_an_untagged_cell_is_named_with_that_cell():
