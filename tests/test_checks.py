@@ -6,8 +6,8 @@ import pytest
 
 from kit.errors import KitError
 from kit.export.checks import analyse
-from kit.workerdir import HandlerKind
 from kit.export.notebook import Cell, Notebook
+from kit.workerdir import HandlerKind
 
 
 def notebook(*cells):
