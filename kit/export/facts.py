@@ -85,7 +85,7 @@ class CellFacts:
             raise ValueError(f"cell {self.index} is not exported")  # a kit bug: only setup and handler cells are read so
         return role
 
-    def _add(self, tree: ast.Module, offset: int, text: str) -> None:
+    def add_piece(self, tree: ast.Module, offset: int, text: str) -> None:
         """Add what the checks need of a piece (its line numbers counted from `offset`)."""
         self.definitions += filter(None, (_definition(node, offset) for node in tree.body))
         self.start_code.add(tree, offset)
@@ -163,7 +163,7 @@ def _read_exported(
             reparsing += rewrite.python_warnings
         piece, futures = hoist_future_imports(piece)
         facts.future_imports += [name for name in futures if name not in facts.future_imports]
-        facts._add(piece.tree, piece.offset, piece.text)
+        facts.add_piece(piece.tree, piece.offset, piece.text)
         texts.append(piece.text)
     facts.reads -= facts.defined  # read in one piece, bound in another
     return facts, "".join(texts), parsing + compiling + notes + reparsing, aliases, late
