@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from kit.export.ipython import TranslatedCell, translate
 from kit.export.notebook import Cell, Notebook
-from kit.export.pieces import Piece, read_in_pieces, statement_pieces
+from kit.export.pieces import Piece, read_in_pieces
 from kit.export.start_options import StartCode, may_call_start, start_aliases
 from kit.export.transforms import hoist_future_imports, without_start_calls
 from kit.workerdir import HandlerKind
@@ -324,23 +324,28 @@ def _optional_import_lines(tree: ast.AST) -> set[int]:
 # --------------------------------------------------------------------------- test cells
 
 
+@dataclass(frozen=True, slots=True)  # a test cell may hold many: slots keep each small
+class JobSite:
+    """A statement of a test cell the job finder reads (kit.export.jobs): a literal assigned to a
+    name, or a call of handler(...) or batch_handler([...])."""
+
+    line: int  # in the cell
+    column: int
+    call: str | None  # "handler" or "batch_handler"; None for an assignment
+    name: str | None  # the name assigned, or passed as the call's argument
+    value: object = None  # the literal assigned or passed (None: not a literal)
+    items: tuple[tuple[str | None, object], ...] | None = None  # batch_handler([...]): each job's name, or its literal
+
+
 @dataclass
 class TestCell:
-    """A test cell: its translated code and what the checks read of it (not its syntax tree)."""
+    """A test cell: its translated code and what the checks and the job finder read of it (not its syntax tree)."""
 
     translated: TranslatedCell
     first_use: dict[str, int] = field(default_factory=dict)  # each name it mentions -> the first line that does
     reads: set[str] = field(default_factory=set)  # the names it reads
     bindings: set[str] = field(default_factory=set)  # every name it binds anywhere
-
-    def trees(self) -> Iterator[ast.Module]:
-        """The cell's code parsed again, a piece at a time, with the cell's line numbers (for find_jobs)."""
-        flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-        for offset, text in statement_pieces(self.translated.source):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # parse_test_cells reported them
-                tree = compile(text, f"<cell {self.translated.cell.index}>", "exec", flags, dont_inherit=True)
-            yield ast.increment_lineno(tree, offset)
+    job_sites: list[JobSite] = field(default_factory=list)  # in the order they run
 
 
 def parse_test_cells(notebook: Notebook) -> list[TestCell]:
@@ -352,6 +357,7 @@ def _read_test(notebook: Notebook, translated: TranslatedCell) -> TestCell:
         first_use: dict[str, int] = {}
         reads: set[str] = set()
         bindings: set[str] = set()
+        sites: list[JobSite] = []
         parsing: list[tuple[int, str]] = []
         compiling: list[tuple[int, str]] = []
         for piece in pieces:
@@ -365,7 +371,8 @@ def _read_test(notebook: Notebook, translated: TranslatedCell) -> TestCell:
                     if isinstance(node.ctx, ast.Load):
                         reads.add(node.id)
             bindings |= _all_bindings(piece.tree)
-        return TestCell(translated, first_use, reads, bindings), parsing + compiling
+            sites += job_sites(piece.tree, piece.offset)
+        return TestCell(translated, first_use, reads, bindings, sites), parsing + compiling
 
     test, located = read_in_pieces(read, notebook, translated, top_level_await=True)
     return dataclasses.replace(test, translated=translated.derived(translated.source, located))
@@ -386,3 +393,32 @@ def _all_bindings(tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.ExceptHandler) and node.name:
             names.add(node.name)
     return names
+
+
+def job_sites(tree: ast.Module, offset: int = 0) -> list[JobSite]:
+    """The JobSites of (a piece of) a test cell whose line numbers count from `offset`, in the order they run."""
+    sites = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = literal(node.value)
+            if value is not None:
+                sites.append(JobSite(node.lineno + offset, node.col_offset, None, node.targets[0].id, value))
+        elif isinstance(node, ast.Call) and node.args and (_calls_named(node, "handler") or _calls_named(node, "batch_handler")):
+            call = "handler" if _calls_named(node, "handler") else "batch_handler"
+            arg = node.args[0]
+            if isinstance(arg, ast.Name):
+                site = JobSite(node.lineno + offset, node.col_offset, call, arg.id)
+            elif call == "handler":
+                site = JobSite(node.lineno + offset, node.col_offset, call, None, literal(arg))
+            elif isinstance(arg, ast.List):
+                items = tuple((e.id, None) if isinstance(e, ast.Name) else (None, literal(e)) for e in arg.elts)
+                site = JobSite(node.lineno + offset, node.col_offset, call, None, items=items)
+            else:
+                continue
+            sites.append(site)
+    return sorted(sites, key=lambda site: (site.line, site.column))
+
+
+def _calls_named(node: ast.Call, name: str) -> bool:
+    func = node.func
+    return (isinstance(func, ast.Name) and func.id == name) or (isinstance(func, ast.Attribute) and func.attr == name)

@@ -2,62 +2,50 @@
 
 They become kit.json's `jobs` (what `kit test` sends through the SDK), the
 first becomes test_input.json, and the panel pre-fills its Run box with it.
+The finder reads the JobSites kit.export.facts kept of each test cell.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable
 
-from kit.export.facts import TestCell, literal
+from kit.export.facts import JobSite, TestCell
 
 
 def find_test_jobs(test_cells: Iterable[TestCell]) -> list[dict]:
-    """find_jobs over the test cells, read a piece at a time."""
-    return find_jobs((test.translated.cell.index, tree) for test in test_cells for tree in test.trees())
+    """find_jobs over the test cells."""
+    return find_jobs((test.translated.cell.index, test.job_sites) for test in test_cells)
 
 
-def find_jobs(trees: Iterable[tuple[int, ast.Module]]) -> list[dict]:
-    """Job literals passed to `handler(...)` in test code, in order.
+def find_jobs(cells: Iterable[tuple[int, list[JobSite]]]) -> list[dict]:
+    """Job literals passed to `handler(...)` or `batch_handler([...])` in test code, in order.
 
-    `trees` holds (cell number, parsed test cell or piece of one, in order). A job is a dict
-    literal with an "input" key, passed directly or through a variable that
-    test code assigned a literal to earlier.
+    `cells` holds (cell number, the cell's JobSites), in order. A job is a dict literal with
+    an "input" key, passed directly or through a variable that test code assigned a literal
+    to earlier (in this cell or an earlier one).
     """
     names: dict[str, object] = {}
     jobs: list[dict] = []
-    for cell, tree in trees:
-        for node in sorted(_assignments_and_calls(tree), key=lambda n: (n.lineno, n.col_offset)):
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                value = literal(node.value)
-                if value is not None:
-                    names[node.targets[0].id] = value
-            elif isinstance(node, ast.Call) and _calls_named(node, "handler") and node.args:
-                arg = node.args[0]
-                job = names.get(arg.id) if isinstance(arg, ast.Name) else literal(arg)
+    for cell, sites in cells:
+        for site in sites:
+            if site.call is None and site.name is not None:
+                names[site.name] = site.value
+            elif site.call == "handler":
+                job = names.get(site.name) if site.name is not None else site.value
                 if isinstance(job, dict) and "input" in job:
-                    jobs.append({"cell": cell, "line": node.lineno, "job": job})
-            elif isinstance(node, ast.Call) and _calls_named(node, "batch_handler") and node.args:
-                jobs += [{"cell": cell, "line": node.lineno, "job": job} for job in _batch_jobs(node.args[0], names)]
+                    jobs.append({"cell": cell, "line": site.line, "job": job})
+            elif site.call == "batch_handler":
+                jobs += [{"cell": cell, "line": site.line, "job": job} for job in _batch_jobs(site, names)]
     return jobs
 
 
-def _assignments_and_calls(tree: ast.Module) -> list[ast.Assign | ast.Call]:
-    return [n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.Call))]
-
-
-def _calls_named(node: ast.Call, name: str) -> bool:
-    func = node.func
-    return (isinstance(func, ast.Name) and func.id == name) or (isinstance(func, ast.Attribute) and func.attr == name)
-
-
-def _batch_jobs(arg: ast.expr, names: dict[str, object]) -> list[dict]:
+def _batch_jobs(site: JobSite, names: dict[str, object]) -> list[dict]:
     """The jobs of a list passed to batch_handler: a list literal, or a name assigned one, of job literals."""
     value: object
-    if isinstance(arg, ast.Name):
-        value = names.get(arg.id)
-    elif isinstance(arg, ast.List):
-        value = [names.get(e.id) if isinstance(e, ast.Name) else literal(e) for e in arg.elts]
+    if site.name is not None:
+        value = names.get(site.name)
+    elif site.items is not None:
+        value = [names.get(name) if name is not None else item for name, item in site.items]
     else:
         value = None
     return [job for job in value if isinstance(job, dict) and "input" in job] if isinstance(value, list) else []
