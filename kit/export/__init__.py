@@ -1,1 +1,1 @@
-"""Building a worker from a notebook: notebook -> cells -> analysis -> requirements -> worker directory."""
+"""Building a worker from a notebook: notebook -> cells -> transforms, facts, checks -> requirements -> worker directory."""

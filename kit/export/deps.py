@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kit.errors import KitError, KitWarning
 from kit.export import files
-from kit.export.analysis import Analysis, analyse
+from kit.export.checks import Analysis, analyse
 from kit.export.notebook import Notebook
 
 # Modules whose distribution has another name, for imports that are not

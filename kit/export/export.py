@@ -23,8 +23,10 @@ from kit import percent, workerdir
 from kit.errors import KitEnvironmentError, KitError, KitWarning
 from kit.export import files as worker_files
 from kit.export import runtime
-from kit.export.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
+from kit.export.checks import Analysis, analyse, test_name_warnings
 from kit.export.deps import Requirements, infer_requirements
+from kit.export.facts import parse_test_cells
+from kit.export.jobs import find_test_jobs
 from kit.export.notebook import Notebook, read_notebook
 
 
@@ -112,7 +114,7 @@ def build_worker(
     warnings += data.warnings
 
     jobs = []
-    for job in find_jobs((t.translated.cell.index, tree) for t in test_cells for tree in t.trees()):
+    for job in find_test_jobs(test_cells):
         try:
             json.dumps(job["job"])
         except (TypeError, ValueError):
@@ -145,12 +147,12 @@ def build_worker(
     _check_no_clash(notebook, files, requirements)
     manifest = workerdir.Manifest(
         notebook=notebook.name,
-        handler_kind=analysis.handler_kind,
+        handler_kind=analysis.handler_kind.value,
         setup_cells=[c.index for c in analysis.cells if c.role == "setup"],
         handler_cells=[c.index for c in analysis.cells if c.role == "handler"],
         test_cells=[t.translated.cell.index for t in test_cells],
         jobs=jobs,
-        batch_handler_kind=analysis.batch_handler_kind,
+        batch_handler_kind=None if analysis.batch_handler_kind is None else analysis.batch_handler_kind.value,
         command=command,
         # Every file the kit writes, so that a re-export replaces these and nothing else.
         files=sorted([*files, workerdir.MANIFEST, *requirements.local_files, *data.files]),
@@ -224,7 +226,7 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
         index, role, source = cells[-1]
         cells[-1] = (index, role, source.rstrip("\n") + "\n\n\n" + runtime.provided_handler())
     main = runtime.main_block(
-        analysis.handler_kind,
+        analysis.handler_kind.value,
         analysis.has_concurrency_modifier,
         analysis.start.config_name,
         batched=analysis.batch_handler_kind is not None,
@@ -273,7 +275,7 @@ def export_notebook(
         files=sorted(worker.files) + sorted(copied),
         warnings=worker.warnings,
         requirements=worker.requirements,
-        handler_kind=worker.analysis.handler_kind,
+        handler_kind=worker.analysis.handler_kind.value,
         jobs=worker.jobs,
         notes=made.notes,
         kept=sorted(keep) if repo else [],

@@ -21,6 +21,7 @@ import io
 import re
 import shlex
 import tokenize
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kit.errors import KitWarning
@@ -126,6 +127,13 @@ class TranslatedCell:
         if warning not in self.warnings:
             self.warnings.append(warning)
 
+    def derived(self, source: str, located: Iterable[tuple[int, str]] = ()) -> TranslatedCell:
+        """A new cell: this one with `source`, and the (line, message) warnings `located` added after its own."""
+        new = TranslatedCell(self.cell, source, list(self.pip), list(self.warnings), self.notebook)
+        for line, message in located:
+            new.warn(line, message)
+        return new
+
 
 def translate_cell(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
     """Translate one cell's IPython syntax.
@@ -137,6 +145,7 @@ def translate_cell(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
     result = TranslatedCell(cell, cell.source, notebook=notebook.name)
     if not _has_ipython_syntax(cell.source):
         return result
+    translation = _Translation(notebook, cell, mode, result)
     lines = cell.source.splitlines()
     in_strings = _lines_inside_strings(cell.source)
     out: list[str] = []
@@ -149,11 +158,11 @@ def translate_cell(notebook: Notebook, cell: Cell, mode: str) -> TranslatedCell:
         indent = line[: len(line) - len(line.lstrip())]
         if stripped.startswith("%%"):
             if first_code is not None and number - 1 == first_code:
-                out.append(_cell_magic(notebook, cell, mode, result, number, stripped))
+                out.append(translation.cell_magic(number, stripped))
             else:
-                out.append(_unsupported(notebook, cell, mode, result, number, stripped, indent))
+                out.append(translation.unsupported(number, stripped, indent))
             continue
-        out.append(_line_magic(notebook, cell, mode, result, number, stripped, indent))
+        out.append(translation.line_magic(number, stripped, indent))
     result.source = "\n".join(out) + ("\n" if cell.source.endswith("\n") else "")
     return result
 
@@ -186,68 +195,73 @@ def _comment(indent: str, text: str) -> str:
     return f"{indent}pass  # {text}" if indent else f"# {text}"
 
 
-def _cell_magic(notebook, cell, mode, result, number, stripped) -> str:
-    if _magic_name(stripped) in WRAPPING_CELL_MAGICS:
-        result.warn(number, f"`{stripped}` unwrapped: the cell's code runs without it")
-        return f"# kit: unwrapped {stripped}"
-    if mode == "scan":
-        # The body of an unknown cell magic is not Python: mask the whole cell.
-        result.source = ""
-        raise _MaskCell()
-    return _unsupported(notebook, cell, mode, result, number, stripped, "", cell_magic=True)
-
-
 class _MaskCell(Exception):
     pass
 
 
-def _line_magic(notebook, cell, mode, result, number, stripped, indent) -> str:
-    pip = PIP_COMMAND.match(stripped)
-    if pip:
-        rest = pip.group("rest")
-        words = rest.split()
-        if words[:1] == ["install"]:
-            specs, notes = parse_pip_install(rest[len("install") :])
-            for spec in specs:
-                result.pip.append(Requirement(spec, cell.index, number, f"{stripped[0]}pip"))
-            for note in notes:
-                result.warn(number, note)
-            return _comment(indent, f"kit: requirement -> requirements.txt: {stripped}")
-        result.warn(number, f"`{stripped}` dropped: only `pip install` lines become requirements")
-        return _comment(indent, f"kit: dropped {stripped}")
-    name_match = MAGIC_NAME.match(stripped)
-    if name_match and stripped.startswith("%"):
-        name = name_match.group(1)
-        if name in WRAPPING_LINE_MAGICS:
-            body = stripped[name_match.end() :].strip()
-            if body:
-                result.warn(number, f"`%{name}` unwrapped: the statement runs without it")
-                return indent + body
-        if name in NOTEBOOK_ONLY:
-            if mode != "scan":
-                result.warn(number, f"`{stripped}` dropped: it only matters in a notebook")
-            return _comment(indent, f"kit: dropped notebook-only {stripped}")
-    return _unsupported(notebook, cell, mode, result, number, stripped, indent)
+@dataclass
+class _Translation:
+    """One cell's translation under way: its methods translate a line and add to `result`."""
 
+    notebook: Notebook
+    cell: Cell
+    mode: str
+    result: TranslatedCell
 
-def _unsupported(notebook, cell, mode, result, number, stripped, indent, cell_magic=False) -> str:
-    if mode == "scan":
-        return _comment(indent, f"kit: masked {stripped}")
-    shell = "!" in stripped[:2] or "= !" in stripped or (cell_magic and _magic_name(stripped) in SHELL_CELL_MAGICS)
-    what = "cell magic" if cell_magic else ("shell command" if shell else "IPython magic")
-    if mode == "test":
-        result.warn(number, f"`{stripped}` skipped: a {what} cannot run outside IPython")
-        if cell_magic:
-            result.source = ""
+    def cell_magic(self, number: int, stripped: str) -> str:
+        if _magic_name(stripped) in WRAPPING_CELL_MAGICS:
+            self.result.warn(number, f"`{stripped}` unwrapped: the cell's code runs without it")
+            return f"# kit: unwrapped {stripped}"
+        if self.mode == "scan":
+            # The body of an unknown cell magic is not Python: mask the whole cell.
             raise _MaskCell()
-        return _comment(indent, f"kit: skipped {stripped}")
-    hint = (
-        "run it from Python with subprocess.run([...], check=True), or move it to an untagged cell"
-        if shell
-        else "write it as plain Python, or move it to an untagged cell"
-    )
-    article = "an" if what[0] in "aeiouI" else "a"
-    raise notebook.error(f"`{stripped}` is {article} {what}, which a worker cannot run", hint, cell=cell.index, line=number)
+        return self.unsupported(number, stripped, "", cell_magic=True)
+
+    def line_magic(self, number: int, stripped: str, indent: str) -> str:
+        pip = PIP_COMMAND.match(stripped)
+        if pip:
+            rest = pip.group("rest")
+            words = rest.split()
+            if words[:1] == ["install"]:
+                specs, notes = parse_pip_install(rest[len("install") :])
+                for spec in specs:
+                    self.result.pip.append(Requirement(spec, self.cell.index, number, f"{stripped[0]}pip"))
+                for note in notes:
+                    self.result.warn(number, note)
+                return _comment(indent, f"kit: requirement -> requirements.txt: {stripped}")
+            self.result.warn(number, f"`{stripped}` dropped: only `pip install` lines become requirements")
+            return _comment(indent, f"kit: dropped {stripped}")
+        name_match = MAGIC_NAME.match(stripped)
+        if name_match and stripped.startswith("%"):
+            name = name_match.group(1)
+            if name in WRAPPING_LINE_MAGICS:
+                body = stripped[name_match.end() :].strip()
+                if body:
+                    self.result.warn(number, f"`%{name}` unwrapped: the statement runs without it")
+                    return indent + body
+            if name in NOTEBOOK_ONLY:
+                if self.mode != "scan":
+                    self.result.warn(number, f"`{stripped}` dropped: it only matters in a notebook")
+                return _comment(indent, f"kit: dropped notebook-only {stripped}")
+        return self.unsupported(number, stripped, indent)
+
+    def unsupported(self, number: int, stripped: str, indent: str, cell_magic: bool = False) -> str:
+        if self.mode == "scan":
+            return _comment(indent, f"kit: masked {stripped}")
+        shell = "!" in stripped[:2] or "= !" in stripped or (cell_magic and _magic_name(stripped) in SHELL_CELL_MAGICS)
+        what = "cell magic" if cell_magic else ("shell command" if shell else "IPython magic")
+        if self.mode == "test":
+            self.result.warn(number, f"`{stripped}` skipped: a {what} cannot run outside IPython")
+            if cell_magic:
+                raise _MaskCell()
+            return _comment(indent, f"kit: skipped {stripped}")
+        hint = (
+            "run it from Python with subprocess.run([...], check=True), or move it to an untagged cell"
+            if shell
+            else "write it as plain Python, or move it to an untagged cell"
+        )
+        article = "an" if what[0] in "aeiouI" else "a"
+        raise self.notebook.error(f"`{stripped}` is {article} {what}, which a worker cannot run", hint, cell=self.cell.index, line=number)
 
 
 def _magic_name(stripped: str) -> str:

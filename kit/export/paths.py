@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 # The one cutter of a long cell into statements, so that its syntax tree is never whole in memory.
-from kit.export.analysis import _statement_pieces
+from kit.export.pieces import statement_pieces
 
 
 class Use(str, Enum):
@@ -306,7 +306,7 @@ def cell_trees(cells: Iterable[tuple[int, str]]) -> Iterator[tuple[int, int, ast
     parse (a cut in the wrong place) reads the whole cell instead; a cell that does not parse is
     skipped (the export reports it elsewhere)."""
     for index, source in cells:
-        for offset, text in _statement_pieces(source):
+        for offset, text in statement_pieces(source):
             try:
                 yield index, offset, ast.parse(text)
             except (SyntaxError, ValueError):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from kit import workerdir
 from kit.errors import KitWarning
-from kit.export.analysis import parse_test_cells
+from kit.export.facts import parse_test_cells
 
 if TYPE_CHECKING:
     from kit.export.export import Worker
@@ -383,11 +383,14 @@ def _expected_failures(worker: Worker) -> dict[tuple[int, int], str]:
     found: dict[tuple[int, int], str] = {}
     for test in parse_test_cells(worker.notebook):
         cell = test.translated.cell.index
-        for tree in test.trees():
-            checked = _names_checked_for_error(tree)
-            for node in ast.walk(tree):
-                for reason, call in _handler_calls_in(node, checked):
-                    found.setdefault((cell, call.lineno), reason)
+        try:  # the facts keep no syntax tree; the export already checked that the cell parses
+            tree = ast.parse(test.translated.source)
+        except (SyntaxError, ValueError):
+            continue
+        checked = _names_checked_for_error(tree)
+        for node in ast.walk(tree):
+            for reason, call in _handler_calls_in(node, checked):
+                found.setdefault((cell, call.lineno), reason)
     return found
 
 

@@ -101,7 +101,7 @@ def rewrite_start_calls(
             raise notebook.error("runpod.serverless.start: keep the call's name on one line", None, cell=cell_index, line=node.lineno)
         row = lines[node.lineno - 1].encode("utf-8")
         lines[node.lineno - 1] = (row[: node.col_offset] + f"{CONFIG_NAME} = ".encode() + row[node.func.end_col_offset :]).decode("utf-8")
-        lines[node.end_lineno - 1] += "  # kit: was runpod.serverless.start(...); handler.py starts the worker at its end"
+        lines[(node.end_lineno or node.lineno) - 1] += "  # kit: was runpod.serverless.start(...); handler.py starts the worker at its end"
         notes.append(
             (
                 node.lineno,
@@ -126,7 +126,10 @@ def check_start_options(notebook: Notebook, cells) -> StartOptions:
             options.config_name = CONFIG_NAME
             value = node.value
             if isinstance(value, ast.Dict):
-                _check_literal(notebook, parsed.index, value, options, used_names)
+                handler_name, used, warnings = _check_literal(notebook, parsed.index, value)
+                options.handler_name = handler_name or options.handler_name
+                used_names |= used
+                options.warnings += warnings
             elif not isinstance(value, (ast.Call, ast.Name, ast.Attribute, ast.DictComp, ast.BinOp)):
                 raise notebook.error(
                     f"{CONFIG_NAME} must be a dict of runpod.serverless.start options", None, cell=parsed.index, line=node.lineno
@@ -147,7 +150,14 @@ def check_start_options(notebook: Notebook, cells) -> StartOptions:
     return options
 
 
-def _check_literal(notebook: Notebook, cell: int, value: ast.Dict, options: StartOptions, used_names: set[str]) -> None:
+def _check_literal(notebook: Notebook, cell: int, value: ast.Dict) -> tuple[str | None, set[str], list[tuple[int, int, str]]]:
+    """(the function it names as "handler", the names it uses, warnings) of a RUNPOD_CONFIG literal.
+
+    Raises KitError for a mistake: a key one letter away from an option, a value of the wrong type.
+    """
+    handler_name: str | None = None
+    used_names: set[str] = set()
+    warnings: list[tuple[int, int, str]] = []
     for key_node, item in zip(value.keys, value.values):
         if key_node is None:  # **other: cannot be checked
             continue
@@ -166,7 +176,7 @@ def _check_literal(notebook: Notebook, cell: int, value: ast.Dict, options: Star
                     cell=cell,
                     line=line,
                 )
-            options.warnings.append(
+            warnings.append(
                 (
                     cell,
                     line,
@@ -184,7 +194,8 @@ def _check_literal(notebook: Notebook, cell: int, value: ast.Dict, options: Star
                 line=line,
             )
         if key == "handler" and isinstance(item, ast.Name):
-            options.handler_name = item.id
+            handler_name = item.id
+    return handler_name, used_names, warnings
 
 
 def _assigns(node: ast.stmt, name: str) -> bool:
@@ -212,7 +223,7 @@ def may_call_start(source: str) -> bool:
 
 def start_aliases(tree: ast.Module) -> dict[str, set[str]]:
     """Local names for runpod.serverless (`from runpod import serverless`) and its start."""
-    found = {"serverless": set(), "start": set()}
+    found: dict[str, set[str]] = {"serverless": set(), "start": set()}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == "runpod":
             found["serverless"] |= {a.asname or a.name for a in node.names if a.name == "serverless"}

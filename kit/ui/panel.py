@@ -87,7 +87,8 @@ class Summary:
 
 def summarise(notebook: Notebook) -> Summary:
     """How many cells carry each tag, what is missing, and the first test job."""
-    from kit.export.analysis import find_jobs, parse_test_cells
+    from kit.export.facts import parse_test_cells
+    from kit.export.jobs import find_test_jobs
 
     counts = {role: len(notebook.with_role(role)) for role in ("setup", "handler", "test")}
     warnings = []
@@ -97,7 +98,7 @@ def summarise(notebook: Notebook) -> Summary:
         warnings.append("no cell is tagged `test`: `kit test` has nothing to check and test_input.json is not written")
     job = None
     try:
-        jobs = find_jobs((t.translated.cell.index, tree) for t in parse_test_cells(notebook) for tree in t.trees())
+        jobs = find_test_jobs(parse_test_cells(notebook))
         job = jobs[0]["job"] if jobs else None
     except KitError as error:
         warnings.append(str(error))

@@ -1,15 +1,13 @@
-"""Static checks on the exported cells: the handler, names defined where they are exported, job literals."""
+"""Static checks on the exported cells: the handler, names defined where they are exported, a long cell's errors."""
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 
-import kit.export.analysis
 from kit.errors import KitError
-from kit.export.analysis import analyse, find_jobs
+from kit.export.checks import analyse
 from kit.export.notebook import Cell, Notebook
+from kit.workerdir import HandlerKind
 
 
 def notebook(*cells):
@@ -31,7 +29,7 @@ def notebook(*cells):
     ],
 )
 def test_handler_kind(source, kind):
-    assert analyse(notebook(("handler", source))).handler_kind == kind
+    assert analyse(notebook(("handler", source))).handler_kind is HandlerKind(kind)
 
 
 def test_a_name_defined_only_in_an_untagged_cell_is_named_with_that_cell():
@@ -73,15 +71,7 @@ def test_concurrency_modifier_is_seen():
     assert analyse(notebook(("handler", "def handler(job): ...\ndef concurrency_modifier(n):\n    return 4"))).has_concurrency_modifier
 
 
-def test_job_literals_directly_or_through_a_variable_in_order():
-    tree = ast.parse(
-        "job = {'input': {'a': 1}}\nhandler(job)\nhandler({'input': 2})\nhandler(other)\nx.handler({'input': 3})\nhandler({'no': 'input'})"
-    )
-    jobs = find_jobs([(7, tree)])
-    assert [(j["cell"], j["line"], j["job"]) for j in jobs] == [(7, 2, {"input": {"a": 1}}), (7, 3, {"input": 2}), (7, 5, {"input": 3})]
-
-
-LONG = "".join(f"row_{i} = {i}\n" for i in range(2500))  # more than analysis.PIECE_LINES: read in pieces
+LONG = "".join(f"row_{i} = {i}\n" for i in range(2500))  # more than pieces.PIECE_LINES: read in pieces
 
 
 @pytest.mark.parametrize(
@@ -101,34 +91,35 @@ def test_a_long_cell_is_checked_with_the_lines_of_the_whole_cell(setup, message,
     assert (caught.value.cell, caught.value.line) == (1, line)
 
 
-def test_a_long_cell_read_in_pieces_gives_what_the_whole_cell_gives(monkeypatch):
-    code = (
-        "from __future__ import annotations\nimport runpod\n"
-        + LONG
-        + "@staticmethod\n# a comment between a decorator and its function\ndef helper(job: Unimported):\n    return job\n"
-        + "if row_1:\n    pass\n# a comment between two clauses\nelse:\n    pass\n"
-        + 's = """\ndef not_a_statement():\n"""\n'
-        + LONG.replace("row_", "more_")
-        + "handler = helper\ntry:\n    import yaml_nowhere\nexcept ImportError:\n    pass\nx = '\\d'\n"
-        + "runpod.serverless.start({'handler': handler})\n"
+def test_a_name_defined_only_in_a_test_cell_is_moved_not_tagged_setup():
+    # Tagging the test cell `setup` would run its handler call at every worker start.
+    test_cell = "model = 1\nhandler({'input': 1})"
+    with pytest.raises(KitError) as caught:
+        analyse(notebook(("test", test_cell), ("handler", "def handler(job):\n    return model")))
+    assert "`model` is defined only in cell 1 (test), which is not exported" in str(caught.value)
+    assert "move the definition into a `setup` or `handler` cell" in caught.value.hint
+    assert "tag cell 1 `setup`" not in caught.value.hint
+    assert (caught.value.cell, caught.value.line) == (2, 2)
+
+
+def test_a_name_defined_only_in_an_untagged_cell_may_still_be_tagged_setup():
+    with pytest.raises(KitError) as caught:
+        analyse(notebook((None, "model = 1"), ("handler", "def handler(job):\n    return model")))
+    assert caught.value.hint == "tag cell 1 `setup`, or move the definition into a `setup` or `handler` cell"
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        [("test", "def handler(job):\n    return 1\nhandler({'input': 1})"), ("handler", "x = 1")],  # no handler in the handler cells
+        [("test", "def handler(job):\n    return 1\nhandler({'input': 1})")],  # no handler cell at all
+    ],
+)
+def test_a_handler_defined_only_in_a_test_cell_is_moved_not_retagged(cells):
+    with pytest.raises(KitError) as caught:
+        analyse(notebook(*cells))
+    assert "move the definition into a cell tagged `handler`" in caught.value.hint or caught.value.hint.startswith(
+        "move the definition into the cell tagged `handler`"
     )
-    line = {text: number for number, text in enumerate(code.split("\n"), start=1)}
-
-    def read():
-        analysis = analyse(notebook(("handler", code)))
-        return (
-            analysis.future_imports,
-            analysis.handler_kind,
-            [(i.module, i.line, i.optional) for i in analysis.imports],
-            [(w.line, w.message) for w in analysis.warnings],
-            analysis.cells[0].translated.source,
-        )
-
-    in_pieces = read()
-    monkeypatch.setattr(kit.export.analysis, "PIECE_LINES", 10**9)
-    assert read() == in_pieces
-    future, kind, imports, warnings, source = in_pieces
-    assert future == ["annotations"] and kind == "function"
-    assert imports == [("runpod", 2, False), ("yaml_nowhere", line["    import yaml_nowhere"], True)]
-    assert [number for number, _ in warnings] == [line["x = '\\d'"], line["runpod.serverless.start({'handler': handler})"]]
-    assert source.split("\n")[0] == "# kit: __future__ import hoisted to the top of handler.py"
+    assert "cell 1 would run its test calls at every worker start" in caught.value.hint
+    assert "tag that cell" not in caught.value.hint and "add the tag" not in caught.value.hint
