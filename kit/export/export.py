@@ -25,6 +25,7 @@ from kit.export import runtime
 from kit.export.analysis import Analysis, analyse, find_jobs, parse_test_cells, test_name_warnings
 from kit.export.deps import Requirements, infer_requirements
 from kit.export.notebook import Notebook, read_notebook
+from kit.workerdir import HandlerKind
 
 
 @dataclass
@@ -169,6 +170,8 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
     header.append(
         'if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)\n'
     )
+    if analysis.batch_handler_kind == HandlerKind.FUNCTION:
+        header.append(runtime.batch_split_header())
     cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
     if not analysis.defines_handler:
         # Only batch_handler: the handler(job) the export provides goes after the last cell, so

@@ -68,13 +68,16 @@ def _batched_main_block(has_concurrency_modifier: bool, config_name: str | None)
         "    import batching\n"
         "    import worker_loop\n"
         "\n"
+        "    # In the process batching.split started (see the header), this serves batch_handler's calls instead.\n"
         "    batcher = batching.Batcher.from_namespace(globals())\n"
-        "    worker_loop.start(\n"
+        "    batching.start(\n"
+        "        batcher,\n"
+        "        worker_loop.start,\n"
         "        {\n"
         '            "handler": batcher.handle,\n'
         f'            "concurrency_modifier": {modifier},\n'
         f"{_notebook_options(config_name)}"
-        "        }\n"
+        "        },\n"
         "    )\n"
     )
 
@@ -83,6 +86,18 @@ def _notebook_options(config_name: str | None) -> str:
     if not config_name:
         return ""
     return f"            **{config_name},  # the notebook's options for runpod.serverless.start\n"
+
+
+def batch_split_header() -> str:
+    """The header lines that, for a `def batch_handler`, make `python handler.py` in a queue worker run the
+    SDK's loop and start a child that runs the cells and batch_handler (see batching.py's `split`)."""
+    return (
+        "    # A queue worker runs the SDK's loop in this process and the cells, the model and batch_handler\n"
+        "    # in a child of its own (batching.py; KIT_BATCH_PROCESS=0 runs all of handler.py here).\n"
+        "    import batching  # noqa: E402\n"
+        "\n"
+        "    batching.split(__file__, worker_loop.start)\n"
+    )
 
 
 def provided_handler() -> str:

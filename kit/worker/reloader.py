@@ -34,7 +34,9 @@ from pathlib import Path
 
 from kit import percent, workerdir
 from kit.percent import PercentCell
+from kit.worker import batching
 from kit.worker.harness import FUTURE_FLAGS, SourceMap
+from kit.workerdir import HandlerKind
 
 CONTROL_ENV = "KIT_RELOAD_DIR"
 GENERATION_FILE = "generation.json"
@@ -125,6 +127,8 @@ class Launcher:
                         self._run_cell(path, cell, module)
                 if _family(module.__dict__.get("handler")) != _family_of(self.kind):
                     raise TypeError("the handler's kind changed: a warm reload cannot change it")
+                if _batch_kind(module.__dict__) != _batch_kind(self.current.module.__dict__):
+                    raise TypeError("batch_handler changed between def and async def (or came or went): a warm reload cannot change that")
             except BaseException as error:
                 self._write(number, error=self._locate(error))
                 return
@@ -200,6 +204,30 @@ class Launcher:
 
         return handler
 
+    def batch_handler(self):
+        """A batch_handler of the notebook's kind (def or async def) that calls the current generation's."""
+        launcher = self
+
+        if HandlerKind.of(self.current.module.batch_handler).is_async:
+
+            async def batch_handler(jobs):
+                generation = launcher.current
+                try:
+                    return await generation.module.batch_handler(jobs)
+                finally:
+                    launcher._served(generation, jobs[0] if jobs else {})
+
+        else:
+
+            def batch_handler(jobs):
+                generation = launcher.current
+                try:
+                    return generation.module.batch_handler(jobs)
+                finally:
+                    launcher._served(generation, jobs[0] if jobs else {})
+
+        return batch_handler
+
     def concurrency_modifier(self, current: int) -> int:
         return self.current.module.concurrency_modifier(current)
 
@@ -212,6 +240,10 @@ class Launcher:
             "handler": self.handler(),
             "concurrency_modifier": self.concurrency_modifier,
         }
+        module = self.current.module.__dict__
+        if callable(module.get("batch_handler")):  # the start block reads batch_handler and its settings
+            namespace["batch_handler"] = self.batch_handler()
+            namespace.update({name: module[name] for name in ("MAX_BATCH_SIZE", "MAX_BATCH_WAIT_MS") if name in module})
         exec(compile(self.footer, str(self.path), "exec", dont_inherit=True), namespace)
 
 
@@ -230,6 +262,11 @@ def _kind(handler) -> str:
     return "async" if inspect.iscoroutinefunction(handler) else "function"
 
 
+def _batch_kind(namespace: dict) -> HandlerKind | None:
+    batch_handler = namespace.get("batch_handler")
+    return HandlerKind.of(batch_handler) if callable(batch_handler) else None
+
+
 def _family_of(kind: str) -> str:
     """Kinds one stand-in serves: a plain stand-in returns a coroutine as readily as a value."""
     return kind if kind in workerdir.GENERATOR_KINDS else "plain"
@@ -243,6 +280,8 @@ def main() -> int:
     # Only the control thread takes the reload signal (sigwait): blocked here, before any
     # thread starts, so every thread inherits the mask and the SDK's loop is never interrupted.
     signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
+    # A warm reload swaps batch_handler in this process: handler.py must not split (see batching.py).
+    os.environ[batching.PROCESS_ENV] = "0"
     worker = Path.cwd()
     if str(worker) not in sys.path:
         sys.path.insert(0, str(worker))
