@@ -48,7 +48,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_MAX_BATCH_WAIT_MS = 10.0
@@ -58,6 +60,7 @@ REPORT_ENV = "KIT_BATCH_REPORT"
 def setting(namespace: dict, name: str, default: float, *, integer: bool) -> float:
     """`name` from the env var of that name, else from `namespace` (handler.py's globals), else `default`."""
     raw = os.environ.get(name, "").strip()
+    value: object
     if raw:
         where, value = f"the env var {name}", raw
         try:
@@ -67,8 +70,10 @@ def setting(namespace: dict, name: str, default: float, *, integer: bool) -> flo
     else:
         where, value = f"{name} in handler.py", namespace.get(name, default)
     kind = "a whole number of at least 1" if integer else "a number of milliseconds, 0 or more"
-    number = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not number or not (value >= 1 if integer else 0 <= value < float("inf")):
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise ValueError(f"{where} must be {kind}, not {value!r}")
+    assert isinstance(value, (int, float))  # for mypy: checked just above
+    if not (value >= 1 if integer else 0 <= value < float("inf")):
         raise ValueError(f"{where} must be {kind}, not {value!r}")
     return value
 
@@ -84,16 +89,20 @@ def result_problem(results, count: int) -> str | None:
 
 def single_job_handler(batch_handler):
     """`handler(job)` for a notebook that defines only `batch_handler`: a batch of one."""
+    handler: Callable[[dict], Any]
     if inspect.iscoroutinefunction(batch_handler):
 
-        async def handler(job):
+        async def handle_async(job):
             return _only(await batch_handler([job]))
 
+        handler = handle_async
     else:
 
-        def handler(job):
+        def handle(job):
             return _only(batch_handler([job]))
 
+        handler = handle
+    handler.__name__ = "handler"
     handler.__doc__ = "batch_handler([job]), one job at a time (provided by the kit: the notebook defines no handler)"
     return handler
 
@@ -133,7 +142,8 @@ class BatchQueue:
 
     def take(self, now: float) -> tuple[list, float] | None:
         """The next batch and how long its oldest item waited, or None while a partial batch may still grow."""
-        if not self._items or (not self.full and now < self.deadline()):
+        deadline = self.deadline()
+        if deadline is None or (not self.full and now < deadline):
             return None
         waited = now - self._items[0][0]
         count = min(self.max_size, len(self._items))
@@ -146,14 +156,14 @@ class Batcher:
     def __init__(
         self,
         batch_handler,
-        max_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_size: float = DEFAULT_MAX_BATCH_SIZE,
         max_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS,
         report_dir: str | None = None,
     ):
         self.batch_handler = batch_handler
-        self.max_size = max_size
+        self.max_size = int(max_size)  # a whole number: `setting` checked it
         self.max_wait_ms = max_wait_ms
-        self._queue = BatchQueue(max_size, max_wait_ms / 1000)
+        self._queue = BatchQueue(self.max_size, max_wait_ms / 1000)
         self._async = inspect.iscoroutinefunction(batch_handler)
         self._thread: ThreadPoolExecutor | None = None  # created on the first sync call
         self._full: asyncio.Event | None = None
@@ -200,20 +210,22 @@ class Batcher:
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
+        full = self._full
+        assert full is not None  # handle() made it before it started this task
         try:
             while len(self._queue):
                 taken = self._queue.take(loop.time())
                 if taken is None:
-                    self._full.clear()
+                    full.clear()
                     try:
-                        await asyncio.wait_for(self._full.wait(), max(0.0, self._queue.deadline() - loop.time()))
+                        await asyncio.wait_for(full.wait(), max(0.0, (self._queue.deadline() or 0.0) - loop.time()))
                     except asyncio.TimeoutError:
                         pass
                     continue
                 await self._run(*taken)
         except BaseException as error:  # the loop is shutting down: no job may wait forever
-            while len(self._queue):
-                _fail(self._queue.take(float("inf"))[0], RuntimeError(f"the batch was not run: {error!r}"))
+            while (left := self._queue.take(float("inf"))) is not None:
+                _fail(left[0], RuntimeError(f"the batch was not run: {error!r}"))
             raise
         finally:
             self._dispatching = False
@@ -312,7 +324,7 @@ def split(path: str, start_worker) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     argv = sys.argv if sys.argv and os.path.abspath(sys.argv[0]) == os.path.abspath(path) else [path]
-    flags = subprocess._args_from_interpreter_flags()  # -u, -X ..., -O: as this interpreter was started
+    flags: list[str] = getattr(subprocess, "_args_from_interpreter_flags", list)()  # -u, -X ..., -O: as this interpreter was started
     child = subprocess.Popen(
         [sys.executable, *flags, *argv],
         env={**os.environ, CHILD_ENV: f"{fds[0]},{fds[1]}"},
@@ -326,7 +338,8 @@ def split(path: str, start_worker) -> None:
     except (OSError, EOFError, pickle.UnpicklingError):
         ready = None
     if ready is None:  # its setup failed (and said so), or it was killed
-        sys.exit(_exit_status(child.wait()))
+        code = child.wait()
+        sys.exit(code if code >= 0 else 128 - code)
     if ready[0] == _ALONE:
         child.wait()
         ours.close()
@@ -402,10 +415,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def _exit_status(returncode: int) -> int:
-    return returncode if returncode >= 0 else 128 - returncode
-
-
 def _send(sock: socket.socket, message) -> None:
     data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
     sock.sendall(_FRAME.pack(len(data)) + data)
@@ -432,9 +441,6 @@ class BatchProcessLost(RuntimeError):
 
 class RemoteTraceback(Exception):
     """The traceback batch_handler raised with, in its own process (shown as the error's cause)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class RemoteBatchHandler:

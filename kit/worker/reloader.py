@@ -208,25 +208,21 @@ class Launcher:
         """A batch_handler of the notebook's kind (def or async def) that calls the current generation's."""
         launcher = self
 
-        if HandlerKind.of(self.current.module.batch_handler).is_async:
+        async def batch_handler_async(jobs):
+            generation = launcher.current
+            try:
+                return await generation.module.batch_handler(jobs)
+            finally:
+                launcher._served(generation, jobs[0] if jobs else {})
 
-            async def batch_handler(jobs):
-                generation = launcher.current
-                try:
-                    return await generation.module.batch_handler(jobs)
-                finally:
-                    launcher._served(generation, jobs[0] if jobs else {})
+        def batch_handler(jobs):
+            generation = launcher.current
+            try:
+                return generation.module.batch_handler(jobs)
+            finally:
+                launcher._served(generation, jobs[0] if jobs else {})
 
-        else:
-
-            def batch_handler(jobs):
-                generation = launcher.current
-                try:
-                    return generation.module.batch_handler(jobs)
-                finally:
-                    launcher._served(generation, jobs[0] if jobs else {})
-
-        return batch_handler
+        return batch_handler_async if HandlerKind.of(self.current.module.batch_handler).is_async else batch_handler
 
     def concurrency_modifier(self, current: int) -> int:
         return self.current.module.concurrency_modifier(current)
