@@ -502,3 +502,14 @@ def test_with_kit_batch_process_0_everything_runs_in_one_process(batch_worker, t
         launcher = served.pool.processes["worker-1"].popen.pid
     assert "batching: batch_handler runs in process" not in log
     assert parent == launcher  # `python handler.py` itself ran it
+
+
+def test_only_a_def_batch_handler_makes_the_worker_split(tmp_path):
+    def header_of(handler_cell: str) -> str:
+        cells = [("setup", "import asyncio"), ("handler", handler_cell)]
+        out = export_notebook(build_notebook(tmp_path / f"nb{len(list(tmp_path.iterdir()))}.ipynb", cells), tmp_path / "w").out_dir
+        return (out / "handler.py").read_text().split("\n# %% cell", 1)[0]
+
+    assert "batching.split(__file__, worker_loop.start)" in header_of("def batch_handler(jobs):\n    return [{} for _ in jobs]")
+    assert "batching.split" not in header_of("async def batch_handler(jobs):\n    return [{} for _ in jobs]")
+    assert "batching" not in header_of("def handler(job):\n    return {}")

@@ -21,6 +21,16 @@ per job it holds:
   CANCELLED and its result is dropped; one stopped before its batch starts is
   left out of the batch.
 
+In a queue worker with a plain `def batch_handler`, handler.py's header calls
+`split`: `python handler.py` runs only the SDK's loop and starts a child of
+its own that runs the cells (the model) and `batch_handler`; each batch goes
+to the child as one pickled message and comes back as one (see `split`). The
+model then never waits for the GIL while the loop takes jobs, posts results
+and sends heartbeats. KIT_BATCH_PROCESS=0 keeps everything in one process,
+with `batch_handler` on a thread; so do an `async def batch_handler` (it runs
+on the loop), `kit serve --watch` (a warm reload swaps it in place) and
+`python handler.py`'s local test mode.
+
 Nothing here touches SDK internals, so it runs the same on the SDK's stock
 loop (which takes jobs more slowly) as on worker_loop.py's fast one. The
 worker holds 2 x MAX_BATCH_SIZE jobs by default (one batch running, the next
@@ -291,27 +301,19 @@ def why_one_process() -> str | None:
 
 
 def split(path: str, start_worker) -> None:
-    """Called from handler.py's header: in a queue worker, run the SDK's loop here and everything else elsewhere.
+    """Called from handler.py's header: in a queue worker, run the SDK's loop here and the rest in a child.
 
-    This process starts `python handler.py` again as its child, which runs the
-    setup and handler cells (the model lives there) and then, in handler.py's
-    start block, `start`: it tells this process its batch settings and start
-    options, and calls `batch_handler` on the batches this process sends it over
-    a socket pair, one pickled message per batch and one per batch's results.
-    This process imports no model and never runs the cells: it runs the SDK's
-    worker loop (`start_worker`, worker_loop.start) with a Batcher whose calls go
-    to the child, so the model's thread never waits for the GIL while the loop
-    takes jobs, posts results, encodes their JSON and sends heartbeats.
-
-    RunPod sees one worker: this process is `python handler.py`, with the SDK's
-    loop, signals, draining and exit status as before. The child gets SIGKILL
-    when this process dies. If the child dies, the batch it ran fails with an
-    error saying so and this worker exits 1 once the SDK drained. A child that
-    exits before it is ready (its setup failed: the SDK's prestart path ran in
-    it) makes this process exit with its status. When the child finds it
-    cannot serve from another process (an `async def batch_handler`, start
-    options that are functions), it says so and exits, and this process runs
-    handler.py itself, as one process.
+    The child is `python handler.py` again: it runs the cells and, in the start
+    block, `start`, which sends this process its batch settings and start
+    options and then answers each batch with batch_handler's results. This
+    process runs the SDK's loop (`start_worker`) with a Batcher whose calls go
+    to the child; RunPod sees it as the worker (signals, draining, exit
+    status). The child gets SIGKILL when this process dies. If the child dies,
+    its batch fails saying so and this worker exits 1 once the SDK drained; if
+    it exits before it is ready (its setup failed and said so), this process
+    exits with its status. A child that cannot serve from another process (an
+    `async def batch_handler`, start options that are functions) says why and
+    exits, and this process runs handler.py itself.
     """
     if os.environ.get(CHILD_ENV):
         _become_child()
@@ -550,7 +552,7 @@ def _answer(batch_handler, sock: socket.socket) -> None:
             results = batch_handler(jobs)
             if inspect.isawaitable(results):
                 loop = loop or asyncio.new_event_loop()
-                results = loop.run_until_complete(_awaited(results))
+                results = loop.run_until_complete(results)  # ensure_future takes any awaitable
             reply = (_OK, results)
         except Exception as error:  # fails every job of the batch, with the handler's traceback
             reply = (_RAISED, _portable(error))
@@ -582,10 +584,6 @@ def _answer_modifier(modifier, sock: socket.socket) -> None:
             _send(sock, value)
         except OSError:
             return
-
-
-async def _awaited(awaitable):
-    return await awaitable
 
 
 def _portable(error: BaseException) -> tuple:
