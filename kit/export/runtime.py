@@ -5,7 +5,8 @@ handler.py; `support_files` lists files exported beside it: `worker_loop.py`,
 RunPod's worker loop without its fixed 1 s / 0.1 s ticks and its import-time
 CPU probe (see that file's docstring; KIT_WORKER_LOOP=stock switches back), and
 for a notebook that defines `batch_handler(jobs)`, `batching.py`, which groups
-the jobs the SDK holds into batches (see its docstring).
+the jobs the SDK holds into batches and, for a `def batch_handler`, runs it and
+the cells in a child process of their own (`batch_split_header`; see its docstring).
 Neither may make the worker depend on the kit: the worker directory is
 self-contained.
 """
