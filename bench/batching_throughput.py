@@ -5,11 +5,12 @@ loop, the exported fast loop), one sentence per embeddings job:
 
 - embeddings_batched.ipynb (traced model, MAX_BATCH_SIZE 16) with 32 jobs in flight;
 - the same notebook with TORCHSCRIPT=0 (the eager model, as users write it) and
-  MAX_BATCH_SIZE=32, with 64 jobs in flight;
+  MAX_BATCH_SIZE=32, with 96 jobs in flight (3 batches: one running, one full and
+  waiting, one on its way back to the client and in again);
 - each of them, and a trivial echo `batch_handler` (MAX_BATCH_SIZE 32, 64 in flight),
   twice: as exported (batch_handler in a child process of its own) and with
   KIT_BATCH_PROCESS=0 (batch_handler on a thread of the worker loop's process);
-- embeddings.ipynb (the unbatched `handler`) at 32 and at 64 in flight, for latency;
+- embeddings.ipynb (the unbatched `handler`) at 32 and at 96 in flight, for latency;
 - the ceilings: `batch_handler` called in-process on full batches, in a fresh
   interpreter in the worker directory, no queue and no SDK.
 
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import build_notebook  # noqa: E402
 
 EAGER = {"TORCHSCRIPT": "0", "MAX_BATCH_SIZE": "32"}  # embeddings_batched.ipynb's eager model, batches of 32
+EAGER_IN_FLIGHT = 96  # three batches of 32: one running, one full and waiting, one on its way back to the client
 ONE_PROCESS = {"KIT_BATCH_PROCESS": "0"}  # batch_handler on a thread of the worker loop's process (as before)
 SENTENCE = {"input": {"sentences": ["A man is eating food."]}}
 ECHO = {"input": {"prompt": "Hello World"}}
@@ -64,7 +66,8 @@ spec.loader.exec_module(module)
 request, seconds = json.loads(sys.argv[1]), float(sys.argv[2])
 size = int(os.environ.get("MAX_BATCH_SIZE") or module.MAX_BATCH_SIZE)
 jobs = [{"id": f"job-{n}", **request} for n in range(size)]
-module.batch_handler(jobs)  # warm up
+for _ in range(3):  # warm up (a TorchScript model optimises itself over its first calls)
+    module.batch_handler(jobs)
 done, calls, started = 0, [], time.perf_counter()
 while time.perf_counter() - started < seconds:
     called = time.perf_counter()
@@ -106,7 +109,7 @@ def plan(batched: Path, unbatched: Path, trivial: Path, env: dict) -> dict:
             "embeddings_batched, TORCHSCRIPT=0 (eager), MAX_BATCH_SIZE 32",
             batched,
             SENTENCE,
-            64,
+            EAGER_IN_FLIGHT,
             {**env, **EAGER},
             "eager_in_process",
         ),
@@ -114,12 +117,12 @@ def plan(batched: Path, unbatched: Path, trivial: Path, env: dict) -> dict:
             "  the same, KIT_BATCH_PROCESS=0 (one process)",
             batched,
             SENTENCE,
-            64,
+            EAGER_IN_FLIGHT,
             {**env, **EAGER, **ONE_PROCESS},
             "eager_in_process",
         ),
         "unbatched": ("embeddings (handler), 32 in flight", unbatched, SENTENCE, 32, env, None),
-        "unbatched_64": ("embeddings (handler), 64 in flight", unbatched, SENTENCE, 64, env, None),
+        "unbatched_96": ("embeddings (handler), 96 in flight", unbatched, SENTENCE, 96, env, None),
         "trivial": ("echo batch_handler (MAX_BATCH_SIZE 32)", trivial, ECHO, 64, env, None),
         "trivial_1p": ("  the same, KIT_BATCH_PROCESS=0 (one process)", trivial, ECHO, 64, {**env, **ONE_PROCESS}, None),
     }
@@ -205,11 +208,11 @@ def main() -> None:
             (f"eager embeddings >= 0.85x in-process: {rate['eager'] / own:.2f}x", rate["eager"] >= 0.85 * own),
             (f"eager embeddings >= 250 jobs/s: {rate['eager']:,.1f}", rate["eager"] >= 250),
         ]
-        if "unbatched_64" in rows:
+        if "unbatched_96" in rows:
             goals.append(
                 (
-                    f"eager p99 <= unbatched p99 at 64 in flight: {p99['eager']:.0f} vs {p99['unbatched_64']:.0f} ms",
-                    p99["eager"] <= p99["unbatched_64"],
+                    f"eager p99 <= unbatched p99 at 96 in flight: {p99['eager']:.0f} vs {p99['unbatched_96']:.0f} ms",
+                    p99["eager"] <= p99["unbatched_96"],
                 )
             )
     if "traced" in rows and "traced_1p" in rows:
