@@ -147,7 +147,7 @@ def main() -> None:
         rows = plan(batched, unbatched, trivial, env)
         if args.only:
             rows = {name: row for name, row in rows.items() if name in args.only.split(",")}
-        ceilings = {"traced_in_process": {}, "eager_in_process": {**env, **EAGER}}
+        ceilings = {"traced_in_process": env, "eager_in_process": {**env, **EAGER}}
         wanted = {row[5] for row in rows.values()} - {None}
         rounds = []
         for number in range(1, args.rounds + 1):
