@@ -513,3 +513,24 @@ def test_only_a_def_batch_handler_makes_the_worker_split(tmp_path):
     assert "batching.split(__file__, worker_loop.start)" in header_of("def batch_handler(jobs):\n    return [{} for _ in jobs]")
     assert "batching.split" not in header_of("async def batch_handler(jobs):\n    return [{} for _ in jobs]")
     assert "batching" not in header_of("def handler(job):\n    return {}")
+
+
+@pytest.mark.process
+def test_the_notebooks_concurrency_modifier_runs_in_batch_handlers_process_and_sets_how_many_jobs_the_worker_holds(tmp_path):
+    cells = [
+        ("setup", "import os\nMAX_BATCH_SIZE = 8\nMAX_BATCH_WAIT_MS = 200"),
+        (
+            "handler",
+            "def concurrency_modifier(current):\n    print(f'concurrency_modifier in {os.getpid()}', flush=True)\n    return 3\n\n"
+            "def batch_handler(jobs):\n    return [{'batch': len(jobs), 'pid': os.getpid()} for job in jobs]",
+        ),
+    ]
+    worker = export_notebook(build_notebook(tmp_path / "modifier.ipynb", cells), tmp_path / "worker").out_dir
+    with serving(worker, tmp_path) as served:
+        ids = [served.emulator.submit({"input": {}}) for _ in range(12)]
+        states = served.wait(ids)
+        model, _ = split_pids(served.log)
+        log = served.log()
+    assert {states[job_id]["output"]["pid"] for job_id in ids} == {model}
+    assert max(states[job_id]["output"]["batch"] for job_id in ids) == 3  # the worker held 3 jobs, not 2 x 8
+    assert f"concurrency_modifier in {model}" in log
