@@ -9,6 +9,7 @@ SDK worker processes, on the fast and the stock loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -478,7 +479,9 @@ def test_batch_handlers_process_dies_with_the_worker_loops(batch_worker, tmp_pat
     try:
         env = platform.worker_env({**os.environ, **emulator.worker_env("worker-x"), "RUNPOD_LOG_LEVEL": "INFO"})
         with open(log_path, "wb") as log:
-            worker = subprocess.Popen([sys.executable, "handler.py"], cwd=batch_worker, env=env, stdout=log, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen(
+                [sys.executable, "handler.py"], cwd=batch_worker, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             model, loop = split_pids(lambda: log_path.read_text(errors="replace"))
             assert loop == worker.pid and parent_of(model) == worker.pid
@@ -486,7 +489,8 @@ def test_batch_handlers_process_dies_with_the_worker_loops(batch_worker, tmp_pat
             worker.wait(30)
             assert wait_until(lambda: parent_of(model) is None), "batch_handler's process outlived the worker loop's"
         finally:
-            worker.kill()
+            with contextlib.suppress(ProcessLookupError):  # the SDK's heartbeat process outlives a killed worker
+                os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(30)
     finally:
         emulator.stop()
