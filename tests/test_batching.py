@@ -9,7 +9,10 @@ SDK worker processes, on the fast and the stock loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -218,13 +221,18 @@ def batch_handler(jobs):
     if record:  # one line per job run, per process: proves nothing ran twice
         with open(Path(record) / f"{os.getpid()}.ids", "a") as ids:
             ids.write("".join(job["id"] + "\\n" for job in jobs))
+    if any("raise" in job["input"] for job in jobs):
+        raise ValueError("the model ran out of memory")
+    if any("crash" in job["input"] for job in jobs):  # a segfault, an OOM kill: the process is gone at once
+        os.kill(os.getpid(), 9)
     holds = [Path(job["input"]["hold"]) for job in jobs if "hold" in job["input"]]
     if holds:  # tell the test which jobs share this batch, then wait for it to say go
         holds[0].with_suffix(".started").write_text(" ".join(job["id"] for job in jobs))
         deadline = time.monotonic() + 60
         while not holds[0].exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-    return [{"error": job["input"]["error"]} if "error" in job["input"] else {"i": job["input"].get("i"), "batch": len(jobs)} for job in jobs]
+    pid = {"pid": os.getpid()} if any("pid" in job["input"] for job in jobs) else {}
+    return [{"error": job["input"]["error"]} if "error" in job["input"] else {"i": job["input"].get("i"), "batch": len(jobs), **pid} for job in jobs]
 """.strip(),
     ),
     ("test", 'assert batch_handler([{"id": "a", "input": {"i": 1}}]) == [{"i": 1, "batch": 1}]'),
@@ -384,3 +392,149 @@ def test_a_bad_batch_setting_in_the_environment_stops_the_worker_with_its_messag
             while time.monotonic() < deadline:
                 served.pool.check()
                 time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- batch_handler in a process of its own
+
+SPLIT_LINE = re.compile(r"batching: batch_handler runs in process (\d+), the worker loop in process (\d+)")
+
+
+def split_pids(log) -> tuple[int, int]:
+    """(batch_handler's process, the worker loop's process), from the line the worker logs when it splits."""
+    deadline = time.monotonic() + 120
+    while not (found := SPLIT_LINE.search(log())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert found, f"the worker never said it split: {log()[-2000:]}"
+    return int(found[1]), int(found[2])
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[1])
+
+
+def wait_until(condition, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.process
+def test_a_def_batch_handler_runs_in_a_child_of_the_process_that_runs_the_sdk_loop(batch_worker, tmp_path):
+    with serving(batch_worker, tmp_path, MAX_BATCH_WAIT_MS="100") as served:
+        ids = [served.emulator.submit({"input": {"i": i, "pid": True}}) for i in range(4)]
+        states = served.wait(ids)
+        model, loop = split_pids(served.log)
+        launcher = served.pool.processes["worker-1"].popen.pid  # launch.py, whose child is `python handler.py`
+        parents = {pid: parent_of(pid) for pid in (model, loop)}
+    assert {states[job_id]["output"]["pid"] for job_id in ids} == {model}
+    assert parents == {loop: launcher, model: loop}  # one process tree: `python handler.py` (the SDK), then the model's
+
+
+@pytest.mark.process
+def test_an_exception_in_batch_handlers_process_fails_its_batch_with_its_type_and_traceback(batch_worker, tmp_path):
+    with serving(batch_worker, tmp_path, MAX_BATCH_SIZE="2", MAX_BATCH_WAIT_MS="5000") as served:
+        ids = [served.emulator.submit({"input": {"i": 1, "raise": True}}), served.emulator.submit({"input": {"i": 2}})]
+        states = served.wait(ids)
+        after = served.emulator.submit({"input": {"i": 3}})
+        assert served.wait([after], timeout=60)  # the worker serves on (a lone job waits its MAX_BATCH_WAIT_MS)
+        split_pids(served.log)
+    for state in states.values():
+        error = json.loads(state["error"])
+        assert error["error_type"] == "<class 'ValueError'>" and error["error_message"] == "the model ran out of memory"
+        assert "in batch_handler" in error["error_traceback"] and "raise ValueError" in error["error_traceback"]
+
+
+@pytest.mark.process
+def test_when_batch_handlers_process_dies_its_jobs_fail_saying_so_and_the_worker_exits_to_be_restarted(batch_worker, tmp_path):
+    with serving(batch_worker, tmp_path, MAX_BATCH_SIZE="2", MAX_BATCH_WAIT_MS="5000") as served:
+        crash = [served.emulator.submit({"input": {"i": 1, "crash": True}}), served.emulator.submit({"input": {"i": 2}})]
+        model, loop = split_pids(served.log)
+        states = served.wait(crash)
+        assert wait_until(lambda: (served.pool.check(), served.pool.unexpected_exits)[1] == 1), "the worker did not exit"
+        restarted = served.emulator.submit({"input": {"i": 3}})
+        assert served.wait([restarted], timeout=120)[restarted]["status"] == "COMPLETED"  # a fresh worker took it
+        log = served.log()
+    for state in states.values():
+        assert state["status"] == "FAILED"
+        assert f"batch_handler's process (pid {model}) ended while it ran this batch, killed by signal 9" in state["error"]
+    assert "this worker exits, to be started again" in log
+
+
+@pytest.mark.process
+def test_batch_handlers_process_dies_with_the_worker_loops(batch_worker, tmp_path):
+    """`python handler.py` run directly (no launch.py to clean up after it), SIGKILLed: its child goes too."""
+    import signal
+    import subprocess
+    import sys
+
+    from kit import platform
+
+    emulator = QueueEmulator().start()
+    log_path = tmp_path / "worker.log"
+    try:
+        env = platform.worker_env({**os.environ, **emulator.worker_env("worker-x"), "RUNPOD_LOG_LEVEL": "INFO"})
+        with open(log_path, "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "handler.py"], cwd=batch_worker, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            model, loop = split_pids(lambda: log_path.read_text(errors="replace"))
+            assert loop == worker.pid and parent_of(model) == worker.pid
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(30)
+            assert wait_until(lambda: parent_of(model) is None), "batch_handler's process outlived the worker loop's"
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the SDK's heartbeat process outlives a killed worker
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(30)
+    finally:
+        emulator.stop()
+
+
+@pytest.mark.process
+def test_with_kit_batch_process_0_everything_runs_in_one_process(batch_worker, tmp_path):
+    with serving(batch_worker, tmp_path, KIT_BATCH_PROCESS="0") as served:
+        job = served.emulator.submit({"input": {"i": 1, "pid": True}})
+        output = served.wait([job])[job]["output"]
+        log = served.log()
+        parent = parent_of(output["pid"])
+        launcher = served.pool.processes["worker-1"].popen.pid
+    assert "batching: batch_handler runs in process" not in log
+    assert parent == launcher  # `python handler.py` itself ran it
+
+
+def test_only_a_def_batch_handler_makes_the_worker_split(tmp_path):
+    def header_of(handler_cell: str) -> str:
+        cells = [("setup", "import asyncio"), ("handler", handler_cell)]
+        out = export_notebook(build_notebook(tmp_path / f"nb{len(list(tmp_path.iterdir()))}.ipynb", cells), tmp_path / "w").out_dir
+        return (out / "handler.py").read_text().split("\n# %% cell", 1)[0]
+
+    assert "batching.split(__file__, worker_loop.start)" in header_of("def batch_handler(jobs):\n    return [{} for _ in jobs]")
+    assert "batching.split" not in header_of("async def batch_handler(jobs):\n    return [{} for _ in jobs]")
+    assert "batching" not in header_of("def handler(job):\n    return {}")
+
+
+@pytest.mark.process
+def test_the_notebooks_concurrency_modifier_runs_in_batch_handlers_process_and_sets_how_many_jobs_the_worker_holds(tmp_path):
+    cells = [
+        ("setup", "import os\nMAX_BATCH_SIZE = 8\nMAX_BATCH_WAIT_MS = 200"),
+        (
+            "handler",
+            "def concurrency_modifier(current):\n    print(f'concurrency_modifier in {os.getpid()}', flush=True)\n    return 3\n\n"
+            "def batch_handler(jobs):\n    return [{'batch': len(jobs), 'pid': os.getpid()} for job in jobs]",
+        ),
+    ]
+    worker = export_notebook(build_notebook(tmp_path / "modifier.ipynb", cells), tmp_path / "worker").out_dir
+    with serving(worker, tmp_path) as served:
+        ids = [served.emulator.submit({"input": {}}) for _ in range(12)]
+        states = served.wait(ids)
+        model, _ = split_pids(served.log)
+        log = served.log()
+    assert {states[job_id]["output"]["pid"] for job_id in ids} == {model}
+    assert max(states[job_id]["output"]["batch"] for job_id in ids) == 3  # the worker held 3 jobs, not 2 x 8
+    assert f"concurrency_modifier in {model}" in log

@@ -163,6 +163,21 @@ def test_async_and_generator_handlers_reload_warm(tmp_path, setup_log, kind, mak
         assert setup_runs(setup_log) == 1
 
 
+def batch_handler_cell(version: int) -> str:
+    return f"MAX_BATCH_WAIT_MS = 1\ndef batch_handler(jobs):\n    return [{{'version': {version}, 'pid': os.getpid()}} for job in jobs]\n"
+
+
+def test_a_batch_handler_reloads_warm_in_the_workers_own_process(tmp_path, setup_log):
+    notebook = build_notebook(tmp_path / "worker.ipynb", cells(COUNTING_SETUP, batch_handler_cell(1)))
+    with kit_serve(notebook, "--watch", env={"SETUP_LOG": str(setup_log)}) as served:
+        first = runsync(served, {})
+        assert first["version"] == 1
+        save(notebook, [None, batch_handler_cell(2)])
+        second = answer_until(served, {}, lambda out: out["version"] == 2)
+        assert "warm" in served.wait_for_line(r"^reload 2: ")
+        assert setup_runs(setup_log) == 1 and second["pid"] == first["pid"]
+
+
 def test_a_concurrency_modifier_change_reloads_warm(tmp_path, setup_log):
     seen = tmp_path / "modifier"
 

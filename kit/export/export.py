@@ -28,6 +28,7 @@ from kit.export.deps import Requirements, infer_requirements
 from kit.export.facts import parse_test_cells
 from kit.export.jobs import find_test_jobs
 from kit.export.notebook import Notebook, read_notebook
+from kit.workerdir import HandlerKind
 
 
 @dataclass
@@ -219,6 +220,8 @@ def _render_handler(notebook: Notebook, analysis: Analysis, command: str) -> str
     header.append(
         'if __name__ == "__main__":\n    import worker_loop  # noqa: E402 (runpod without its CPU probe; setup failures reported)\n'
     )
+    if analysis.batch_handler_kind == HandlerKind.FUNCTION:
+        header.append(runtime.batch_split_header())
     cells = [(p.index, p.role, p.translated.source) for p in analysis.cells]
     if not analysis.defines_handler:
         # Only batch_handler: the handler(job) the export provides goes after the last cell, so

@@ -5,7 +5,8 @@ handler.py; `support_files` lists files exported beside it: `worker_loop.py`,
 RunPod's worker loop without its fixed 1 s / 0.1 s ticks and its import-time
 CPU probe (see that file's docstring; KIT_WORKER_LOOP=stock switches back), and
 for a notebook that defines `batch_handler(jobs)`, `batching.py`, which groups
-the jobs the SDK holds into batches (see its docstring).
+the jobs the SDK holds into batches and, for a `def batch_handler`, runs it and
+the cells in a child process of their own (`batch_split_header`; see its docstring).
 Neither may make the worker depend on the kit: the worker directory is
 self-contained.
 """
@@ -68,13 +69,16 @@ def _batched_main_block(has_concurrency_modifier: bool, config_name: str | None)
         "    import batching\n"
         "    import worker_loop\n"
         "\n"
+        "    # In the process batching.split started (see the header), this serves batch_handler's calls instead.\n"
         "    batcher = batching.Batcher.from_namespace(globals())\n"
-        "    worker_loop.start(\n"
+        "    batching.start(\n"
+        "        batcher,\n"
+        "        worker_loop.start,\n"
         "        {\n"
         '            "handler": batcher.handle,\n'
         f'            "concurrency_modifier": {modifier},\n'
         f"{_notebook_options(config_name)}"
-        "        }\n"
+        "        },\n"
         "    )\n"
     )
 
@@ -83,6 +87,18 @@ def _notebook_options(config_name: str | None) -> str:
     if not config_name:
         return ""
     return f"            **{config_name},  # the notebook's options for runpod.serverless.start\n"
+
+
+def batch_split_header() -> str:
+    """The header lines that, for a `def batch_handler`, make `python handler.py` in a queue worker run the
+    SDK's loop and start a child that runs the cells and batch_handler (see batching.py's `split`)."""
+    return (
+        "    # A queue worker runs the SDK's loop in this process and the cells, the model and batch_handler\n"
+        "    # in a child of its own (batching.py; KIT_BATCH_PROCESS=0 runs all of handler.py here).\n"
+        "    import batching  # noqa: E402\n"
+        "\n"
+        "    batching.split(__file__, worker_loop.start)\n"
+    )
 
 
 def provided_handler() -> str:

@@ -31,7 +31,7 @@ import types
 from pathlib import Path
 
 from kit import workerdir
-from kit.worker import loader, reload_events
+from kit.worker import batching, loader, reload_events
 from kit.worker.loader import SourceMap, WorkerSource
 from kit.worker.reload_events import CONTROL_ENV, RELOAD_SIGNAL
 from kit.workerdir import HandlerKind
@@ -97,6 +97,8 @@ class Launcher:
                         loader.run_cell(path, cell, module.__dict__, self.flags)
                 if _family(HandlerKind.of(module.__dict__.get("handler"))) != _family(self.kind):
                     raise TypeError("the handler's kind changed: a warm reload cannot change it")
+                if _batch_kind(module.__dict__) != _batch_kind(self.current.module.__dict__):
+                    raise TypeError("batch_handler changed between def and async def (or came or went): a warm reload cannot change that")
             except BaseException as error:
                 self._report(reload_events.LoadFailed(self.worker_id, os.getpid(), number, self.sources.locate(error)))
                 return
@@ -140,6 +142,18 @@ class Launcher:
 
         return handler
 
+    def batch_handler(self):
+        """A batch_handler of the notebook's kind (def or async def) that calls the current generation's."""
+        launcher = self
+
+        async def batch_handler_async(jobs):
+            return await launcher.current.module.batch_handler(jobs)
+
+        def batch_handler(jobs):
+            return launcher.current.module.batch_handler(jobs)
+
+        return batch_handler_async if HandlerKind.of(self.current.module.batch_handler).is_async else batch_handler
+
     def concurrency_modifier(self, current: int) -> int:
         return self.current.module.concurrency_modifier(current)
 
@@ -152,7 +166,16 @@ class Launcher:
             "handler": self.handler(),
             "concurrency_modifier": self.concurrency_modifier,
         }
+        module = self.current.module.__dict__
+        if callable(module.get("batch_handler")):  # the start block reads batch_handler and its settings
+            namespace["batch_handler"] = self.batch_handler()
+            namespace.update({name: module[name] for name in ("MAX_BATCH_SIZE", "MAX_BATCH_WAIT_MS") if name in module})
         exec(compile(self.footer, str(self.path), "exec", dont_inherit=True), namespace)
+
+
+def _batch_kind(namespace: dict) -> HandlerKind | None:
+    batch_handler = namespace.get("batch_handler")
+    return HandlerKind.of(batch_handler) if callable(batch_handler) else None
 
 
 def _family(kind: HandlerKind) -> str:
@@ -164,6 +187,8 @@ def main() -> int:
     # Only the control thread takes the reload signal (sigwait): blocked here, before any
     # thread starts, so every thread inherits the mask and the SDK's loop is never interrupted.
     signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
+    # A warm reload swaps batch_handler in this process: handler.py must not split (see batching.py).
+    os.environ[batching.PROCESS_ENV] = "0"
     worker = Path.cwd()
     if str(worker) not in sys.path:
         sys.path.insert(0, str(worker))
