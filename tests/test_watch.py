@@ -174,7 +174,7 @@ def test_a_batch_handler_reloads_warm_in_the_workers_own_process(tmp_path, setup
         assert first["version"] == 1
         save(notebook, [None, batch_handler_cell(2)])
         second = answer_until(served, {}, lambda out: out["version"] == 2)
-        assert "warm" in served.wait_for_line(r"^reload 2: ")
+        assert "warm" in served.wait_for_line(r"^reload 1: ")
         assert setup_runs(setup_log) == 1 and second["pid"] == first["pid"]
 
 
