@@ -7,7 +7,7 @@ PYTHON ?= python3
 SHELL  := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup setup-rp2 demo test test-rp2 test-fast bench clean lint js-deps image image-test
+.PHONY: setup setup-rp2 demo test test-rp2 test-py test-fast bench clean lint js-deps image image-test dist
 
 # The runpod versions CI proves the kit on (pyproject.toml accepts a range):
 # .venv gets RUNPOD, .venv-rp2 gets RUNPOD_2 and runs the suites that drive
@@ -27,14 +27,21 @@ setup-rp2: $(VENV_RP2)/.kit-installed
 # $(call install_kit,VENV,RUNPOD_VERSION): pip's and setuptools' chatter goes to VENV/pip-install.log,
 # shown only when an install fails.
 define install_kit
-	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
-	@echo "installing the kit into $(1) (log: $(1)/pip-install.log)"
+	@echo "==> creating the venv $(1) ($$($(PYTHON) --version))"
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 	@: > $(1)/pip-install.log
 	@$(1)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >> $(1)/pip-install.log 2>&1 || { cat $(1)/pip-install.log; exit 1; }
-	@$(1)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 >> $(1)/pip-install.log 2>&1 || { cat $(1)/pip-install.log; exit 1; }
-	@$(1)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[examples,dev]' runpod==$(2) >> $(1)/pip-install.log 2>&1 || { cat $(1)/pip-install.log; exit 1; }
-	touch $(1)/.kit-installed
+	@echo "==> installing torch 2.13.0 (CPU build; log: $(1)/pip-install.log)"
+	@$(call costed,$(1),$(1)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0)
+	@echo "==> installing the kit, runpod $(2) and the examples' needs (transformers, the embeddings model)"
+	@$(call costed,$(1),$(1)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[examples,dev]' runpod==$(2))
+	@touch $(1)/.kit-installed
+	@echo "==> $(1) is ready: $$(du -sh $(1) | cut -f1) on disk"
 endef
+
+# $(call costed,VENV,COMMAND): run an install step, its chatter into VENV/pip-install.log
+# (shown only when it fails), then say what it cost: time and disk.
+costed = before=$$(du -sm $(1) | cut -f1); start=$$SECONDS; $(2) >> $(1)/pip-install.log 2>&1 || { cat $(1)/pip-install.log; exit 1; }; echo "    done in $$((SECONDS - start)) s, +$$(( $$(du -sm $(1) | cut -f1) - before )) MB on disk"
 
 $(STAMP): pyproject.toml
 	$(call install_kit,$(VENV),$(RUNPOD))
@@ -45,16 +52,59 @@ $(VENV_RP2)/.kit-installed: pyproject.toml
 # Export the embeddings example, then prove the exported worker: its cold start, its test
 # (how similar related and unrelated sentences are) and its job through the runpod SDK.
 demo: setup
+	@echo "==> exporting notebooks/embeddings.ipynb to build/embeddings"
 	$(VENV)/bin/kit export notebooks/embeddings.ipynb -o build/embeddings
+	@echo "==> testing the worker: its cold start, its test cells, its job through the runpod SDK"
 	$(VENV)/bin/kit test build/embeddings
 
 test: setup js-deps
 	$(PY) -m pytest
 	$(MAKE) test-rp2
+	$(MAKE) test-py
 
 # The SDK-facing suites again, on runpod $(RUNPOD_2) (browser tests run once, in .venv).
 test-rp2: setup-rp2
 	$(VENV_RP2)/bin/python -m pytest -m "not browser" $(RP2_TESTS)
+
+# The torch-free suites (export, deps, kit new, kit test, serve, emulator, the CLI, watch/reload,
+# the worker loop and batching) on every Python 3.10-3.13 this machine has (from pyenv, else PATH),
+# each in its own venv .venv-py3.X (the kit, runpod $(RUNPOD) and the test extra; no torch).
+# .venv runs the full suite on its own Python; on the others the slowest process tests
+# (PY_SLOW: the long serve/watch scenarios) are left out, to keep this tier near 10 minutes on 2 cores.
+PY_VERSIONS := 3.10 3.11 3.12 3.13
+PY_TESTS    := tests/test_export.py tests/test_deps.py tests/test_new.py tests/test_testing.py \
+               tests/test_runtime.py tests/test_batching.py tests/test_serve.py tests/test_emulator.py \
+               tests/test_cli.py tests/test_watch.py
+PY_SLOW     :=
+
+# $(call find_python,3.X): the interpreter's path, or nothing.
+find_python = $$( { ls -d "$$(pyenv root 2>/dev/null)"/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -n 1; command -v python$(1); } | head -n 1 )
+
+test-py:
+	@start=$$SECONDS; failed=(); for v in $(PY_VERSIONS); do \
+	    py=$(call find_python,$$v); \
+	    if [[ -z $$py ]]; then echo "==> skipping Python $$v: not installed (pyenv install $$v)"; continue; fi; \
+	    $(MAKE) --no-print-directory .venv-py$$v/.kit-installed PY_BASE="$$py"; \
+	    echo "==> Python $$v: $(PY_TESTS)"; \
+	    deselect=(); [[ $$v == 3.11 || -z "$(PY_SLOW)" ]] || for t in $(PY_SLOW); do deselect+=(--deselect "$$t"); done; \
+	    .venv-py$$v/bin/python -m pytest -q -p no:cacheprovider -m "not browser and not image" "$${deselect[@]}" $(PY_TESTS) || failed+=("$$v"); \
+	done; echo "==> make test-py took $$((SECONDS - start)) s"; \
+	if (( $${#failed[@]} )); then echo "==> failed on Python $${failed[*]}"; exit 1; fi
+
+.venv-py%/.kit-installed: pyproject.toml
+	@test -n "$(PY_BASE)" || { echo "make test-py creates .venv-py$*"; exit 1; }
+	@echo "==> creating .venv-py$* with $(PY_BASE)"
+	@test -x .venv-py$*/bin/python || $(PY_BASE) -m venv .venv-py$*
+	@: > .venv-py$*/pip-install.log
+	@$(call costed,.venv-py$*,.venv-py$*/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' runpod==$(RUNPOD))
+	@touch $@
+
+# The wheel and sdist a stock pod installs (`pip install runpod_kit-*.whl`), in dist/.
+dist: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist . > build-dist.log 2>&1 || { cat build-dist.log; exit 1; }
+	@rm -f build-dist.log
+	@ls -l dist
 
 # The edit loop's tier: no processes, servers, browsers or images (well under a minute).
 test-fast: setup
@@ -96,4 +146,4 @@ image-test: setup
 	docker/image.sh sizes $(IMAGES)
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build dist .pytest_cache
