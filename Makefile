@@ -26,15 +26,15 @@ setup-rp2: $(VENV_RP2)/.kit-installed
 # unpinned torch would pull a CUDA build of several GB.
 # $(call install_kit,VENV,RUNPOD_VERSION): pip's and setuptools' chatter goes to VENV/pip-install.log,
 # shown only when an install fails.
+KIT_EXTRAS := '.[examples,dev]'
 define install_kit
-	@echo "==> creating the venv $(1) ($$($(PYTHON) --version))"
-	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	@test -x $(1)/bin/python || { echo "==> creating the venv $(1) ($$($(PYTHON) --version))"; $(PYTHON) -m venv $(1); }
 	@: > $(1)/pip-install.log
 	@$(1)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >> $(1)/pip-install.log 2>&1 || { cat $(1)/pip-install.log; exit 1; }
 	@echo "==> installing torch 2.13.0 (CPU build; log: $(1)/pip-install.log)"
 	@$(call costed,$(1),$(1)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0)
 	@echo "==> installing the kit, runpod $(2) and the examples' needs (transformers, the embeddings model)"
-	@$(call costed,$(1),$(1)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[examples,dev]' runpod==$(2))
+	@$(call costed,$(1),$(1)/bin/python -m pip install --quiet --disable-pip-version-check -e $(KIT_EXTRAS) runpod==$(2))
 	@touch $(1)/.kit-installed
 	@echo "==> $(1) is ready: $$(du -sh $(1) | cut -f1) on disk"
 endef
@@ -84,7 +84,7 @@ test-py:
 	@start=$$SECONDS; failed=(); for v in $(PY_VERSIONS); do \
 	    py=$(call find_python,$$v); \
 	    if [[ -z $$py ]]; then echo "==> skipping Python $$v: not installed (pyenv install $$v)"; continue; fi; \
-	    $(MAKE) --no-print-directory .venv-py$$v/.kit-installed PY_BASE="$$py"; \
+	    $(MAKE) --no-print-directory -s .venv-py$$v/.kit-installed PY_BASE="$$py" || { failed+=("$$v (its venv)"); continue; }; \
 	    echo "==> Python $$v: $(PY_TESTS)"; \
 	    deselect=(); [[ $$v == 3.11 || -z "$(PY_SLOW)" ]] || for t in $(PY_SLOW); do deselect+=(--deselect "$$t"); done; \
 	    .venv-py$$v/bin/python -m pytest -q -p no:cacheprovider -m "not browser and not image" "$${deselect[@]}" $(PY_TESTS) || failed+=("$$v"); \
@@ -93,8 +93,8 @@ test-py:
 
 .venv-py%/.kit-installed: pyproject.toml
 	@test -n "$(PY_BASE)" || { echo "make test-py creates .venv-py$*"; exit 1; }
-	@echo "==> creating .venv-py$* with $(PY_BASE)"
-	@test -x .venv-py$*/bin/python || $(PY_BASE) -m venv .venv-py$*
+	@test -x .venv-py$*/bin/python || { echo "==> creating .venv-py$* with $(PY_BASE)"; $(PY_BASE) -m venv .venv-py$*; }
+	@echo "==> installing the kit, runpod $(RUNPOD) and the test extra into .venv-py$* (no torch)"
 	@: > .venv-py$*/pip-install.log
 	@$(call costed,.venv-py$*,.venv-py$*/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' runpod==$(RUNPOD))
 	@touch $@

@@ -142,7 +142,15 @@ def lab(venv, tmp_path_factory):
     log_path = base / "lab.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(venv / "bin" / "python"), "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}"]
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--allow-root",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}",
+            ]
             + ["--ServerApp.port_retries=0", f"--ServerApp.root_dir={workspace}"],
             env=env,
             stdout=log,
