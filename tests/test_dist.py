@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-pytestmark = pytest.mark.process
+# Building the wheel and installing it with its dependencies into a fresh venv takes minutes on a busy machine.
+pytestmark = [pytest.mark.process, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
