@@ -69,16 +69,42 @@ test-rp2: setup-rp2
 # The torch-free suites (export, deps, kit new, kit test, serve, emulator, the CLI, watch/reload,
 # the worker loop and batching) on every Python 3.10-3.13 this machine has (from pyenv, else PATH),
 # each in its own venv .venv-py3.X (the kit, runpod $(RUNPOD) and the test extra; no torch).
-# .venv runs the full suite on its own Python; on the others the slowest process tests
-# (PY_SLOW: the long serve/watch scenarios) are left out, to keep this tier near 10 minutes on 2 cores.
+# Left out on every version: PY_NEEDS_EXAMPLES (they import torch, transformers or scipy) and
+# PY_SLOW (load tests, benchmarks and the longest kill/restart scenarios: about half the time).
+# Both run in .venv, on Python 3.11 with torch, in `make test`'s main run.
 PY_VERSIONS := 3.10 3.11 3.12 3.13
 PY_TESTS    := tests/test_export.py tests/test_deps.py tests/test_new.py tests/test_testing.py \
                tests/test_runtime.py tests/test_batching.py tests/test_serve.py tests/test_emulator.py \
                tests/test_cli.py tests/test_watch.py
-PY_SLOW     :=
+PY_NEEDS_EXAMPLES := \
+    tests/test_export.py::test_examples_export_and_pass_their_own_test_job \
+    tests/test_export.py::test_sentiment_example_exports_with_its_hub_default \
+    tests/test_deps.py::test_imports_map_to_installed_distributions_pinned \
+    tests/test_deps.py::test_pip_lines_are_kept_as_written \
+    tests/test_deps.py::test_embeddings_requirements_install_into_a_fresh_venv_and_run \
+    tests/test_testing.py::test_embeddings_example_passes \
+    tests/test_testing.py::test_sentiment_example \
+    tests/test_testing.py::test_the_batched_embeddings_example_passes \
+    "tests/test_testing.py::test_ported_worker_exports_passes_and_matches_the_original[sentence-transformers]"
+PY_SLOW := \
+    tests/test_export.py::test_a_200000_line_cell_exports_in_memory_proportional_to_the_notebook \
+    tests/test_export.py::test_a_read_only_previous_export_fails_cleanly \
+    tests/test_cli.py::test_export_speed_benchmark_runs \
+    tests/test_testing.py::test_ported_worker_exports_passes_and_matches_the_original \
+    tests/test_serve.py::test_sighup_shuts_kit_serve_down_like_sigterm \
+    tests/test_serve.py::test_a_load_of_500_jobs_over_3_workers_loses_and_duplicates_nothing \
+    tests/test_serve.py::test_the_kill_test_loses_and_duplicates_nothing \
+    tests/test_serve.py::test_a_worker_that_cannot_start_is_a_one_line_error \
+    tests/test_watch.py::test_a_concurrency_modifier_change_reloads_warm \
+    tests/test_batching.py::test_sigterm_lets_the_running_batch_finish_and_post_its_results \
+    tests/test_batching.py::test_a_job_cancelled_while_its_batch_runs_ends_cancelled_and_its_batch_mates_complete \
+    tests/test_runtime.py::test_a_jobscaler_without_the_attributes_the_fast_loop_uses_runs_the_stock_loop \
+    tests/test_new.py::test_kit_new_bad_kind_and_missing_model_are_one_line_errors \
+    tests/test_new.py::test_kit_new_bad_names_get_one_line_and_exit_2
 
-# $(call find_python,3.X): the interpreter's path, or nothing.
-find_python = $$( { ls -d "$$(pyenv root 2>/dev/null)"/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -n 1; command -v python$(1); } | head -n 1 )
+# $(call find_python,3.X): pyenv's newest 3.X, else python3.X on PATH, else nothing.
+find_python = $$(ls -d "$$(pyenv root 2>/dev/null)"/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -n 1 || true); \
+	    [[ -n $$py ]] || py=$$(command -v python$(1) || true)
 
 test-py:
 	@start=$$SECONDS; failed=(); for v in $(PY_VERSIONS); do \
@@ -86,7 +112,7 @@ test-py:
 	    if [[ -z $$py ]]; then echo "==> skipping Python $$v: not installed (pyenv install $$v)"; continue; fi; \
 	    $(MAKE) --no-print-directory -s .venv-py$$v/.kit-installed PY_BASE="$$py" || { failed+=("$$v (its venv)"); continue; }; \
 	    echo "==> Python $$v: $(PY_TESTS)"; \
-	    deselect=(); [[ $$v == 3.11 || -z "$(PY_SLOW)" ]] || for t in $(PY_SLOW); do deselect+=(--deselect "$$t"); done; \
+	    deselect=(); for t in $(PY_NEEDS_EXAMPLES) $(PY_SLOW); do deselect+=(--deselect "$$t"); done; \
 	    .venv-py$$v/bin/python -m pytest -q -p no:cacheprovider -m "not browser and not image" "$${deselect[@]}" $(PY_TESTS) || failed+=("$$v"); \
 	done; echo "==> make test-py took $$((SECONDS - start)) s"; \
 	if (( $${#failed[@]} )); then echo "==> failed on Python $${failed[*]}"; exit 1; fi
