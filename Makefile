@@ -128,8 +128,8 @@ test-py:
 # The wheel and sdist a stock pod installs (`pip install runpod_kit-*.whl`), in dist/.
 dist: setup
 	rm -rf dist
-	$(PY) -m build --outdir dist . > build-dist.log 2>&1 || { cat build-dist.log; exit 1; }
-	@rm -f build-dist.log
+	@mkdir -p build
+	$(PY) -m build --outdir dist . > build/dist.log 2>&1 || { cat build/dist.log; exit 1; }
 	@ls -l dist
 
 # The edit loop's tier: no processes, servers, browsers or images (well under a minute).
