@@ -70,8 +70,9 @@ test-rp2: setup-rp2
 # the worker loop and batching) on every Python 3.10-3.13 this machine has (from pyenv, else PATH),
 # each in its own venv .venv-py3.X (the kit, runpod $(RUNPOD) and the test extra; no torch).
 # Left out on every version: PY_NEEDS_EXAMPLES (they import torch, transformers or scipy) and
-# PY_SLOW (load tests, benchmarks and the longest kill/restart scenarios: about half the time).
-# Both run in .venv, on Python 3.11 with torch, in `make test`'s main run.
+# PY_SLOW (load tests, benchmarks, the longest timeout and kill/restart scenarios), and every
+# test parametrized on the SDK's stock loop ([stock]: the SDK's own code; the kit's fast loop is
+# what changes). All of these run in .venv, on Python 3.11 with torch, in `make test`'s main run.
 PY_VERSIONS := 3.10 3.11 3.12 3.13
 PY_TESTS    := tests/test_export.py tests/test_deps.py tests/test_new.py tests/test_testing.py \
                tests/test_runtime.py tests/test_batching.py tests/test_serve.py tests/test_emulator.py \
@@ -100,7 +101,13 @@ PY_SLOW := \
     tests/test_batching.py::test_a_job_cancelled_while_its_batch_runs_ends_cancelled_and_its_batch_mates_complete \
     tests/test_runtime.py::test_a_jobscaler_without_the_attributes_the_fast_loop_uses_runs_the_stock_loop \
     tests/test_new.py::test_kit_new_bad_kind_and_missing_model_are_one_line_errors \
-    tests/test_new.py::test_kit_new_bad_names_get_one_line_and_exit_2
+    tests/test_new.py::test_kit_new_bad_names_get_one_line_and_exit_2 \
+    tests/test_emulator.py::test_a_result_the_sdk_cannot_serialise_fails_the_job_naming_the_cause \
+    tests/test_emulator.py::test_execution_timeout_ends_timed_out_stops_the_task_and_the_worker_keeps_serving \
+    tests/test_emulator.py::test_a_frozen_worker_fails_its_job_and_is_not_counted_running \
+    tests/test_serve.py::test_execution_timeout_sets_the_endpoint_default \
+    tests/test_testing.py::test_timeout_kills_the_worker_and_everything_it_started \
+    tests/test_watch.py::test_jobs_in_flight_during_a_reload_are_neither_lost_nor_duplicated
 
 # $(call find_python,3.X): pyenv's newest 3.X, else python3.X on PATH, else nothing.
 find_python = $$(ls -d "$$(pyenv root 2>/dev/null)"/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -n 1 || true); \
@@ -113,7 +120,7 @@ test-py:
 	    $(MAKE) --no-print-directory -s .venv-py$$v/.kit-installed PY_BASE="$$py" || { failed+=("$$v (its venv)"); continue; }; \
 	    echo "==> Python $$v: $(PY_TESTS)"; \
 	    deselect=(); for t in $(PY_NEEDS_EXAMPLES) $(PY_SLOW); do deselect+=(--deselect "$$t"); done; \
-	    .venv-py$$v/bin/python -m pytest -q -p no:cacheprovider -m "not browser and not image" "$${deselect[@]}" $(PY_TESTS) || failed+=("$$v"); \
+	    .venv-py$$v/bin/python -m pytest -q -p no:cacheprovider -m "not browser and not image" -k "not stock" "$${deselect[@]}" $(PY_TESTS) || failed+=("$$v"); \
 	done; echo "==> make test-py took $$((SECONDS - start)) s"; \
 	if (( $${#failed[@]} )); then echo "==> failed on Python $${failed[*]}"; exit 1; fi
 
