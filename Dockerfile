@@ -25,13 +25,17 @@ ENV PYTHON=${PYTHON} \
 RUN "$PYTHON" -c 'import torch, jupyterlab, ipykernel' \
     || { echo "error: '$PYTHON' cannot import torch, jupyterlab and ipykernel: build with --build-arg PYTHON=<the base image's interpreter that has them>" >&2; exit 2; }
 
-# Versions come from the base image's Ubuntu release; pinning them here would
-# break the build on the next base image. Host keys baked into an image would
-# be shared by every pod that runs it: start.sh generates each pod's own.
-# hadolint ignore=DL3008
-RUN if ! command -v sshd >/dev/null; then \
+# What VS Code Remote-SSH needs on the pod: sshd, and curl or wget for its
+# server's download. Versions come from the base image's Ubuntu release; pinning
+# them here would break the build on the next base image. Host keys baked into
+# an image would be shared by every pod that runs it: start.sh generates each pod's own.
+# hadolint ignore=DL3008,SC2086
+RUN missing=""; \
+    command -v sshd >/dev/null || missing="openssh-server"; \
+    command -v curl >/dev/null || command -v wget >/dev/null || missing="$missing curl"; \
+    if [ -n "$missing" ]; then \
         apt-get update \
-        && apt-get install -y --no-install-recommends openssh-server \
+        && apt-get install -y --no-install-recommends $missing \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && rm -f /etc/ssh/ssh_host_*

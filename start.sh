@@ -132,6 +132,30 @@ EOF
     "$SSHD" -D -e -f "$config" &
     children+=("$!")
     log "SSH on port $SSH_PORT (key authentication only)"
+    print_ssh_config
+}
+
+# On RunPod, the pod's public address and the port mapped to its port 22 are
+# in the env: print the ~/.ssh/config block VS Code Remote-SSH (or ssh) needs.
+# The mapped port changes when the pod restarts, so the block is printed anew.
+print_ssh_config() {
+    local ip=${RUNPOD_PUBLIC_IP:-} port=${RUNPOD_TCP_PORT_22:-} alias
+    [[ -n $ip && -n $port ]] || return 0
+    # Values from the env go into a file the user pastes: only what an address and a port can hold.
+    if [[ ! $ip =~ ^[A-Za-z0-9.:-]{1,253}$ ]] || [[ ! $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
+        log "RUNPOD_PUBLIC_IP or RUNPOD_TCP_PORT_22 is not an address and a port: no SSH config printed"
+        return 0
+    fi
+    alias=runpod-${RUNPOD_POD_ID:-pod}
+    [[ $alias =~ ^[A-Za-z0-9_-]{1,80}$ ]] || alias=runpod-pod
+    log "SSH config for this pod: paste into ~/.ssh/config on your computer (the port changes when the pod restarts):"
+    printf '%s\n' \
+        "# IdentityFile: the private key whose public key is in your RunPod settings (PUBLIC_KEY)" \
+        "Host $alias" \
+        "    HostName $ip" \
+        "    Port $((10#$port))" \
+        "    User $(id -un)" \
+        "    IdentityFile ~/.ssh/id_ed25519" >&2
 }
 
 # JupyterLab is always authenticated: a public proxy URL reaches it.

@@ -120,6 +120,14 @@ def _cmd_deploy(args) -> int:
     return deploy(args.target, settings, plan_only=args.plan, as_json=args.json)
 
 
+def _cmd_new(args) -> int:
+    from kit.new import new_notebook_file
+
+    path = new_notebook_file(args.name, kind=args.kind, model=args.model)
+    print(f"wrote {path.name}: open it in JupyterLab, Run All, then `kit test {path.name}`")
+    return 0
+
+
 def _add_requirement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extra",
@@ -200,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from kit.new import KINDS
+
+    p = sub.add_parser("new", help="write NAME.ipynb here: a tagged starter notebook that exports and passes kit test")
+    p.add_argument("name", help="the notebook's name (letters, digits, '_' or '-'); never replaces a file")
+    p.add_argument("--kind", choices=KINDS, default="plain", help="the handler: plain (default), async, generator or batch")
+    p.add_argument("--model", default=None, metavar="PATH", help="the setup cell loads a transformers model from this folder")
+    p.set_defaults(func=_cmd_new)
 
     p = sub.add_parser("export", help="notebook -> worker directory (handler.py, requirements.txt, test_input.json, tests.py)")
     p.add_argument("notebook", help="the .ipynb file")

@@ -663,3 +663,162 @@ def test_image_build_checks_that_python_has_torch_and_jupyterlab():
     build = image_sh("build", "localhost/kit-test-python:latest", "PYTHON=python3.9", check=False)
     assert build.returncode != 0
     assert "error: 'python3.9' cannot import torch, jupyterlab and ipykernel: build with --build-arg PYTHON=" in build.stderr
+
+
+# --- VS Code Remote-SSH: the ~/.ssh/config block start.sh prints, and what the VS Code server needs
+
+
+def ssh_config_block(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """start.sh's print_ssh_config alone (the real function: start.sh without its last line, `main "$@"`)."""
+    script = (ROOT / "start.sh").read_text()
+    assert script.rstrip().endswith('main "$@"')
+    body = script.rstrip()[: -len('main "$@"')]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    return subprocess.run(["bash", "-c", body + "\nprint_ssh_config"], env={**clean, **env}, capture_output=True, text=True, timeout=30)
+
+
+def printed_block(log: str) -> str:
+    """The lines start.sh prints for ~/.ssh/config: from the comment to the IdentityFile line."""
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# IdentityFile:"))
+    end = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("IdentityFile "))
+    return "\n".join(lines[start : end + 1]) + "\n"
+
+
+def test_start_sh_prints_an_ssh_config_block_ssh_reads_as_written(tmp_path):
+    if shutil.which("ssh") is None:
+        pytest.skip("the ssh client is missing: apt-get install openssh-client")
+    result = ssh_config_block({"RUNPOD_PUBLIC_IP": "203.0.113.7", "RUNPOD_TCP_PORT_22": "40122", "RUNPOD_POD_ID": "abc123xyz"})
+    assert result.returncode == 0, result.stderr
+    assert "paste into ~/.ssh/config" in result.stderr and "the port changes when the pod restarts" in result.stderr
+    block = printed_block(result.stderr)
+    (tmp_path / "config").write_text(block)
+    resolved = subprocess.run(["ssh", "-G", "-F", str(tmp_path / "config"), "runpod-abc123xyz"], capture_output=True, text=True, check=True)
+    settings = dict(line.split(" ", 1) for line in resolved.stdout.splitlines() if " " in line)
+    assert settings["hostname"] == "203.0.113.7" and settings["port"] == "40122"
+    assert settings["user"] == subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    assert settings["identityfile"].endswith("/.ssh/id_ed25519")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"RUNPOD_PUBLIC_IP": "203.0.113.7"},  # no mapped port: no TCP port exposed for SSH
+        {"RUNPOD_PUBLIC_IP": "1.2.3.4\n    ProxyCommand touch /tmp/owned", "RUNPOD_TCP_PORT_22": "22"},
+        {"RUNPOD_PUBLIC_IP": "203.0.113.7", "RUNPOD_TCP_PORT_22": "70000"},
+        {"RUNPOD_PUBLIC_IP": "203.0.113.7", "RUNPOD_TCP_PORT_22": "22 -oProxyCommand=x"},
+    ],
+)
+def test_start_sh_prints_no_ssh_config_without_a_sound_address_and_port(env):
+    result = ssh_config_block(env)
+    assert result.returncode == 0, result.stderr
+    assert "Host " not in result.stderr and "ProxyCommand" not in result.stderr
+
+
+# VS Code's documented minimum for its server on Linux x64 (code.visualstudio.com/docs/remote/linux:
+# "glibc >= 2.28, libstdc++ >= 3.4.25"), bash, tar, and curl or wget to fetch the server.
+VSCODE_CHECKS = r"""
+set -e
+bash --version | head -n 1
+tar --version | head -n 1
+command -v curl || command -v wget
+glibc=$(getconf GNU_LIBC_VERSION | cut -d' ' -f2)
+printf 'glibc %s\n' "$glibc"
+libstdcxx=$(ldconfig -p | grep -m1 'libstdc++.so.6 (libc6,x86-64)' | sed 's/.*=> //')
+grep -aq 'GLIBCXX_3\.4\.25' "$libstdcxx" && echo "libstdc++ has GLIBCXX_3.4.25"
+python -c 'import ipykernel, sys; print("ipykernel", ipykernel.__version__, sys.executable)'
+python -m jupyter kernelspec list
+"""
+
+
+@pytest.fixture(scope="module")
+def hello_image() -> str:
+    """The hello image under a tag of these tests' own."""
+    podman_or_skip()
+    tag = "localhost/kit-pod-hello:latest"
+    image_sh("build", tag, "NOTEBOOK=notebooks/hello.ipynb")
+    return tag
+
+
+def tunnel(config: Path, host: str, *forward: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["ssh", "-F", str(config), "-N", "-o", "ExitOnForwardFailure=yes", *forward, host],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_image_pod_has_what_vscode_remote_ssh_needs(hello_image, container, tmp_path):
+    """What the Remote-SSH extension does, step by step, with the block start.sh printed:
+    key login, its requirements check, a local forward (`ssh -L`) and a dynamic one (`ssh -D`)."""
+    import requests
+
+    if shutil.which("ssh") is None or shutil.which("curl") is None:
+        pytest.fail("the ssh and curl clients are needed: apt-get install openssh-client curl")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "id"], check=True)
+    token = "vscode-token-for-the-test"
+    jupyter, ssh_port = free_port(), free_port()
+    run = container(
+        hello_image,
+        MODE_TO_RUN="pod",
+        JUPYTER_PASSWORD=token,
+        PUBLIC_KEY=(tmp_path / "id.pub").read_text(),
+        JUPYTER_IP="127.0.0.1",
+        JUPYTER_PORT=str(jupyter),
+        SSH_LISTEN="127.0.0.1",
+        SSH_PORT=str(ssh_port),
+        RUNPOD_POD_ID="vscodepod",
+        RUNPOD_PUBLIC_IP="127.0.0.1",
+        RUNPOD_TCP_PORT_22=str(ssh_port),
+    )
+    wait_for(lambda: "IdentityFile ~/.ssh/id_ed25519" in run.logs(), "the SSH config block", run)
+    block = printed_block(run.logs())
+    assert "Host runpod-vscodepod\n" in block and f"    Port {ssh_port}\n" in block and "    User root\n" in block
+    # The user's ~/.ssh/config: the block as printed, the placeholder pointed at their key.
+    config = tmp_path / "config"
+    config.write_text(
+        block.replace("~/.ssh/id_ed25519", str(tmp_path / "id"))
+        + f"    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile {tmp_path / 'known_hosts'}\n"
+    )
+    login = ["ssh", "-F", str(config), "runpod-vscodepod"]
+    wait_for(lambda: subprocess.run([*login, "true"], capture_output=True, timeout=30).returncode == 0, "SSH with the key", run)
+
+    checks = subprocess.run([*login, "bash -s"], input=VSCODE_CHECKS, capture_output=True, text=True, timeout=60)
+    assert checks.returncode == 0, checks.stdout + checks.stderr
+    glibc = re.search(r"^glibc (\d+)\.(\d+)", checks.stdout, re.M)
+    assert glibc and (int(glibc[1]), int(glibc[2])) >= (2, 28), checks.stdout
+    assert "libstdc++ has GLIBCXX_3.4.25" in checks.stdout
+    assert re.search(r"^ipykernel \S+ ", checks.stdout, re.M) and "python3" in checks.stdout, checks.stdout
+
+    local, socks = free_port(), free_port()
+    forwards = [
+        tunnel(config, "runpod-vscodepod", "-L", f"{local}:127.0.0.1:{jupyter}"),
+        tunnel(config, "runpod-vscodepod", "-D", f"127.0.0.1:{socks}"),
+    ]
+    try:
+        answer = wait_for(lambda: requests.get(f"http://127.0.0.1:{local}/api/status", params={"token": token}, timeout=5), "ssh -L", run)
+        assert answer.status_code == 200
+        assert requests.get(f"http://127.0.0.1:{local}/api/contents", timeout=5).status_code == 403  # the token is still needed
+
+        def through_socks() -> subprocess.CompletedProcess | None:
+            result = subprocess.run(
+                ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--socks5-hostname", f"127.0.0.1:{socks}"]
+                + ["-H", f"Authorization: token {token}", f"http://localhost:{jupyter}/api/status"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            return result if result.stdout == "200" else None
+
+        assert wait_for(through_socks, "ssh -D", run).stdout == "200"
+    finally:
+        for process in forwards:
+            process.terminate()
+            process.wait(10)
+    podman("stop", "--time", "30", run.name, timeout=90)
+    assert run.exit_code() == 0, run.logs()[-3000:]

@@ -251,8 +251,23 @@ def packages_distributions() -> Mapping[str, list[str]]:
     global _distributions
     key = tuple((entry, _mtime_ns(entry)) for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages"))
     if _distributions is None or _distributions[0] != key:
-        _distributions = (key, importlib.metadata.packages_distributions())
+        _distributions = (key, _packages_distributions())
     return _distributions[1]
+
+
+def _packages_distributions() -> dict[str, list[str]]:
+    """Python 3.11's packages_distributions() on every version: Python 3.10's reads only
+    top_level.txt, which wheels built without setuptools (numpy's, torch's) do not have,
+    so it misses them; 3.11 infers their top-level names from the files they installed."""
+    if sys.version_info >= (3, 11):
+        return importlib.metadata.packages_distributions()
+    mapping: dict[str, list[str]] = {}
+    for dist in importlib.metadata.distributions():
+        declared = (dist.read_text("top_level.txt") or "").split()
+        inferred = {f.parts[0] if len(f.parts) > 1 else f.with_suffix("").name for f in dist.files or () if f.suffix == ".py"}
+        for top in declared or sorted(inferred):
+            mapping.setdefault(top, []).append(dist.metadata["Name"])
+    return mapping
 
 
 def _mtime_ns(path: str) -> int | None:
