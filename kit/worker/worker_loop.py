@@ -319,7 +319,7 @@ def _wrap_handler(handler, *, short_results: bool):
                 leave_if_forked()
     elif kind == "async":
 
-        async def wrapped(job):
+        async def wrapped(job):  # type: ignore[misc]  # one wrapper per kind; the SDK inspects which it got
             try:
                 return out(await handler(job))
             finally:
