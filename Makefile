@@ -60,7 +60,7 @@ demo: setup
 test: setup js-deps
 	$(PY) -m pytest
 	$(MAKE) test-rp2
-	$(MAKE) test-py
+	$(MAKE) test-py PY_VERSIONS="$(PY_OTHER)"
 
 # The SDK-facing suites again, on runpod $(RUNPOD_2) (browser tests run once, in .venv).
 test-rp2: setup-rp2
@@ -74,6 +74,8 @@ test-rp2: setup-rp2
 # test parametrized on the SDK's stock loop ([stock]: the SDK's own code; the kit's fast loop is
 # what changes). All of these run in .venv, on Python 3.11 with torch, in `make test`'s main run.
 PY_VERSIONS := 3.10 3.11 3.12 3.13
+# `make test` runs test-py on the versions other than .venv's 3.11, whose main run has these suites and more.
+PY_OTHER    := 3.10 3.12 3.13
 PY_TESTS    := tests/test_export.py tests/test_deps.py tests/test_new.py tests/test_testing.py \
                tests/test_runtime.py tests/test_batching.py tests/test_serve.py tests/test_emulator.py \
                tests/test_cli.py tests/test_watch.py
