@@ -13,7 +13,6 @@ only those still as the kit wrote them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -23,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from kit import workerdir
 from kit.errors import KitError, KitWarning
 from kit.export import hub
-from kit.export.repo_facts import Facts, read_facts
 
 if TYPE_CHECKING:
     from kit.export.export import Worker
+    from kit.export.repo_facts import Facts
 
 # The kit's own Dockerfile builds on this image (tests/test_repo.py checks they agree).
 BASE_IMAGE = "runpod/pytorch:1.0.3-cu1281-torch291-ubuntu2404"
@@ -53,6 +52,8 @@ def repo_files(worker: Worker, *, category: str | None = None, base_image: str =
     """The repository's files for `worker` (built by kit.export.export.build_worker)."""
     if category is not None and category not in hub.CATEGORIES:
         raise KitError(f"--category {category!r} is not a Hub category", f"give one of {', '.join(hub.CATEGORIES)}")
+    from kit.export.repo_facts import read_facts  # only for --repo: a plain export stays quick to start
+
     facts = read_facts(worker)
     notes: list[str] = []
     warnings = list(facts.warnings)
@@ -99,6 +100,8 @@ def with_repo(worker: Worker, out_dir: Path, *, repo: bool, category: str | None
 
 
 def digest(data: bytes) -> str:
+    import hashlib  # only when there are repository files to hash
+
     return hashlib.sha256(data).hexdigest()
 
 
