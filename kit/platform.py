@@ -261,21 +261,21 @@ LOOP_ENV = template_constant("LOOP_ENV")
 # --------------------------------------------------------------------------- RunPod's queue policy
 # What RunPod's managed queue does with a job, in seconds (RunPod states milliseconds), as the
 # local endpoint (kit.serve.queue, kit.serve.routes, kit.serve.emulator) plays it. Each line says
-# where RUNPOD.md states it (section "More of the endpoint API" unless said otherwise).
+# what RunPod's serverless docs (docs.runpod.io: endpoints, send requests, job operations) state.
 
 # policy.executionTimeout: default 600000 ms, allowed 5 s to 7 days; the job then ends TIMED_OUT.
 EXECUTION_TIMEOUT = 600.0
 EXECUTION_TIMEOUT_RANGE = (5.0, 7 * 24 * 3600.0)
 # policy.ttl: default 24 h, "a hard limit" from submission whatever the job's state (then /status
-# answers 404). RUNPOD.md states no range: the kit allows 10 s to 7 days, executionTimeout's ceiling.
+# answers 404). RunPod's docs state no range: the kit allows 10 s to 7 days, executionTimeout's ceiling.
 TTL = 24 * 3600.0
 TTL_RANGE = (10.0, 7 * 24 * 3600.0)
 # "Results kept 30 min after /run, 1 min after /runsync."
 RETENTION_RUN = 30 * 60.0
 RETENTION_RUNSYNC = 60.0
 # /runsync and /status-sync: `?wait=ms` must lie in 1000-300000 ("/runsync?wait=ms: 1000–300000,
-# else 400"). Without it /runsync answers with the job's current status after RUNSYNC_WAIT: RUNPOD.md
-# states no default, 90 s is the kit's choice (the SDK's own HTTP timeout, section "The real worker loop").
+# else 400"). Without it /runsync answers with the job's current status after RUNSYNC_WAIT: RunPod's
+# docs state no default; 90 s is the kit's choice (the runpod SDK's own HTTP timeout for /runsync).
 RUNSYNC_WAIT = 90.0
 RUNSYNC_WAIT_RANGE_MS = (1000, 300000)
 # Webhooks: "on a final status RunPod POSTs the /status body ... with 2 retries 10 s apart".

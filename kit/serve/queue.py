@@ -373,7 +373,8 @@ class Queue:
         return stops
 
     def _held(self, worker_id: str, job_id: str) -> Job:
-        """The job a worker posts about; RequestError (counted) when it is unknown or not the worker's."""
+        """The job a worker posts about. Raises LookupError when it is unknown and PermissionError when
+        another worker holds it (each counted): the routes answer 404 and 403."""
         job = self.jobs.get(job_id)
         if job is None:
             self.counters.unknown_results += 1

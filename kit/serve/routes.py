@@ -28,7 +28,7 @@ from kit.platform import RUN_LIMIT, RUNSYNC_LIMIT, RUNSYNC_WAIT_RANGE_MS  # RunP
 from kit.serve.queue import Job, Queue, RequestError, Status
 
 log = logging.getLogger("kit.serve")
-# The job input key that carries an OpenAI request's route (worker-vllm's contract, RUNPOD.md).
+# The job input key that carries an OpenAI request's route (worker-vllm's contract).
 OPENAI_ROUTE = "openai_route"
 # The largest body the emulator reads at all (a job-done result, an OpenAI request).
 BODY_LIMIT = 64 * 1024**2
