@@ -117,28 +117,8 @@ class DirectCalls:
                     raise
                 self._returned(job, chunks)
 
-        elif kind is HandlerKind.ASYNC:
-
-            async def recorded(job, *args, **kwargs):
-                try:
-                    value = await handler(job, *args, **kwargs)
-                except Exception as error:
-                    self._raised(job, error)
-                    raise
-                self._returned(job, value)
-                return value
-
         else:
-
-            def recorded(job, *args, **kwargs):
-                try:
-                    value = handler(job, *args, **kwargs)
-                except Exception as error:
-                    self._raised(job, error)
-                    raise
-                if not inspect.isawaitable(value):
-                    self._returned(job, value)
-                return value
+            return _recording(handler, kind.is_async, self._returned, self._raised)
 
         return functools.wraps(handler)(recorded)
 
@@ -155,31 +135,39 @@ class DirectCalls:
 
     def wrap_batch(self, batch_handler: Callable[..., Any]) -> Callable[..., Any]:
         """`batch_handler`, recording each job's outcome; sync or async as it is."""
-        recorded: Callable[..., Any]
-        if HandlerKind.of(batch_handler) is HandlerKind.ASYNC:
+        return _recording(batch_handler, HandlerKind.of(batch_handler).is_async, self._batch_returned, self._batch_raised)
 
-            async def recorded(jobs, *args, **kwargs):
-                try:
-                    results = await batch_handler(jobs, *args, **kwargs)
-                except Exception as error:
-                    self._batch_raised(jobs, error)
-                    raise
-                self._batch_returned(jobs, results)
-                return results
 
-        else:
+def _recording(
+    function: Callable[..., Any], is_async: bool, returned: Callable[[Any, Any], None], raised: Callable[[Any, BaseException], None]
+) -> Callable[..., Any]:
+    """`function` (a plain or async handler or batch_handler), telling `returned` or `raised` how each call
+    on its first argument ended. A plain function that returns an awaitable is left to whoever awaits it."""
+    recorded: Callable[..., Any]
+    if is_async:
 
-            def recorded(jobs, *args, **kwargs):
-                try:
-                    results = batch_handler(jobs, *args, **kwargs)
-                except Exception as error:
-                    self._batch_raised(jobs, error)
-                    raise
-                if not inspect.isawaitable(results):
-                    self._batch_returned(jobs, results)
-                return results
+        async def recorded(arg, *args, **kwargs):
+            try:
+                value = await function(arg, *args, **kwargs)
+            except Exception as error:
+                raised(arg, error)
+                raise
+            returned(arg, value)
+            return value
 
-        return functools.wraps(batch_handler)(recorded)
+    else:
+
+        def recorded(arg, *args, **kwargs):
+            try:
+                value = function(arg, *args, **kwargs)
+            except Exception as error:
+                raised(arg, error)
+                raise
+            if not inspect.isawaitable(value):
+                returned(arg, value)
+            return value
+
+    return functools.wraps(function)(recorded)
 
 
 def batching_problem(results, jobs) -> str | None:
