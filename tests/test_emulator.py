@@ -527,6 +527,11 @@ def test_a_webhook_receiver_that_is_down_gets_the_retry_and_never_blocks_the_job
         receiver = Receiver(port)  # up before the first retry
         try:
             assert receiver.wait(1)[0]["id"] == job_id
+            # The emulator records the attempt once the receiver's answer is back, just after the
+            # receiver saw the request: wait (bounded) for the record.
+            deadline = time.monotonic() + 5
+            while len(emu.webhooks) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert [w["attempt"] for w in emu.webhooks] == [1, 2] and emu.webhooks[-1]["delivered"]
         finally:
             receiver.close()
